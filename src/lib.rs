@@ -1,0 +1,79 @@
+//! Distributed locks on Redis: RAII guards over watchdog-renewed leases, waiters woken
+//! by Redis notifications, and fencing tokens.
+//!
+//! ```no_run
+//! use rdlock::RdLockConnectionManager;
+//!
+//! # async fn demo() -> Result<(), rdlock::RdLockError> {
+//! let manager = RdLockConnectionManager::new("redis://127.0.0.1:6379").await?;
+//! let lock = manager.new_lock("nightly-report");
+//! let guard = lock.lock().await?; // waits, woken by Redis notifications
+//! run_report(guard.fencing_token()).await; // may run far longer than the lease:
+//!                                           // a watchdog renews it
+//! drop(guard); // watchdog cancelled, lock released asynchronously
+//! # Ok(())
+//! # }
+//! # async fn run_report(_: u64) {}
+//! ```
+//!
+//! # How it works
+//!
+//! - **A lock is a lease.** [`Lock::lock`] stores a random owner token (uuid v4) at
+//!   the lock's key with the lease as expiry, in one Lua script that also increments
+//!   the lock's fencing counter. While the [`LockGuard`] lives, a watchdog task renews
+//!   the lease every `lease / 3` with a script that only touches the key if it still
+//!   holds the guard's token. A crashed holder blocks others for at most one lease.
+//! - **Waiting is driven by notifications.** The release script publishes on the
+//!   lock's release channel; every manager has one subscriber connection, shared by
+//!   all its waiters, and a release wakes one waiter per process. When the server has
+//!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
+//!   bounded by the holder's remaining lease, so a lost message costs at most that.
+//! - **Loss is reported.** If the key is deleted, taken over, or renewals fail until
+//!   the local lease deadline (measured on the monotonic clock from before the
+//!   acquire was sent, minus a drift margin of 1 % + 2 ms), [`LockGuard::is_held`]
+//!   turns `false` and [`LockGuard::lost`] completes. Hand
+//!   [`LockGuard::fencing_token`] to the systems you write to, so that they can reject
+//!   a holder whose lease ended while it was paused.
+//! - **Nothing is left behind.** Dropping a guard cancels its watchdog and releases
+//!   the key on the current runtime without blocking; dropping a `lock()` future at
+//!   any point undoes an attempt that may have reached Redis, by its token.
+//!
+//! # Redis keys
+//!
+//! For a lock id `<id>` (with `%`, `{`, `}` escaped as `%25`, `%7B`, `%7D`):
+//!
+//! | name | content |
+//! |---|---|
+//! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
+//! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 |
+//! | `rdlock:{<id>}:release` | the channel a release is published on |
+//!
+//! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
+//!
+//! # Decisions
+//!
+//! - Leases are whole milliseconds in [`MIN_LEASE`]`..=`[`MAX_LEASE`].
+//! - A key with no expiry at a lock's name (written by something else) is checked again
+//!   every second while waiting; a key of another type gives `WRONGTYPE`.
+//! - `lock()` keeps waiting while Redis is unreachable (retrying with backoff up to
+//!   2 s); `try_lock()` reports [`RdLockError::Unreachable`] at once.
+//! - The rdlock 1.x API ([`RdLockConnectionManager::new_basic_lock`],
+//!   [`lock::BasicLock`], [`errors::RdLockError`]) is kept.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod errors;
+mod guard;
+mod lease;
+pub mod lock;
+mod manager;
+mod names;
+mod notifier;
+mod scripts;
+mod watchdog;
+
+pub use errors::RdLockError;
+pub use guard::LockGuard;
+pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
+pub use manager::RdLockConnectionManager;

@@ -1,0 +1,260 @@
+//! The rdlock 1.x lock, kept so that existing code compiles and behaves as documented.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Acquired, Lock};
+use crate::errors::RdLockError;
+use crate::lease::valid_until;
+use crate::manager::RdLockConnectionManager;
+use crate::scripts;
+
+/// The most basic type of lock (the rdlock 1.x API). It holds no value and is atomic
+/// across all instances connected to the same Redis instance. The lock is only
+/// released automatically when its TTL ends; call [`release`](Self::release) to unlock
+/// it early. There is no watchdog and no guard: dropping a locked `BasicLock` leaves
+/// the key until its TTL ends, as in 1.x.
+///
+/// New code should prefer [`Lock`], whose guard renews the lease and releases on drop.
+///
+/// Unlike 1.x, every acquisition stores a random owner token, so `release` can never
+/// delete a lock that expired and was taken by someone else, and `lock` waits on the
+/// shared subscriber instead of opening a connection per call.
+///
+/// It uses the same keys as [`Lock`] (`rdlock:{id}:lock`): a `BasicLock` and a `Lock`
+/// with the same id exclude each other. rdlock 1.x used `/rdlock/<id>/.lock`; 1.x
+/// and 2.x processes do not exclude each other, so upgrade all of them together.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+/// let mut basic_lock = manager.new_basic_lock("my_lock", 3600);
+/// basic_lock.lock().await?;
+/// assert!(basic_lock.is_locked());
+/// basic_lock.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct BasicLock {
+    lock: Lock,
+    ttl: u64,
+    held: Option<Held>,
+}
+
+struct Held {
+    token: Arc<str>,
+    valid_until: Instant,
+}
+
+impl BasicLock {
+    pub(crate) fn new(manager: RdLockConnectionManager, lock_id: &str, ttl: u64) -> Self {
+        Self {
+            lock: manager
+                .new_lock(lock_id)
+                .with_lease(Duration::from_secs(ttl))
+                .without_watchdog(),
+            ttl,
+            held: None,
+        }
+    }
+
+    /// The lock id.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_basic_lock("dog", 60).id(), "dog");
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn id(&self) -> String {
+        self.lock.id().to_owned()
+    }
+
+    /// The TTL in seconds.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_basic_lock("dog", 60).ttl(), 60);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+
+    /// Attempts to acquire the lock instantly, fails otherwise. If the `BasicLock` is
+    /// already locked by this instance, returns `Ok(())` instantly.
+    ///
+    /// # Errors
+    ///
+    /// [`RdLockError::LockUnavailable`] when another owner holds it; a TTL of 0 or over
+    /// [`MAX_LEASE`](crate::MAX_LEASE) gives [`RdLockError::InvalidLease`]; connection
+    /// and Redis errors as for [`Lock::try_lock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled attempt is undone by its token.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// let mut lock = manager.new_basic_lock("dog", 60);
+    /// if lock.try_lock().await.is_ok() { /* ... */ }
+    /// # }
+    /// ```
+    pub async fn try_lock(&mut self) -> Result<(), RdLockError> {
+        if self.is_locked() {
+            return Ok(());
+        }
+        let acquired = self.lock.try_acquire_raw().await?;
+        self.keep(acquired);
+        Ok(())
+    }
+
+    /// Locks, yielding until the lock is available and acquired. If the `BasicLock` is
+    /// already locked by this instance, returns `Ok(())` instantly.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::lock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Lock::lock`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// let mut lock = manager.new_basic_lock("dog", 60);
+    /// lock.lock().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lock(&mut self) -> Result<(), RdLockError> {
+        if self.is_locked() {
+            return Ok(());
+        }
+        let acquired = self.lock.acquire_raw(None).await?;
+        self.keep(acquired);
+        Ok(())
+    }
+
+    /// As [`lock`](Self::lock), giving up with [`RdLockError::TimeoutReached`] after
+    /// `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::lock_timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Lock::lock`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// let mut lock = manager.new_basic_lock("dog", 60);
+    /// lock.lock_timeout(std::time::Duration::from_secs(5)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lock_timeout(&mut self, timeout: Duration) -> Result<(), RdLockError> {
+        if self.is_locked() {
+            return Ok(());
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        let acquired = self.lock.acquire_raw(deadline).await?;
+        self.keep(acquired);
+        Ok(())
+    }
+
+    /// Releases or unlocks the `BasicLock` early, before the TTL expires.
+    ///
+    /// # Errors
+    ///
+    /// [`RdLockError::LockNotAcquired`] if the lock was not acquired by this instance,
+    /// its TTL has passed, or the key no longer holds this instance's token (nothing is
+    /// deleted then). Connection and Redis errors leave the lock marked as held, so
+    /// that `release` can be called again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if the future is dropped, the lock may or may not have been
+    /// released in Redis while this instance still counts it as held; calling
+    /// `release` again is harmless.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(mut lock: rdlock::lock::BasicLock) -> Result<(), rdlock::RdLockError> {
+    /// lock.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn release(&mut self) -> Result<(), RdLockError> {
+        if !self.is_locked() {
+            return Err(RdLockError::LockNotAcquired);
+        }
+        let Some(held) = &self.held else {
+            return Err(RdLockError::LockNotAcquired);
+        };
+        let mut conn = self.lock.manager().inner().conn.clone();
+        let released = scripts::release(&mut conn, self.lock.names(), &held.token)
+            .await
+            .map_err(RdLockError::from_redis)?;
+        self.held = None;
+        if released {
+            Ok(())
+        } else {
+            Err(RdLockError::LockNotAcquired)
+        }
+    }
+
+    /// Returns `true` if the `BasicLock` is locked inside this instance. Also performs
+    /// a local TTL check: once the TTL (less a small margin for clock drift) has passed
+    /// since the lock was acquired, it returns `false`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(mut lock: rdlock::lock::BasicLock) {
+    /// if !lock.is_locked() { /* acquire again before touching the resource */ }
+    /// # }
+    /// ```
+    pub fn is_locked(&mut self) -> bool {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|held| Instant::now() >= held.valid_until)
+        {
+            self.held = None;
+        }
+        self.held.is_some()
+    }
+
+    fn keep(&mut self, acquired: Acquired) {
+        self.held = Some(Held {
+            valid_until: valid_until(acquired.sent, self.lock.lease()),
+            token: acquired.token,
+        });
+    }
+}
+
+impl fmt::Debug for BasicLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicLock")
+            .field("key", &self.lock.key())
+            .field("ttl", &self.ttl)
+            .field("locked", &self.held.is_some())
+            .finish()
+    }
+}

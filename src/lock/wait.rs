@@ -1,0 +1,120 @@
+//! The wait loop shared by every blocking acquire.
+//!
+//! Register interest in the lock's notifications *first* (subscription confirmed), then
+//! try; if the lock is held, wait for whichever comes first — a wake-up from the shared
+//! subscriber, the holder's remaining lease (PTTL) running out, or the caller's deadline
+//! — and try again. A release between the failed try and the wait cannot be missed,
+//! because the wake-up future is enabled before the try; a lost notification costs at
+//! most the holder's PTTL, never a hang.
+
+use std::hash::{BuildHasher, Hasher};
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use super::{Acquired, Attempt, Lock};
+use crate::errors::RdLockError;
+use crate::notifier::Watch;
+
+/// How often to look again at a key that has no expiry (written by something other
+/// than rdlock): nothing would otherwise ever wake the waiter.
+const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Lock {
+    pub(crate) async fn acquire_raw(&self, deadline: Option<Instant>) -> Result<Acquired, RdLockError> {
+        let lease_ms = self.validate()?;
+        // Fast path: an uncontended lock costs one round trip and no subscription.
+        match self.attempt(lease_ms).await {
+            Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
+            Ok(Attempt::Held(_)) => {}
+            Err(e) if e.is_connection_error() => {}
+            Err(e) => return Err(e),
+        }
+        let watch = self.manager().inner().notifier.watch(self.names());
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = watch.ready() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => return Err(RdLockError::TimeoutReached),
+                }
+            }
+            None => watch.ready().await,
+        }
+        let mut backoff = UNREACHABLE_BACKOFF_MIN;
+        let mut woken = false;
+        loop {
+            let mut notified = pin!(watch.notified());
+            notified.as_mut().enable();
+            let baton = Baton {
+                watch: &watch,
+                armed: woken,
+            };
+            let wait = match self.attempt(lease_ms).await {
+                Ok(Attempt::Acquired(acquired)) => {
+                    baton.disarm();
+                    return Ok(acquired);
+                }
+                Ok(Attempt::Held(pttl)) => {
+                    baton.disarm();
+                    backoff = UNREACHABLE_BACKOFF_MIN;
+                    match pttl {
+                        Some(pttl) if pttl.is_zero() => Duration::ZERO,
+                        Some(pttl) => pttl + jitter(),
+                        None => NO_EXPIRY_RECHECK,
+                    }
+                }
+                Err(e) if e.is_connection_error() => {
+                    baton.disarm();
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+                    wait
+                }
+                Err(e) => return Err(e),
+            };
+            let mut wake_at = Instant::now() + wait;
+            if let Some(deadline) = deadline {
+                wake_at = wake_at.min(deadline);
+            }
+            tokio::select! {
+                biased;
+                _ = notified => woken = true,
+                _ = tokio::time::sleep_until(wake_at.into()) => {
+                    woken = false;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(RdLockError::TimeoutReached);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A wake-up this waiter received and has not acted on yet. If the waiter is dropped
+/// (its future cancelled) mid-attempt, the wake-up goes to the next local waiter, so a
+/// release is never left unannounced in this process.
+struct Baton<'a> {
+    watch: &'a Watch,
+    armed: bool,
+}
+
+impl Baton<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Baton<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.watch.pass_on();
+        }
+    }
+}
+
+/// 1–10 ms, so that waiters of many processes do not retry in lockstep when a lease
+/// runs out.
+fn jitter() -> Duration {
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    Duration::from_millis(1 + random % 10)
+}

@@ -1,0 +1,259 @@
+//! [`RdLockConnectionManager`]: the connection to Redis that every lock shares.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo};
+use tokio_util::task::TaskTracker;
+
+use crate::errors::RdLockError;
+use crate::lock::{BasicLock, Lock};
+use crate::notifier::Notifier;
+
+/// How long connecting may take, per attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take before it counts as failed. Lease deadlines are
+/// enforced separately, on the local monotonic clock.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connection attempts after the first one, with jittered exponential backoff: bounds
+/// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds.
+const CONNECT_RETRIES: usize = 2;
+
+/// The connection to a Redis server, shared by every lock made from it.
+///
+/// A manager holds two Redis connections whatever the number of locks and waiters: a
+/// multiplexed command connection and one subscriber connection for wake-ups. Both
+/// reconnect by themselves after a failure. Cloning is cheap and shares both.
+///
+/// # Keyspace events
+///
+/// rdlock works on any Redis 6.2+ server, including managed services that forbid
+/// `CONFIG`. Waiters are woken by the release script's `PUBLISH`; when the server
+/// already has keyspace notifications on (`notify-keyspace-events` with `K` and `A`,
+/// `g` or `x`), waiters also listen to the lock key's keyspace channel, so that a lock
+/// that *expires* (its holder crashed) wakes them at once. Without them, a waiter wakes
+/// when the holder's remaining lease (PTTL) runs out. The setting is read once, in
+/// [`new`](Self::new).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rdlock::RdLockError> {
+/// use rdlock::RdLockConnectionManager;
+///
+/// let manager = RdLockConnectionManager::new("redis://127.0.0.1:6379").await?;
+/// let lock = manager.new_lock("nightly-report");
+/// let _guard = lock.lock().await?;
+/// // ... the lock is held while `_guard` lives
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RdLockConnectionManager {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) info: redis::ConnectionInfo,
+    pub(crate) notifier: Notifier,
+    /// The database number, when keyspace events are on: the keyspace channel prefix.
+    pub(crate) keyspace_db: Option<i64>,
+    /// Watchdogs and drop-releases, so that they can be awaited on shutdown.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl RdLockConnectionManager {
+    /// Connects to Redis and starts the shared subscriber.
+    ///
+    /// `params` is anything redis-rs accepts: a URL such as `redis://127.0.0.1:6379/0`,
+    /// `redis://user:password@host/2`, `redis+unix:///run/redis.sock`, or a
+    /// [`redis::ConnectionInfo`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidUrl`] when `params` cannot be parsed;
+    /// - [`RdLockError::Unreachable`] when the server cannot be reached, after a few
+    ///   attempts (a few seconds in all);
+    /// - [`RdLockError::RedisError`] when the server refuses the connection's set-up
+    ///   (wrong password, unknown database, ...).
+    ///
+    /// Unlike rdlock 1.x it does not require `notify-keyspace-events`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// let manager = rdlock::RdLockConnectionManager::new("redis://127.0.0.1/").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn new<T: IntoConnectionInfo>(params: T) -> Result<Self, RdLockError> {
+        let info = params
+            .into_connection_info()
+            .map_err(RdLockError::InvalidUrl)?;
+        let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(RdLockError::from_redis)?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(RdLockError::from_redis)?;
+        let keyspace_db = keyspace_events_enabled(&mut conn)
+            .await
+            .then_some(info.redis_settings().db());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                notifier: Notifier::start(client),
+                conn,
+                info,
+                keyspace_db,
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// A lock on `id`, with the default lease (30 s) renewed by a watchdog.
+    ///
+    /// Every process that uses the same `id` on the same Redis database contends for
+    /// the same lock. Making a `Lock` costs nothing and talks to no server; an invalid
+    /// id (empty) is reported by the first method that uses it.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// let lock = manager.new_lock("invoices").with_lease(Duration::from_secs(10));
+    /// assert_eq!(lock.key(), "rdlock:{invoices}:lock");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn new_lock(&self, id: &str) -> Lock {
+        Lock::new(self.clone(), id)
+    }
+
+    /// A rdlock 1.x [`BasicLock`] on `lock_id` whose key expires `ttl` seconds after
+    /// each acquisition (no watchdog), released early by [`BasicLock::release`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// let mut basic_lock = manager.new_basic_lock("my_lock", 3600);
+    /// basic_lock.lock().await?;
+    /// basic_lock.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn new_basic_lock(&self, lock_id: &str, ttl: u64) -> BasicLock {
+        BasicLock::new(self.clone(), lock_id, ttl)
+    }
+
+    /// A clone of the redis-rs command connection (kept from rdlock 1.x).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> redis::RedisResult<()> {
+    /// let mut conn = manager.get_connection_manager();
+    /// let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn get_connection_manager(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The connection parameters in use (kept from rdlock 1.x).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// println!("database {}", manager.get_connection_info().redis_settings().db());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn get_connection_info(&self) -> redis::ConnectionInfo {
+        self.inner.info.clone()
+    }
+
+    /// Whether the server had keyspace notifications on when the manager connected,
+    /// so that expiring locks wake waiters at once (see the type docs).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// if !manager.keyspace_events() {
+    ///     println!("waiters of a crashed holder wake when its lease runs out");
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn keyspace_events(&self) -> bool {
+        self.inner.keyspace_db.is_some()
+    }
+
+    /// How many times the shared subscriber connection has been established (1 after
+    /// start-up; each reconnect adds one). Useful for health checks and diagnostics.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// println!("subscriber reconnected {} times", manager.subscriber_connections().saturating_sub(1));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn subscriber_connections(&self) -> u64 {
+        self.inner.notifier.connections()
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl fmt::Debug for RdLockConnectionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RdLockConnectionManager")
+            .field("addr", &self.inner.info.addr())
+            .field("db", &self.inner.info.redis_settings().db())
+            .field("keyspace_events", &self.keyspace_events())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `notify-keyspace-events`; `false` when it is off or `CONFIG` is not allowed.
+async fn keyspace_events_enabled(conn: &mut ConnectionManager) -> bool {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(pair) => pair.get(1).is_some_and(|flags| {
+            // K: keyspace channel; A (all), g (del) or x (expired): events we use.
+            flags.contains('K') && (flags.contains('A') || flags.contains('g') || flags.contains('x'))
+        }),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,85 @@
+//! The Redis key and channel names of a lock: part of the public contract.
+
+/// Every Redis name used by one lock id.
+///
+/// All names share the hash tag `{<escaped id>}`, so the multi-key scripts run unchanged
+/// on Redis Cluster. The id is escaped (`%` → `%25`, `{` → `%7B`, `}` → `%7D`) so that
+/// braces in an id can neither end the hash tag early nor leave it empty; distinct ids
+/// still map to distinct keys.
+#[derive(Debug)]
+pub(crate) struct LockNames {
+    /// `rdlock:{id}:lock` — the owner token, with the lease as its PX expiry.
+    pub(crate) key: String,
+    /// `rdlock:{id}:fence` — the fencing counter; never expires, never deleted.
+    pub(crate) fence: String,
+    /// `rdlock:{id}:release` — the release script publishes here.
+    pub(crate) release_channel: String,
+    /// `__keyspace@<db>__:rdlock:{id}:lock`, when the server has keyspace events on.
+    pub(crate) keyspace_channel: Option<String>,
+}
+
+impl LockNames {
+    pub(crate) fn new(id: &str, keyspace_db: Option<i64>) -> Self {
+        let tag = escape_id(id);
+        let key = format!("rdlock:{{{tag}}}:lock");
+        Self {
+            fence: format!("rdlock:{{{tag}}}:fence"),
+            release_channel: format!("rdlock:{{{tag}}}:release"),
+            keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
+            key,
+        }
+    }
+}
+
+fn escape_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster would use: the text between the first `{` and the
+    /// first `}` after it, when that text is not empty.
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &key[open + 1..close])
+    }
+
+    #[test]
+    fn all_names_share_one_nonempty_hash_tag() {
+        for id in ["job", "}", "{", "{}", "}{", "a}b{c", "%7D", "", "日本語"] {
+            let n = LockNames::new(id, Some(3));
+            let tag = hash_tag(&n.key);
+            if id.is_empty() {
+                // Empty ids are refused before any name is used.
+                continue;
+            }
+            assert!(tag.is_some(), "id {id:?} gave key {:?}", n.key);
+            assert_eq!(tag, hash_tag(&n.fence), "id {id:?}");
+            assert_eq!(tag, hash_tag(&n.release_channel), "id {id:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_keeps_ids_distinct() {
+        let a = LockNames::new("{", None).key;
+        let b = LockNames::new("%7B", None).key;
+        assert_ne!(a, b);
+        assert_eq!(LockNames::new("job", Some(0)).key, "rdlock:{job}:lock");
+        assert_eq!(
+            LockNames::new("job", Some(2)).keyspace_channel.as_deref(),
+            Some("__keyspace@2__:rdlock:{job}:lock")
+        );
+    }
+}

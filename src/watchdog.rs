@@ -1,0 +1,72 @@
+//! The task that keeps a held lease alive.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+
+use crate::lease::{valid_until, LeaseState};
+use crate::scripts;
+
+/// Everything the watchdog needs; it holds no reference to the guard or the manager,
+/// so that it can never keep either alive.
+pub(crate) struct Watchdog {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) key: String,
+    pub(crate) token: Arc<str>,
+    pub(crate) lease: Duration,
+    pub(crate) state: Arc<LeaseState>,
+    /// When the acquire (or last renewal) that set the current deadline was sent.
+    pub(crate) last_sent: Instant,
+}
+
+impl Watchdog {
+    /// Renews every `lease / 3` until the guard ends (its scope is cancelled) or the
+    /// lease is lost. A renewal that finds another token ends the lease at once; a
+    /// renewal that fails on I/O is retried until the local deadline, which then ends it.
+    pub(crate) async fn run(mut self) {
+        let scope = self.state.scope().clone();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let retry_every = (self.lease / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
+        let mut next = self.last_sent + self.lease / 3;
+        loop {
+            tokio::select! {
+                biased;
+                _ = scope.cancelled() => return,
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            let deadline = self.state.deadline();
+            let sent = Instant::now();
+            if sent >= deadline {
+                self.state.mark_lost();
+                return;
+            }
+            let renewal = tokio::time::timeout_at(
+                deadline.into(),
+                scripts::renew(&mut self.conn, &self.key, &self.token, lease_ms),
+            );
+            let outcome = tokio::select! {
+                biased;
+                _ = scope.cancelled() => return,
+                outcome = renewal => outcome,
+            };
+            match outcome {
+                Ok(Ok(true)) => {
+                    self.state.set_deadline(valid_until(sent, self.lease));
+                    next = sent + self.lease / 3;
+                }
+                // The key holds another token or is gone: someone else may own it now.
+                Ok(Ok(false)) => {
+                    self.state.mark_lost();
+                    return;
+                }
+                Ok(Err(_)) => next = (Instant::now() + retry_every).min(deadline),
+                // No answer before the local deadline: we can no longer tell.
+                Err(_) => {
+                    self.state.mark_lost();
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Test support: private `redis-server` processes on free loopback ports.
+//!
+//! Every test starts its own server (never the one on 6379), configured as it needs,
+//! in its own temporary directory; the server is killed when the value is dropped.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How a test server is configured.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// `notify-keyspace-events` flags; `None` leaves them off (the Redis default).
+    pub keyspace_events: Option<&'static str>,
+    /// Further `--name value` arguments.
+    pub args: Vec<String>,
+}
+
+impl ServerConfig {
+    pub fn keyspace(flags: &'static str) -> Self {
+        Self {
+            keyspace_events: Some(flags),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// A private redis-server, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    config: ServerConfig,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// A server with the default configuration (keyspace events off).
+    pub fn start() -> Self {
+        Self::start_with(ServerConfig::default())
+    }
+
+    pub fn with_keyspace_events() -> Self {
+        Self::start_with(ServerConfig::keyspace("KA"))
+    }
+
+    pub fn start_with(config: ServerConfig) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rdlock-test-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let mut server = Self {
+            child: None,
+            port: 0,
+            config,
+            dir,
+        };
+        // The port is free when we look, but another process may take it before the
+        // server binds: try a few ports.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server did not start; its log:\n{}",
+            server.log()
+        );
+    }
+
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir, "--logfile", "redis.log"])
+            .args(["--enable-debug-command", "local"])
+            .args([
+                "--notify-keyspace-events",
+                self.config.keyspace_events.unwrap_or(""),
+            ]);
+        for arg in &self.config.args {
+            command.arg(arg);
+        }
+        let child = match command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not on PATH: install it (Debian/Ubuntu: \
+                 `sudo apt-get install -y redis-server`) or run `bash .ci/run`"
+            ),
+            Err(e) => panic!("could not start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        false
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid url")
+    }
+
+    /// A raw connection for the test's own commands.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Kills the server (SIGKILL): nothing is saved.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "redis-server did not restart:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago, outside the ephemeral range when possible.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `condition` every 10 ms until it is true; panics with `what` after `bound`.
+pub async fn wait_until<F, Fut>(bound: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "timed out after {bound:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value at `key`, if any.
+pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(conn).await.expect("GET")
+}
+
+/// The number of clients connected to the server, the caller's own included.
+pub async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
