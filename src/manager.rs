@@ -227,6 +227,24 @@ impl RdLockConnectionManager {
         self.inner.notifier.connections()
     }
 
+    /// How many background tasks of this manager are running: one watchdog per held
+    /// guard plus releases still in flight after guards were dropped. Useful to check
+    /// that nothing is left behind.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// let guard = manager.new_lock("job").lock().await?;
+    /// assert_eq!(manager.pending_tasks(), 1); // its watchdog
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn pending_tasks(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
@@ -252,7 +270,8 @@ async fn keyspace_events_enabled(conn: &mut ConnectionManager) -> bool {
     match reply {
         Ok(pair) => pair.get(1).is_some_and(|flags| {
             // K: keyspace channel; A (all), g (del) or x (expired): events we use.
-            flags.contains('K') && (flags.contains('A') || flags.contains('g') || flags.contains('x'))
+            flags.contains('K')
+                && (flags.contains('A') || flags.contains('g') || flags.contains('x'))
         }),
         Err(_) => false,
     }

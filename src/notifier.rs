@@ -191,8 +191,7 @@ async fn run(
     let mut channels: HashMap<String, Arc<Entry>> = HashMap::new();
     let mut delay = RECONNECT_MIN;
     loop {
-        let connected = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await
-        {
+        let connected = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => Some(pubsub),
             _ => None,
         };

@@ -12,9 +12,11 @@ use redis::{RedisResult, Script};
 
 use crate::names::LockNames;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 
 /// What one acquire attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +65,12 @@ pub(crate) async fn renew(
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
-    RENEW.key(key).arg(token).arg(lease_ms).invoke_async(conn).await
+    RENEW
+        .key(key)
+        .arg(token)
+        .arg(lease_ms)
+        .invoke_async(conn)
+        .await
 }
 
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`

@@ -27,7 +27,8 @@ impl Watchdog {
     pub(crate) async fn run(mut self) {
         let scope = self.state.scope().clone();
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
-        let retry_every = (self.lease / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
+        let retry_every =
+            (self.lease / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
         let mut next = self.last_sent + self.lease / 3;
         loop {
             tokio::select! {

@@ -210,7 +210,9 @@ impl Lock {
     /// # }
     /// ```
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard, RdLockError> {
-        let acquired = self.acquire_raw(Instant::now().checked_add(timeout)).await?;
+        let acquired = self
+            .acquire_raw(Instant::now().checked_add(timeout))
+            .await?;
         Ok(self.guard(acquired))
     }
 

@@ -22,7 +22,10 @@ const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl Lock {
-    pub(crate) async fn acquire_raw(&self, deadline: Option<Instant>) -> Result<Acquired, RdLockError> {
+    pub(crate) async fn acquire_raw(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Acquired, RdLockError> {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
         match self.attempt(lease_ms).await {
@@ -115,6 +118,8 @@ impl Drop for Baton<'_> {
 /// 1–10 ms, so that waiters of many processes do not retry in lockstep when a lease
 /// runs out.
 fn jitter() -> Duration {
-    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     Duration::from_millis(1 + random % 10)
 }

@@ -66,10 +66,7 @@ impl RedisServer {
                 return server;
             }
         }
-        panic!(
-            "redis-server did not start; its log:\n{}",
-            server.log()
-        );
+        panic!("redis-server did not start; its log:\n{}", server.log());
     }
 
     fn spawn(&mut self) -> bool {
@@ -160,7 +157,11 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.spawn(), "redis-server did not restart:\n{}", self.log());
+        assert!(
+            self.spawn(),
+            "redis-server did not restart:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -201,7 +202,11 @@ where
 
 /// The value at `key`, if any.
 pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(conn).await.expect("GET")
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("GET")
 }
 
 /// The number of clients connected to the server, the caller's own included.

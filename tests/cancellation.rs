@@ -1,0 +1,130 @@
+//! Cancelling `lock()` futures, at any await point, never leaves the key held.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdlock::RdLockConnectionManager;
+use support::{get, wait_until, RedisServer};
+
+async fn assert_quiescent(server: &RedisServer, manager: &RdLockConnectionManager, key: &str) {
+    let raw = server.conn().await;
+    wait_until(
+        Duration::from_secs(5),
+        "the key is gone (a leak would hold it for the 30 s lease)",
+        || {
+            let mut raw = raw.clone();
+            let key = key.to_owned();
+            async move { get(&mut raw, &key).await.is_none() }
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "no background task is left", || {
+        let n = manager.pending_tasks();
+        async move { n == 0 }
+    })
+    .await;
+}
+
+/// The acquire reaches Redis, but the future is dropped before the reply: the SET
+/// happens after the caller gave up. The attempt is undone by its token.
+#[tokio::test]
+async fn cancelled_after_the_set_reached_redis_is_undone() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lock = manager.new_lock("ambiguous");
+    // Hold writes (EVALSHA included) for 500 ms: the acquire is queued on the server.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_millis(100), lock.lock()).await;
+    assert!(
+        outcome.is_err(),
+        "the future was cancelled while the server paused"
+    );
+    // Once the pause ends, the SET runs, then the undo.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_quiescent(&server, &manager, lock.key()).await;
+    // And the lock is free for anyone.
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    assert!(other.new_lock("ambiguous").try_lock().await.is_ok());
+}
+
+/// Many tasks contend and are cancelled at random points (while waiting, mid-attempt,
+/// just after acquiring): afterwards nothing is held and nothing is left running.
+#[tokio::test]
+async fn heavy_cancellation_leaves_nothing_held() {
+    let server = RedisServer::start();
+    let managers = [
+        RdLockConnectionManager::new(server.url()).await.unwrap(),
+        RdLockConnectionManager::new(server.url()).await.unwrap(),
+    ];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {seed}");
+    let mut tasks = Vec::new();
+    for t in 0..24u64 {
+        let lock = Arc::new(managers[(t % 2) as usize].new_lock("cancel-storm"));
+        let mut rng = seed ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tasks.push(tokio::spawn(async move {
+            let mut acquired = 0;
+            for _ in 0..30 {
+                rng = xorshift(rng);
+                let budget = Duration::from_micros(rng % 3000);
+                if let Ok(Ok(guard)) = tokio::time::timeout(budget, lock.lock()).await {
+                    acquired += 1;
+                    rng = xorshift(rng);
+                    if rng % 2 == 0 {
+                        drop(guard);
+                    } else {
+                        let _ = guard.release().await;
+                    }
+                }
+            }
+            acquired
+        }));
+    }
+    let mut acquired = 0;
+    for t in tasks {
+        acquired += t.await.unwrap();
+    }
+    println!("{acquired} acquisitions among 720 cancellable attempts");
+    for manager in &managers {
+        assert_quiescent(&server, manager, "rdlock:{cancel-storm}:lock").await;
+    }
+    // The subscriptions were given up too.
+    let mut raw = server.conn().await;
+    wait_until(
+        Duration::from_secs(5),
+        "no subscriber is left on the channel",
+        || {
+            let mut raw = raw.clone();
+            async move {
+                let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("rdlock:{cancel-storm}:release")
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+                n.first().is_some_and(|(_, count)| *count == 0)
+            }
+        },
+    )
+    .await;
+    let _ = &mut raw;
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
