@@ -79,6 +79,10 @@ pub enum RdLockError {
     /// taken over, or Redis stayed unreachable past the local lease deadline).
     #[error("the lease on the lock was lost")]
     LeaseLost,
+    /// The manager was shut down ([`RdLockConnectionManager::shutdown`](crate::RdLockConnectionManager::shutdown)):
+    /// it takes no new locks, and guards it released report this.
+    #[error("the lock manager was shut down")]
+    ShutDown,
 }
 
 impl RdLockError {

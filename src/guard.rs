@@ -51,18 +51,41 @@ pub struct LockGuard {
     token: Arc<str>,
     fence: u64,
     state: Arc<LeaseState>,
-    released: bool,
+    /// This guard's entry in the manager's registry of held guards.
+    registered: u64,
 }
 
 impl LockGuard {
-    pub(crate) fn new(lock: Lock, token: Arc<str>, fence: u64, state: Arc<LeaseState>) -> Self {
+    pub(crate) fn new(
+        lock: Lock,
+        token: Arc<str>,
+        fence: u64,
+        state: Arc<LeaseState>,
+        registered: u64,
+    ) -> Self {
         Self {
             lock,
             token,
             fence,
             state,
-            released: false,
+            registered,
         }
+    }
+
+    /// Cancelled once the lease is lost (not when the guard ends).
+    pub(crate) fn lease_token(&self) -> CancellationToken {
+        self.state.lost_token()
+    }
+
+    /// Takes the guard out of the manager's registry; `false` when shutdown already
+    /// took (and released) it.
+    fn unregister(&self) -> bool {
+        self.lock
+            .manager()
+            .inner()
+            .held
+            .remove(self.registered)
+            .is_some()
     }
 
     /// `true` while the lease is known to be ours: not lost, and its local deadline
@@ -167,7 +190,8 @@ impl LockGuard {
     /// - [`RdLockError::LockNotAcquired`] when the key no longer held our token (the
     ///   lease had been lost; nothing was deleted);
     /// - [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when the release
-    ///   could not be sent; the lease then expires by itself.
+    ///   could not be sent; the lease then expires by itself;
+    /// - [`RdLockError::ShutDown`] when the manager's shutdown has already released it.
     ///
     /// # Cancel safety
     ///
@@ -185,14 +209,22 @@ impl LockGuard {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn release(mut self) -> Result<(), RdLockError> {
-        self.released = true;
+    pub async fn release(self) -> Result<(), RdLockError> {
+        // Unregistering first also disarms the drop-release.
+        if !self.unregister() {
+            return Err(RdLockError::ShutDown);
+        }
         self.state.scope().cancel();
         let mut conn = self.lock.manager().inner().conn.clone();
-        match scripts::release(&mut conn, self.lock.names(), &self.token).await {
-            Ok(true) => Ok(()),
+        let outcome = scripts::release(&mut conn, self.lock.names(), &self.token).await;
+        match outcome {
+            Ok(true) => {
+                tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released");
+                Ok(())
+            }
             Ok(false) => {
                 self.state.mark_lost();
+                tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
                 Err(RdLockError::LockNotAcquired)
             }
             Err(e) => Err(RdLockError::from_redis(e)),
@@ -202,11 +234,11 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
         // Synchronous part first: the watchdog must stop even if no release can run.
         self.state.scope().cancel();
+        if !self.unregister() {
+            return; // released by `release()` or by shutdown
+        }
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.
         self.lock.release_in_background(self.token.clone());

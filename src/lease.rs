@@ -89,6 +89,11 @@ impl LeaseState {
         }
     }
 
+    /// A token cancelled once the lease is lost.
+    pub(crate) fn lost_token(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
     pub(crate) fn scope(&self) -> &CancellationToken {
         &self.scope
     }

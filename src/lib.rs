@@ -65,15 +65,18 @@
 
 pub mod errors;
 mod guard;
+mod held;
 mod lease;
 pub mod lock;
 mod manager;
 mod names;
 mod notifier;
+mod run;
 mod scripts;
 mod watchdog;
 
 pub use errors::RdLockError;
 pub use guard::LockGuard;
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
-pub use manager::RdLockConnectionManager;
+pub use manager::{RdLockConnectionManager, SHUTDOWN_TIMEOUT};
+pub use run::Run;

@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::errors::RdLockError;
+use crate::held::HeldGuards;
 use crate::lock::{BasicLock, Lock};
 use crate::notifier::Notifier;
+use crate::scripts;
 
 /// How long connecting may take, per attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,6 +23,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connection attempts after the first one, with jittered exponential backoff: bounds
 /// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds.
 const CONNECT_RETRIES: usize = 2;
+/// How long [`RdLockConnectionManager::shutdown`] waits for releases and background
+/// tasks to finish.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connection to a Redis server, shared by every lock made from it.
 ///
@@ -63,6 +69,10 @@ pub(crate) struct Inner {
     pub(crate) keyspace_db: Option<i64>,
     /// Watchdogs and drop-releases, so that they can be awaited on shutdown.
     pub(crate) tasks: TaskTracker,
+    /// The guards alive now, for shutdown to release.
+    pub(crate) held: HeldGuards,
+    /// Cancelled by shutdown: no new acquisitions, waiters give up, the subscriber stops.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl RdLockConnectionManager {
@@ -114,13 +124,16 @@ impl RdLockConnectionManager {
         let keyspace_db = keyspace_events_enabled(&mut conn)
             .await
             .then_some(info.redis_settings().db());
+        let shutdown = CancellationToken::new();
         Ok(Self {
             inner: Arc::new(Inner {
-                notifier: Notifier::start(client),
+                notifier: Notifier::start(client, shutdown.clone()),
                 conn,
                 info,
                 keyspace_db,
                 tasks: TaskTracker::new(),
+                held: HeldGuards::default(),
+                shutdown,
             }),
         })
     }
@@ -243,6 +256,80 @@ impl RdLockConnectionManager {
     #[must_use]
     pub fn pending_tasks(&self) -> usize {
         self.inner.tasks.len()
+    }
+
+    /// Shuts the manager down, for a clean process exit: stops taking new locks (waiting
+    /// and new acquisitions return [`RdLockError::ShutDown`]), marks every guard still
+    /// alive as lost (its [`lost`](crate::LockGuard::lost) completes) and releases its
+    /// key, waits for the releases of guards dropped earlier, stops the watchdogs and
+    /// the subscriber. Waits at most [`SHUTDOWN_TIMEOUT`] in all.
+    ///
+    /// It applies to every clone of the manager. [`BasicLock`]s are left alone: their
+    /// TTL is their contract. Calling it again is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`RdLockError::TimeoutReached`] when background work did not finish in time;
+    /// [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when a release could
+    /// not be sent (that lease then expires by itself).
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the manager is shut down even if the future is dropped; the
+    /// releases it spawned still run.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// let guard = manager.new_lock("job").lock().await?;
+    /// drop(guard); // released in the background...
+    /// manager.shutdown().await?; // ...and awaited here, before the process exits
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) -> Result<(), RdLockError> {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        for held in inner.held.drain() {
+            held.state.mark_lost();
+            let mut conn = inner.conn.clone();
+            let failure = failure.clone();
+            inner.tasks.spawn(async move {
+                if let Err(e) = scripts::release(&mut conn, &held.names, &held.token).await {
+                    tracing::warn!(lock = %held.id, fence = held.fence, error = %e, "release on shutdown failed");
+                    let mut slot = failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    slot.get_or_insert(RdLockError::from_redis(e));
+                }
+            });
+        }
+        inner.tasks.close();
+        let finished = tokio::time::timeout(SHUTDOWN_TIMEOUT, inner.tasks.wait()).await;
+        inner.tasks.reopen();
+        let failed = failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match (finished, failed) {
+            (_, Some(e)) => Err(e),
+            (Err(_), None) => Err(RdLockError::TimeoutReached),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// `true` once [`shutdown`](Self::shutdown) has been called on any clone.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// if manager.is_shut_down() { return; }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
     }
 
     pub(crate) fn inner(&self) -> &Inner {

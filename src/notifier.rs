@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use redis::Msg;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::names::LockNames;
 
@@ -78,10 +79,13 @@ enum Command {
 
 impl Notifier {
     /// Starts the subscriber task on the current runtime.
-    pub(crate) fn start(client: redis::Client) -> Self {
+    pub(crate) fn start(client: redis::Client, shutdown: CancellationToken) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
-        tokio::spawn(run(client, receiver, status.clone()));
+        let task = run(client, receiver, status.clone());
+        tokio::spawn(async move {
+            shutdown.run_until_cancelled(task).await;
+        });
         Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(HashMap::new()),

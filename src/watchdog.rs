@@ -13,6 +13,9 @@ use crate::scripts;
 pub(crate) struct Watchdog {
     pub(crate) conn: ConnectionManager,
     pub(crate) key: String,
+    /// The lock id and fencing token, for diagnostics.
+    pub(crate) id: Arc<str>,
+    pub(crate) fence: u64,
     pub(crate) token: Arc<str>,
     pub(crate) lease: Duration,
     pub(crate) state: Arc<LeaseState>,
@@ -24,6 +27,11 @@ impl Watchdog {
     /// Renews every `lease / 3` until the guard ends (its scope is cancelled) or the
     /// lease is lost. A renewal that finds another token ends the lease at once; a
     /// renewal that fails on I/O is retried until the local deadline, which then ends it.
+    fn lost(&self, reason: &'static str) {
+        self.state.mark_lost();
+        tracing::warn!(lock = %self.id, fence = self.fence, reason, "lease lost");
+    }
+
     pub(crate) async fn run(mut self) {
         let scope = self.state.scope().clone();
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
@@ -39,7 +47,7 @@ impl Watchdog {
             let deadline = self.state.deadline();
             let sent = Instant::now();
             if sent >= deadline {
-                self.state.mark_lost();
+                self.lost("renewals failed until the lease deadline");
                 return;
             }
             let renewal = tokio::time::timeout_at(
@@ -55,16 +63,20 @@ impl Watchdog {
                 Ok(Ok(true)) => {
                     self.state.set_deadline(valid_until(sent, self.lease));
                     next = sent + self.lease / 3;
+                    tracing::debug!(lock = %self.id, fence = self.fence, "lease renewed");
                 }
                 // The key holds another token or is gone: someone else may own it now.
                 Ok(Ok(false)) => {
-                    self.state.mark_lost();
+                    self.lost("the key no longer holds our token");
                     return;
                 }
-                Ok(Err(_)) => next = (Instant::now() + retry_every).min(deadline),
+                Ok(Err(e)) => {
+                    tracing::warn!(lock = %self.id, fence = self.fence, error = %e, "lease renewal failed; retrying until the lease deadline");
+                    next = (Instant::now() + retry_every).min(deadline);
+                }
                 // No answer before the local deadline: we can no longer tell.
                 Err(_) => {
-                    self.state.mark_lost();
+                    self.lost("no renewal answered before the lease deadline");
                     return;
                 }
             }

@@ -6,14 +6,17 @@ mod wait;
 pub use basic::BasicLock;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::errors::RdLockError;
 use crate::guard::LockGuard;
+use crate::held::Held;
 use crate::lease::{valid_until, LeaseState};
 use crate::manager::RdLockConnectionManager;
 use crate::names::LockNames;
+use crate::run::Run;
 use crate::scripts::{self, Acquire};
 use crate::watchdog::Watchdog;
 
@@ -256,8 +259,72 @@ impl Lock {
         }
     }
 
+    /// Waits for the lock, runs `fut` while the lease is held, then releases the lock
+    /// and returns `fut`'s output.
+    ///
+    /// If the lease is lost while `fut` runs, `fut` is dropped at once (it is not
+    /// polled again) and the result is [`RdLockError::LeaseLost`]. If `fut` panics,
+    /// the guard is dropped during unwinding, which releases the lock, and the panic
+    /// goes on. The returned future polls `fut` itself (no task is spawned), so `fut`
+    /// may borrow from the caller.
+    ///
+    /// # Errors
+    ///
+    /// [`RdLockError::LeaseLost`] as above; otherwise those of [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops `fut` and releases the lock (in the background).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// let mut report = String::new();
+    /// let rows = lock
+    ///     .run(async {
+    ///         report.push_str("nightly report");
+    ///         42 // e.g. rows written
+    ///     })
+    ///     .await?;
+    /// println!("{report}: {rows} rows");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run<F: Future>(&self, fut: F) -> Run<'_, F> {
+        Run::new(Box::pin(self.lock()), fut)
+    }
+
+    /// As [`run`](Self::run), giving up with [`RdLockError::TimeoutReached`] if the
+    /// lock is not acquired within `timeout` (the time `fut` runs is not limited).
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run) and [`lock_timeout`](Self::lock_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// lock.run_timeout(Duration::from_secs(10), async { /* work */ }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_timeout<F: Future>(&self, timeout: Duration, fut: F) -> Run<'_, F> {
+        Run::new(Box::pin(self.lock_timeout(timeout)), fut)
+    }
+
     /// Checks the id and lease; returns the lease in milliseconds.
     pub(crate) fn validate(&self) -> Result<u64, RdLockError> {
+        if self.manager.is_shut_down() {
+            return Err(RdLockError::ShutDown);
+        }
         if self.id.is_empty() {
             return Err(RdLockError::InvalidLockId {
                 reason: "the id is empty",
@@ -320,6 +387,8 @@ impl Lock {
             let watchdog = Watchdog {
                 conn: self.manager.inner().conn.clone(),
                 key: self.names.key.clone(),
+                id: self.id.clone(),
+                fence: acquired.fence,
                 token: acquired.token.clone(),
                 lease: self.lease,
                 state: state.clone(),
@@ -327,7 +396,21 @@ impl Lock {
             };
             self.manager.inner().tasks.spawn(watchdog.run());
         }
-        LockGuard::new(self.clone(), acquired.token, acquired.fence, state)
+        let registered = self.manager.inner().held.insert(Held {
+            names: self.names.clone(),
+            id: self.id.clone(),
+            token: acquired.token.clone(),
+            fence: acquired.fence,
+            state: state.clone(),
+        });
+        tracing::debug!(lock = %self.id, fence = acquired.fence, lease = ?self.lease, "acquired");
+        LockGuard::new(
+            self.clone(),
+            acquired.token,
+            acquired.fence,
+            state,
+            registered,
+        )
     }
 
     /// Spawns the token-checked release on the current runtime, if there is one.

@@ -34,15 +34,15 @@ impl Lock {
             Err(e) if e.is_connection_error() => {}
             Err(e) => return Err(e),
         }
+        let shutdown = &self.manager().inner().shutdown;
         let watch = self.manager().inner().notifier.watch(self.names());
-        match deadline {
-            Some(deadline) => {
-                tokio::select! {
-                    _ = watch.ready() => {}
-                    _ = tokio::time::sleep_until(deadline.into()) => return Err(RdLockError::TimeoutReached),
-                }
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        tokio::select! {
+            _ = watch.ready() => {}
+            _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future).into()) => {
+                return Err(RdLockError::TimeoutReached);
             }
-            None => watch.ready().await,
         }
         let mut backoff = UNREACHABLE_BACKOFF_MIN;
         let mut woken = false;
@@ -81,6 +81,7 @@ impl Lock {
             }
             tokio::select! {
                 biased;
+                _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
                 _ = notified => woken = true,
                 _ = tokio::time::sleep_until(wake_at.into()) => {
                     woken = false;
