@@ -61,7 +61,7 @@
 //!   [`lock::BasicLock`], [`errors::RdLockError`]) is kept.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
-#![doc(test(attr(deny(warnings))))]
+#![doc(test(attr(deny(warnings), allow(unused))))]
 
 pub mod errors;
 mod guard;
