@@ -82,7 +82,7 @@ async fn heavy_cancellation_leaves_nothing_held() {
                 if let Ok(Ok(guard)) = tokio::time::timeout(budget, lock.lock()).await {
                     acquired += 1;
                     rng = xorshift(rng);
-                    if rng % 2 == 0 {
+                    if rng.is_multiple_of(2) {
                         drop(guard);
                     } else {
                         let _ = guard.release().await;
@@ -101,7 +101,7 @@ async fn heavy_cancellation_leaves_nothing_held() {
         assert_quiescent(&server, manager, "rdlock:{cancel-storm}:lock").await;
     }
     // The subscriptions were given up too.
-    let mut raw = server.conn().await;
+    let raw = server.conn().await;
     wait_until(
         Duration::from_secs(5),
         "no subscriber is left on the channel",
@@ -119,7 +119,6 @@ async fn heavy_cancellation_leaves_nothing_held() {
         },
     )
     .await;
-    let _ = &mut raw;
 }
 
 fn xorshift(mut x: u64) -> u64 {

@@ -55,7 +55,7 @@ async fn no_two_holders_overlap() {
                         .unwrap()
                         .unwrap_or(0);
                     rng = xorshift(rng);
-                    let hold = if rng % 20 == 0 { 450 } else { rng % 3 };
+                    let hold = if rng.is_multiple_of(20) { 450 } else { rng % 3 };
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let _: () = redis::cmd("SET")
                         .arg("counter")

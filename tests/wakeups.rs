@@ -129,7 +129,7 @@ async fn external_delete_wakes_waiters_with_keyspace_events() {
         tokio::spawn(async move { lock.lock().await })
     };
     // The waiter must be subscribed before the DEL for the event to reach it.
-    let mut pubsub_raw = server.conn().await;
+    let pubsub_raw = server.conn().await;
     wait_until(Duration::from_secs(5), "the waiter subscribed", || {
         let mut c = pubsub_raw.clone();
         async move {
@@ -143,7 +143,6 @@ async fn external_delete_wakes_waiters_with_keyspace_events() {
         }
     })
     .await;
-    let _ = &mut pubsub_raw;
     let _: () = redis::cmd("DEL")
         .arg(lock.key())
         .query_async(&mut raw)

@@ -157,6 +157,11 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a stopped server again on the same port, empty.
+    pub fn start_again(&mut self) {
         assert!(
             self.spawn(),
             "redis-server did not restart:\n{}",
@@ -207,6 +212,15 @@ pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Opt
         .query_async(conn)
         .await
         .expect("GET")
+}
+
+/// The lock keys (`rdlock:*:lock`) present on the server.
+pub async fn lock_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("rdlock:*:lock")
+        .query_async(conn)
+        .await
+        .expect("KEYS")
 }
 
 /// The number of clients connected to the server, the caller's own included.
