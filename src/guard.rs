@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::RdLockError;
+use crate::gate::Turn;
 use crate::lease::LeaseState;
 use crate::lock::Lock;
 use crate::scripts;
@@ -53,6 +54,9 @@ pub struct LockGuard {
     state: Arc<LeaseState>,
     /// This guard's entry in the manager's registry of held guards.
     registered: u64,
+    /// This task's turn in the manager's local queue for the key, passed on when the
+    /// lock is released.
+    turn: Option<Turn>,
 }
 
 impl LockGuard {
@@ -62,6 +66,7 @@ impl LockGuard {
         fence: u64,
         state: Arc<LeaseState>,
         registered: u64,
+        turn: Option<Turn>,
     ) -> Self {
         Self {
             lock,
@@ -69,6 +74,7 @@ impl LockGuard {
             fence,
             state,
             registered,
+            turn,
         }
     }
 
@@ -241,7 +247,8 @@ impl Drop for LockGuard {
         }
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.
-        self.lock.release_in_background(self.token.clone());
+        self.lock
+            .release_in_background(self.token.clone(), self.turn.take());
     }
 }
 

@@ -64,6 +64,7 @@
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
 pub mod errors;
+mod gate;
 mod guard;
 mod held;
 mod lease;

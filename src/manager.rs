@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::errors::RdLockError;
+use crate::gate::Gates;
 use crate::held::HeldGuards;
 use crate::lock::{BasicLock, Lock};
 use crate::notifier::Notifier;
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// The guards alive now, for shutdown to release.
     pub(crate) held: HeldGuards,
+    /// The local per-key queues of waiting tasks.
+    pub(crate) gates: Gates,
     /// Cancelled by shutdown: no new acquisitions, waiters give up, the subscriber stops.
     pub(crate) shutdown: CancellationToken,
 }
@@ -133,6 +136,7 @@ impl RdLockConnectionManager {
                 keyspace_db,
                 tasks: TaskTracker::new(),
                 held: HeldGuards::default(),
+                gates: Gates::default(),
                 shutdown,
             }),
         })

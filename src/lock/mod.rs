@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::errors::RdLockError;
+use crate::gate::Turn;
 use crate::guard::LockGuard;
 use crate::held::Held;
 use crate::lease::{valid_until, LeaseState};
@@ -180,8 +181,7 @@ impl Lock {
     /// # }
     /// ```
     pub async fn lock(&self) -> Result<LockGuard, RdLockError> {
-        let acquired = self.acquire_raw(None).await?;
-        Ok(self.guard(acquired))
+        self.acquire_in_turn(None).await
     }
 
     /// Like [`lock`](Self::lock), giving up after `timeout`.
@@ -213,10 +213,8 @@ impl Lock {
     /// # }
     /// ```
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard, RdLockError> {
-        let acquired = self
-            .acquire_raw(Instant::now().checked_add(timeout))
-            .await?;
-        Ok(self.guard(acquired))
+        self.acquire_in_turn(Instant::now().checked_add(timeout))
+            .await
     }
 
     /// Makes one attempt to acquire the lock.
@@ -246,8 +244,18 @@ impl Lock {
     /// # }
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard, RdLockError> {
+        self.validate()?;
+        // Another task of this manager holds the lock or waits for it: it is not
+        // free for us, and Redis need not be asked.
+        let turn = self
+            .manager
+            .inner()
+            .gates
+            .get(&self.names.key)
+            .try_lock_owned()
+            .map_err(|_| RdLockError::LockUnavailable)?;
         let acquired = self.try_acquire_raw().await?;
-        Ok(self.guard(acquired))
+        Ok(self.guard(acquired, Some(turn)))
     }
 
     pub(crate) async fn try_acquire_raw(&self) -> Result<Acquired, RdLockError> {
@@ -381,7 +389,7 @@ impl Lock {
     }
 
     /// Wraps an acquisition in a guard and starts its watchdog.
-    pub(crate) fn guard(&self, acquired: Acquired) -> LockGuard {
+    pub(crate) fn guard(&self, acquired: Acquired, turn: Option<Turn>) -> LockGuard {
         let state = Arc::new(LeaseState::new(valid_until(acquired.sent, self.lease)));
         if self.watchdog {
             let watchdog = Watchdog {
@@ -410,12 +418,15 @@ impl Lock {
             acquired.fence,
             state,
             registered,
+            turn,
         )
     }
 
     /// Spawns the token-checked release on the current runtime, if there is one.
-    /// Never blocks; without a runtime the lease expires by itself.
-    pub(crate) fn release_in_background(&self, token: Arc<str>) {
+    /// Never blocks; without a runtime the lease expires by itself. The local turn is
+    /// passed on only after the release, so that the next local task's attempt does
+    /// not race it.
+    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -424,6 +435,7 @@ impl Lock {
         self.manager.inner().tasks.spawn_on(
             async move {
                 let _ = scripts::release(&mut conn, &names, &token).await;
+                drop(turn);
             },
             &handle,
         );
@@ -447,7 +459,7 @@ struct UndoOnDrop<'a> {
 impl Drop for UndoOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token);
+            self.lock.release_in_background(token, None);
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::{Acquired, Attempt, Lock};
 use crate::errors::RdLockError;
+use crate::guard::LockGuard;
 use crate::notifier::Watch;
 
 /// How often to look again at a key that has no expiry (written by something other
@@ -22,6 +23,28 @@ const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl Lock {
+    /// Waits for this task's turn in the manager's local queue for the key, then for
+    /// the lock in Redis.
+    pub(crate) async fn acquire_in_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<LockGuard, RdLockError> {
+        self.validate()?;
+        let gate = self.manager().inner().gates.get(self.key());
+        let shutdown = &self.manager().inner().shutdown;
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let turn = tokio::select! {
+            biased;
+            turn = gate.lock_owned() => turn,
+            _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future).into()) => {
+                return Err(RdLockError::TimeoutReached);
+            }
+        };
+        let acquired = self.acquire_raw(deadline).await?;
+        Ok(self.guard(acquired, Some(turn)))
+    }
+
     pub(crate) async fn acquire_raw(
         &self,
         deadline: Option<Instant>,

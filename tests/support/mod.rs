@@ -232,3 +232,31 @@ pub async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> 
         .expect("CLIENT LIST");
     list.lines().filter(|l| !l.trim().is_empty()).count()
 }
+
+/// Commands the server has run since the last `CONFIG RESETSTAT`, from
+/// `INFO commandstats` (commands run inside scripts included), leaving out the
+/// `INFO`/`CONFIG` calls of the measurement itself.
+pub async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter(|line| !line.starts_with("info:") && !line.starts_with("config"))
+        .filter_map(|line| {
+            let calls = line.split_once("calls=")?.1;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Resets the server's command statistics.
+pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
