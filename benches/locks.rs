@@ -1,0 +1,498 @@
+//! Lock benchmarks: this crate against the raw redis-rs floor and peer crates, on one
+//! private redis-server.
+//!
+//! `cargo bench --bench locks` runs everything in full and prints the tables that
+//! BENCHMARKS.md reports; `cargo test --benches` (CI) runs each part once, briefly.
+//! The server has keyspace events on (`KA`), because rdlock 1.x refuses to start
+//! without them; every contender runs against the same server.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use redis::aio::MultiplexedConnection;
+use support::{commands_run, connected_clients, reset_stats, RedisServer, ServerConfig};
+
+/// How long each scenario runs, and how many rounds the uncontended comparison takes.
+#[derive(Clone, Copy)]
+struct Scale {
+    scenario: Duration,
+    cycles: usize,
+    rounds: usize,
+    held: [usize; 2],
+    window: Duration,
+}
+
+const FULL: Scale = Scale {
+    scenario: Duration::from_secs(5),
+    cycles: 2_000,
+    rounds: 5,
+    held: [1_000, 10_000],
+    window: Duration::from_secs(6),
+};
+const QUICK: Scale = Scale {
+    scenario: Duration::from_millis(200),
+    cycles: 20,
+    rounds: 1,
+    held: [10, 100],
+    window: Duration::from_millis(500),
+};
+
+const KEY: &str = "bench";
+const LEASE: Duration = Duration::from_secs(30);
+
+fn main() {
+    if let Ok(kind) = std::env::var("RDLOCK_BENCH_WORKER") {
+        worker_process(&kind);
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = if full { FULL } else { QUICK };
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    criterion_uncontended(&runtime, &server, full);
+
+    println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
+    let cycle = runtime.block_on(uncontended_table(&server, scale));
+    println!("\n## Contended, one process, 16 tasks on one key\n");
+    runtime.block_on(contended_in_process(&server, scale, cycle));
+    println!("\n## Contended, 4 processes x 4 tasks on one key\n");
+    runtime.block_on(contended_processes(&server, scale, cycle));
+    println!("\n## 1,000 waiting tasks on 100 keys, one manager\n");
+    runtime.block_on(many_waiters(&server, scale));
+    println!("\n## Held guards: renewal traffic, CPU and memory\n");
+    runtime.block_on(held_guards(&server, scale));
+}
+
+// ---------------------------------------------------------------------------------
+// The contenders: one acquire+release cycle each.
+
+/// The floor: the same redis-rs client doing `SET NX PX` + `DEL` back to back.
+async fn floor_cycle(conn: &mut MultiplexedConnection) {
+    let ok: Option<String> = redis::cmd("SET")
+        .arg(KEY)
+        .arg("v")
+        .arg("NX")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(conn)
+        .await
+        .expect("SET");
+    assert!(ok.is_some(), "the floor loop found its key taken");
+    let _: i64 = redis::cmd("DEL").arg(KEY).query_async(conn).await.expect("DEL");
+}
+
+enum Contender {
+    Floor(MultiplexedConnection),
+    Ours(rdlock::Lock),
+    V1(rdlock_v1::lock::BasicLock),
+    Rslock(rslock::LockManager),
+}
+
+impl Contender {
+    const NAMES: [&'static str; 4] = ["redis-rs floor", "rdlock (this crate)", "rdlock 1.0.3", "rslock 0.10"];
+
+    async fn new(kind: usize, url: &str) -> Self {
+        match kind {
+            0 => Self::Floor(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()),
+            1 => Self::Ours(rdlock::RdLockConnectionManager::new(url).await.unwrap().new_lock(KEY).with_lease(LEASE)),
+            2 => Self::V1(rdlock_v1::RdLockConnectionManager::new(url).await.unwrap().new_basic_lock(KEY, 30)),
+            _ => Self::Rslock(rslock::LockManager::new(vec![url.to_owned()])),
+        }
+    }
+
+    /// One blocking acquire followed by a release.
+    async fn cycle(&mut self) {
+        match self {
+            Self::Floor(conn) => floor_cycle(conn).await,
+            Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
+            Self::V1(lock) => {
+                lock.lock().await.unwrap();
+                lock.release().await.unwrap();
+            }
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                guard.release().await;
+            }
+        }
+    }
+
+    /// Acquires, runs `inside`, releases; returns the time spent waiting.
+    async fn hold(&mut self) -> Duration {
+        let asked = Instant::now();
+        match self {
+            Self::Floor(_) => unreachable!("the floor is not a lock"),
+            Self::Ours(lock) => {
+                let guard = lock.lock().await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await.unwrap();
+                waited
+            }
+            Self::V1(lock) => {
+                lock.lock().await.unwrap();
+                let waited = asked.elapsed();
+                lock.release().await.unwrap();
+                waited
+            }
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await;
+                waited
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Uncontended.
+
+fn criterion_uncontended(runtime: &tokio::runtime::Runtime, server: &RedisServer, full: bool) {
+    let mut criterion = Criterion::default().configure_from_args();
+    if !full {
+        criterion = criterion.sample_size(10).warm_up_time(Duration::from_millis(50)).measurement_time(Duration::from_millis(100));
+    }
+    let mut group = criterion.benchmark_group("uncontended_cycle");
+    for (kind, name) in Contender::NAMES.iter().enumerate() {
+        let mut contender = runtime.block_on(Contender::new(kind, &server.url()));
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        contender.cycle().await;
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+    criterion.final_summary();
+}
+
+/// Median per-cycle time of each contender over interleaved rounds (A B C D, A B C D,
+/// ...), so that machine noise hits all of them alike. Returns ours.
+async fn uncontended_table(server: &RedisServer, scale: Scale) -> Duration {
+    let mut contenders = Vec::new();
+    for kind in 0..Contender::NAMES.len() {
+        contenders.push(Contender::new(kind, &server.url()).await);
+    }
+    let mut raw = server.conn().await;
+    let mut per_cycle = vec![Vec::new(); contenders.len()];
+    let mut commands = vec![0.0; contenders.len()];
+    for _ in 0..scale.rounds {
+        for (kind, contender) in contenders.iter_mut().enumerate() {
+            reset_stats(&mut raw).await;
+            let started = Instant::now();
+            for _ in 0..scale.cycles {
+                contender.cycle().await;
+            }
+            per_cycle[kind].push(started.elapsed() / scale.cycles as u32);
+            commands[kind] = commands_run(&mut raw).await as f64 / scale.cycles as f64;
+        }
+    }
+    let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
+    println!("| contender | cycle (median) | vs floor | Redis commands per cycle |");
+    println!("|---|---|---|---|");
+    for (kind, name) in Contender::NAMES.iter().enumerate() {
+        println!(
+            "| {name} | {:.1} µs | {:.2}x | {:.1} |",
+            micros(medians[kind]),
+            ratio(medians[kind], medians[0]),
+            commands[kind]
+        );
+    }
+    medians[1]
+}
+
+// ---------------------------------------------------------------------------------
+// Contended.
+
+struct Run {
+    per_task: Vec<u64>,
+    waits: Vec<Duration>,
+    elapsed: Duration,
+    commands: u64,
+}
+
+async fn contend(server: &RedisServer, kind: usize, tasks: usize, run_for: Duration) -> Run {
+    let url = server.url();
+    let mut raw = server.conn().await;
+    // rdlock 1.x and rslock are used as their docs show: one lock value per task.
+    // rdlock shares one manager (and so one subscriber) between the tasks.
+    let shared = rdlock::RdLockConnectionManager::new(url.as_str()).await.unwrap();
+    let mut contenders = Vec::new();
+    for _ in 0..tasks {
+        contenders.push(match kind {
+            1 => Contender::Ours(shared.new_lock(KEY).with_lease(LEASE)),
+            k => Contender::new(k, &url).await,
+        });
+    }
+    reset_stats(&mut raw).await;
+    let started = Instant::now();
+    let handles: Vec<_> = contenders
+        .into_iter()
+        .map(|mut contender| {
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                while started.elapsed() < run_for {
+                    waits.push(contender.hold().await);
+                }
+                waits
+            })
+        })
+        .collect();
+    let mut run = Run { per_task: Vec::new(), waits: Vec::new(), elapsed: Duration::ZERO, commands: 0 };
+    for handle in handles {
+        let waits = handle.await.unwrap();
+        run.per_task.push(waits.len() as u64);
+        run.waits.extend(waits);
+    }
+    run.elapsed = started.elapsed();
+    run.commands = commands_run(&mut raw).await;
+    run
+}
+
+async fn contended_in_process(server: &RedisServer, scale: Scale, our_cycle: Duration) {
+    let floor_rate = floor_rate(server, scale).await;
+    println!("floor loop: {floor_rate:.0} cycles/s; rdlock uncontended cycle {:.1} µs\n", micros(our_cycle));
+    println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | p99 wait / p50 uncontended cycle | min/mean per task | commands per acquisition |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for kind in 1..Contender::NAMES.len() {
+        let mut run = contend(server, kind, 16, scale.scenario).await;
+        let total: u64 = run.per_task.iter().sum();
+        let rate = total as f64 / run.elapsed.as_secs_f64();
+        let mean = total as f64 / run.per_task.len() as f64;
+        let min = run.per_task.iter().min().copied().unwrap_or(0);
+        run.waits.sort();
+        let p50 = percentile(&run.waits, 0.50);
+        let p99 = percentile(&run.waits, 0.99);
+        println!(
+            "| {} | {rate:.0} | {:.2}x | {:.2} ms | {:.2} ms | {:.1}x | {:.2} | {:.1} |",
+            Contender::NAMES[kind],
+            rate / floor_rate,
+            millis(p50),
+            millis(p99),
+            ratio(p99, our_cycle),
+            min as f64 / mean.max(1.0),
+            run.commands as f64 / total.max(1) as f64,
+        );
+    }
+}
+
+async fn floor_rate(server: &RedisServer, scale: Scale) -> f64 {
+    let mut conn = server.conn().await;
+    let started = Instant::now();
+    let mut cycles = 0u64;
+    while started.elapsed() < scale.scenario {
+        floor_cycle(&mut conn).await;
+        cycles += 1;
+    }
+    cycles as f64 / started.elapsed().as_secs_f64()
+}
+
+/// 4 processes (this binary run again as workers) x 4 tasks.
+async fn contended_processes(server: &RedisServer, scale: Scale, _our_cycle: Duration) {
+    let floor_rate = floor_rate(server, scale).await;
+    let mut raw = server.conn().await;
+    println!("| contender | acquisitions/s | vs floor | commands per acquisition |");
+    println!("|---|---|---|---|");
+    for kind in 1..Contender::NAMES.len() {
+        reset_stats(&mut raw).await;
+        let started = Instant::now();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .env("RDLOCK_BENCH_WORKER", kind.to_string())
+                    .env("RDLOCK_BENCH_URL", server.url())
+                    .env("RDLOCK_BENCH_MS", scale.scenario.as_millis().to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("start a worker process")
+            })
+            .collect();
+        let mut total = 0u64;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            total += text.lines().filter_map(|l| l.strip_prefix("ACQ ")).map(|n| n.parse::<u64>().unwrap()).sum::<u64>();
+        }
+        let elapsed = started.elapsed();
+        let commands = commands_run(&mut raw).await;
+        let rate = total as f64 / elapsed.as_secs_f64();
+        println!(
+            "| {} | {rate:.0} | {:.2}x | {:.1} |",
+            Contender::NAMES[kind],
+            rate / floor_rate,
+            commands as f64 / total.max(1) as f64
+        );
+    }
+}
+
+/// A worker process: 4 tasks contend for `KEY` for the given time; prints `ACQ <n>`.
+fn worker_process(kind: &str) {
+    let kind: usize = kind.parse().unwrap();
+    let url = std::env::var("RDLOCK_BENCH_URL").unwrap();
+    let ms: u64 = std::env::var("RDLOCK_BENCH_MS").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let shared = rdlock::RdLockConnectionManager::new(url.as_str()).await.unwrap();
+        let mut handles = Vec::new();
+        let started = Instant::now();
+        for _ in 0..4 {
+            let mut contender = match kind {
+                1 => Contender::Ours(shared.new_lock(KEY).with_lease(LEASE)),
+                k => Contender::new(k, &url).await,
+            };
+            handles.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < Duration::from_millis(ms) {
+                    contender.hold().await;
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        println!("ACQ {total}");
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Many waiters, many held guards (this crate only).
+
+async fn many_waiters(server: &RedisServer, scale: Scale) {
+    let (keys, waiters) = if scale.cycles > 100 { (100, 1_000) } else { (10, 100) };
+    let mut raw = server.conn().await;
+    let before = connected_clients(&mut raw).await;
+    let holder = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
+    let manager = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut held = Vec::new();
+    for k in 0..keys {
+        held.push(holder.new_lock(&format!("w{k}")).lock().await.unwrap());
+    }
+    let handles: Vec<_> = (0..waiters)
+        .map(|w| {
+            let lock = Arc::new(manager.new_lock(&format!("w{}", w % keys)));
+            tokio::spawn(async move { lock.lock().await.unwrap().release().await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connections = connected_clients(&mut raw).await - before - 2; // less the holder's two
+    reset_stats(&mut raw).await;
+    let started = Instant::now();
+    for guard in held {
+        guard.release().await.unwrap();
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let commands = commands_run(&mut raw).await;
+    println!("| waiting tasks | keys | connections of the waiting manager | time to serve all after release | commands per acquisition (release of the holder's key included) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {waiters} | {keys} | {connections} | {:.1} ms | {:.1} |",
+        millis(elapsed),
+        commands as f64 / waiters as f64
+    );
+}
+
+async fn held_guards(server: &RedisServer, scale: Scale) {
+    println!("| guards held | lease | Redis commands/s | renewal scripts/s | CPU of this process per held guard | RSS per held guard |");
+    println!("|---|---|---|---|---|---|");
+    for count in scale.held {
+        let lease = Duration::from_secs(3);
+        let manager = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
+        let mut raw = server.conn().await;
+        let rss_before = rss_bytes();
+        let mut guards = Vec::with_capacity(count);
+        for i in 0..count {
+            guards.push(manager.new_lock(&format!("held-{i}")).with_lease(lease).lock().await.unwrap());
+        }
+        tokio::time::sleep(lease / 2).await; // renewals spread over their period
+        let rss_after = rss_bytes();
+        reset_stats(&mut raw).await;
+        let cpu_before = cpu_time();
+        let started = Instant::now();
+        tokio::time::sleep(scale.window).await;
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        let elapsed = started.elapsed().as_secs_f64();
+        let commands = commands_run(&mut raw).await as f64 / elapsed;
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
+        let renewals = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / elapsed;
+        assert!(guards.iter().all(|g| g.is_held()), "a lease was lost while idle");
+        println!(
+            "| {count} | {lease:?} | {commands:.0} | {renewals:.0} | {:.1} µs/s | {:.0} bytes |",
+            cpu.as_secs_f64() * 1e6 / elapsed / count as f64,
+            rss_after.saturating_sub(rss_before) as f64 / count as f64
+        );
+        drop(guards);
+        manager.shutdown().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User + system CPU time of this process, from /proc (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
