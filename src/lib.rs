@@ -67,6 +67,7 @@ pub mod errors;
 mod gate;
 mod guard;
 mod held;
+mod holder;
 mod lease;
 pub mod lock;
 mod manager;
@@ -78,6 +79,7 @@ mod watchdog;
 
 pub use errors::RdLockError;
 pub use guard::LockGuard;
+pub use holder::HolderInfo;
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 pub use manager::{RdLockConnectionManager, SHUTDOWN_TIMEOUT};
 pub use run::Run;

@@ -12,6 +12,8 @@ pub(crate) struct LockNames {
     pub(crate) key: String,
     /// `rdlock:{id}:fence` — the fencing counter; never expires, never deleted.
     pub(crate) fence: String,
+    /// `rdlock:{id}:owner` — who holds the lock; same lease as the lock key.
+    pub(crate) owner: String,
     /// `rdlock:{id}:release` — the release script publishes here.
     pub(crate) release_channel: String,
     /// `__keyspace@<db>__:rdlock:{id}:lock`, when the server has keyspace events on.
@@ -24,6 +26,7 @@ impl LockNames {
         let key = format!("rdlock:{{{tag}}}:lock");
         Self {
             fence: format!("rdlock:{{{tag}}}:fence"),
+            owner: format!("rdlock:{{{tag}}}:owner"),
             release_channel: format!("rdlock:{{{tag}}}:release"),
             keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
             key,
@@ -67,6 +70,7 @@ mod tests {
             }
             assert!(tag.is_some(), "id {id:?} gave key {:?}", n.key);
             assert_eq!(tag, hash_tag(&n.fence), "id {id:?}");
+            assert_eq!(tag, hash_tag(&n.owner), "id {id:?}");
             assert_eq!(tag, hash_tag(&n.release_channel), "id {id:?}");
         }
     }

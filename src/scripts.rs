@@ -15,6 +15,8 @@ use crate::names::LockNames;
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+static FORCE_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/force_release.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 
@@ -32,12 +34,15 @@ pub(crate) async fn acquire(
     names: &LockNames,
     token: &str,
     lease_ms: u64,
+    owner: &str,
 ) -> RedisResult<Acquire> {
     let (ok, value): (i64, i64) = ACQUIRE
         .key(&names.key)
         .key(&names.fence)
+        .key(&names.owner)
         .arg(token)
         .arg(lease_ms)
+        .arg(owner)
         .invoke_async(conn)
         .await?;
     Ok(if ok == 1 {
@@ -61,12 +66,13 @@ pub(crate) async fn acquire(
 /// Extends the lease if the key still holds `token`; `Ok(false)` when it does not.
 pub(crate) async fn renew(
     conn: &mut ConnectionManager,
-    key: &str,
+    names: &LockNames,
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
     RENEW
-        .key(key)
+        .key(&names.key)
+        .key(&names.owner)
         .arg(token)
         .arg(lease_ms)
         .invoke_async(conn)
@@ -82,8 +88,36 @@ pub(crate) async fn release(
 ) -> RedisResult<bool> {
     RELEASE
         .key(&names.key)
+        .key(&names.owner)
         .arg(token)
         .arg(&names.release_channel)
         .invoke_async(conn)
+        .await
+}
+
+/// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
+pub(crate) async fn force_release(
+    conn: &mut ConnectionManager,
+    names: &LockNames,
+) -> RedisResult<bool> {
+    FORCE_RELEASE
+        .key(&names.key)
+        .key(&names.owner)
+        .arg(&names.release_channel)
+        .invoke_async(conn)
+        .await
+}
+
+/// The owner record and remaining lease of a lock, and its fencing counter, in one
+/// round trip.
+pub(crate) async fn inspect(
+    conn: &mut ConnectionManager,
+    names: &LockNames,
+) -> RedisResult<(Option<String>, i64, Option<u64>)> {
+    redis::pipe()
+        .get(&names.owner)
+        .pttl(&names.key)
+        .get(&names.fence)
+        .query_async(conn)
         .await
 }

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use crate::lease::{valid_until, LeaseState};
+use crate::names::LockNames;
 use crate::scripts;
 
 /// Everything the watchdog needs; it holds no reference to the guard or the manager,
 /// so that it can never keep either alive.
 pub(crate) struct Watchdog {
     pub(crate) conn: ConnectionManager,
-    pub(crate) key: String,
+    pub(crate) names: Arc<LockNames>,
     /// The lock id and fencing token, for diagnostics.
     pub(crate) id: Arc<str>,
     pub(crate) fence: u64,
@@ -52,7 +53,7 @@ impl Watchdog {
             }
             let renewal = tokio::time::timeout_at(
                 deadline.into(),
-                scripts::renew(&mut self.conn, &self.key, &self.token, lease_ms),
+                scripts::renew(&mut self.conn, &self.names, &self.token, lease_ms),
             );
             let outcome = tokio::select! {
                 biased;

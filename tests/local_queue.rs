@@ -52,8 +52,9 @@ async fn sixteen_local_waiters_cost_what_one_does_and_none_starves() {
         "commands per acquisition: 1 task {alone:.2}, 16 tasks {crowded:.2}; \
          acquisitions per task min {min}, mean {mean:.1}"
     );
-    // Uncontended: acquire (EVALSHA+GET+SET+INCR) and release (EVALSHA+GET+DEL+PUBLISH).
-    assert!(alone <= 8.5, "{alone}");
+    // Uncontended: acquire (EVALSHA, GET, SET, INCR, TIME, SET of the owner record) and
+    // release (EVALSHA, GET, DEL, PUBLISH).
+    assert!(alone <= 10.5, "{alone}");
     assert!(
         crowded <= alone * 1.25,
         "a herd: {crowded} vs {alone} commands"

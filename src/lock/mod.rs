@@ -14,6 +14,7 @@ use crate::errors::RdLockError;
 use crate::gate::Turn;
 use crate::guard::LockGuard;
 use crate::held::Held;
+use crate::holder::{owner_record, HolderInfo};
 use crate::lease::{valid_until, LeaseState};
 use crate::manager::RdLockConnectionManager;
 use crate::names::LockNames;
@@ -54,6 +55,8 @@ pub struct Lock {
     names: Arc<LockNames>,
     lease: Duration,
     watchdog: bool,
+    /// This process's owner record (`<pid>\n<host>\n<label>`), stored with the lock.
+    owner: Arc<str>,
 }
 
 /// An acquisition, before it is wrapped in a guard.
@@ -79,7 +82,128 @@ impl Lock {
             names: Arc::new(names),
             lease: DEFAULT_LEASE,
             watchdog: true,
+            owner: Arc::from(owner_record("")),
         }
+    }
+
+    /// Sets a label stored with the lock while this `Lock` holds it, shown by
+    /// [`holder`](Self::holder) (and `rdlock status`) next to the host and process id.
+    /// Default: empty.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// let lock = manager.new_lock("backup").with_label("nightly backup of db-3");
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_label(mut self, label: &str) -> Self {
+        self.owner = Arc::from(owner_record(label));
+        self
+    }
+
+    /// Who holds the lock now, or `None` when it is free. One round trip.
+    ///
+    /// # Errors
+    ///
+    /// [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when Redis cannot
+    /// answer; [`RdLockError::InvalidLockId`] for an empty id.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// if let Some(holder) = lock.holder().await? {
+    ///     println!("held by pid {} on {} ({})", holder.pid, holder.host, holder.label);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn holder(&self) -> Result<Option<HolderInfo>, RdLockError> {
+        Ok(self.inspect().await?.0)
+    }
+
+    /// The fencing token of the latest acquisition of this lock id (0 if it was never
+    /// acquired on this server). One round trip.
+    ///
+    /// # Errors
+    ///
+    /// As [`holder`](Self::holder).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// println!("{} acquisitions so far", lock.last_fencing_token().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn last_fencing_token(&self) -> Result<u64, RdLockError> {
+        Ok(self.inspect().await?.1)
+    }
+
+    async fn inspect(&self) -> Result<(Option<HolderInfo>, u64), RdLockError> {
+        if self.id.is_empty() {
+            return Err(RdLockError::InvalidLockId {
+                reason: "the id is empty",
+            });
+        }
+        let mut conn = self.manager.inner().conn.clone();
+        let (record, pttl, fence) = scripts::inspect(&mut conn, &self.names)
+            .await
+            .map_err(RdLockError::from_redis)?;
+        let holder = match pttl {
+            -2 => None, // no lock key: free
+            -1 => Some(HolderInfo::parse(record.as_deref(), None)),
+            ms => Some(HolderInfo::parse(
+                record.as_deref(),
+                Some(Duration::from_millis(ms.unsigned_abs())),
+            )),
+        };
+        Ok((holder, fence.unwrap_or(0)))
+    }
+
+    /// Deletes the lock **whoever holds it** and wakes its waiters: the administrator's
+    /// escape hatch for a lock whose holder is known to be gone. The holder, if alive,
+    /// learns at its next renewal that its lease is lost. Returns whether it was held.
+    ///
+    /// # Errors
+    ///
+    /// As [`holder`](Self::holder).
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the lock may or may not have been deleted.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// if lock.force_release().await? {
+    ///     println!("deleted a stale lock");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn force_release(&self) -> Result<bool, RdLockError> {
+        if self.id.is_empty() {
+            return Err(RdLockError::InvalidLockId {
+                reason: "the id is empty",
+            });
+        }
+        let mut conn = self.manager.inner().conn.clone();
+        scripts::force_release(&mut conn, &self.names)
+            .await
+            .map_err(RdLockError::from_redis)
     }
 
     /// Sets the lease: how long the lock outlives a holder that stops renewing it
@@ -367,7 +491,7 @@ impl Lock {
         };
         let mut conn = self.manager.inner().conn.clone();
         let sent = Instant::now();
-        let reply = scripts::acquire(&mut conn, &self.names, &token, lease_ms)
+        let reply = scripts::acquire(&mut conn, &self.names, &token, lease_ms, &self.owner)
             .await
             .map_err(RdLockError::from_redis)?;
         match reply {
@@ -394,7 +518,7 @@ impl Lock {
         if self.watchdog {
             let watchdog = Watchdog {
                 conn: self.manager.inner().conn.clone(),
-                key: self.names.key.clone(),
+                names: self.names.clone(),
                 id: self.id.clone(),
                 fence: acquired.fence,
                 token: acquired.token.clone(),
