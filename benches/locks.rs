@@ -7,7 +7,6 @@
 //! without them; every contender runs against the same server.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;
@@ -88,24 +87,50 @@ async fn floor_cycle(conn: &mut MultiplexedConnection) {
         .await
         .expect("SET");
     assert!(ok.is_some(), "the floor loop found its key taken");
-    let _: i64 = redis::cmd("DEL").arg(KEY).query_async(conn).await.expect("DEL");
+    let _: i64 = redis::cmd("DEL")
+        .arg(KEY)
+        .query_async(conn)
+        .await
+        .expect("DEL");
 }
 
 enum Contender {
     Floor(MultiplexedConnection),
     Ours(rdlock::Lock),
-    V1(rdlock_v1::lock::BasicLock),
+    V1(Box<rdlock_v1::lock::BasicLock>),
     Rslock(rslock::LockManager),
 }
 
 impl Contender {
-    const NAMES: [&'static str; 4] = ["redis-rs floor", "rdlock (this crate)", "rdlock 1.0.3", "rslock 0.10"];
+    const NAMES: [&'static str; 4] = [
+        "redis-rs floor",
+        "rdlock (this crate)",
+        "rdlock 1.0.3",
+        "rslock 0.10",
+    ];
 
     async fn new(kind: usize, url: &str) -> Self {
         match kind {
-            0 => Self::Floor(redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()),
-            1 => Self::Ours(rdlock::RdLockConnectionManager::new(url).await.unwrap().new_lock(KEY).with_lease(LEASE)),
-            2 => Self::V1(rdlock_v1::RdLockConnectionManager::new(url).await.unwrap().new_basic_lock(KEY, 30)),
+            0 => Self::Floor(
+                redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            ),
+            1 => Self::Ours(
+                rdlock::RdLockConnectionManager::new(url)
+                    .await
+                    .unwrap()
+                    .new_lock(KEY)
+                    .with_lease(LEASE),
+            ),
+            2 => Self::V1(Box::new(
+                rdlock_v1::RdLockConnectionManager::new(url)
+                    .await
+                    .unwrap()
+                    .new_basic_lock(KEY, 30),
+            )),
             _ => Self::Rslock(rslock::LockManager::new(vec![url.to_owned()])),
         }
     }
@@ -159,7 +184,10 @@ impl Contender {
 fn criterion_uncontended(runtime: &tokio::runtime::Runtime, server: &RedisServer, full: bool) {
     let mut criterion = Criterion::default().configure_from_args();
     if !full {
-        criterion = criterion.sample_size(10).warm_up_time(Duration::from_millis(50)).measurement_time(Duration::from_millis(100));
+        criterion = criterion
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(50))
+            .measurement_time(Duration::from_millis(100));
     }
     let mut group = criterion.benchmark_group("uncontended_cycle");
     for (kind, name) in Contender::NAMES.iter().enumerate() {
@@ -230,7 +258,9 @@ async fn contend(server: &RedisServer, kind: usize, tasks: usize, run_for: Durat
     let mut raw = server.conn().await;
     // rdlock 1.x and rslock are used as their docs show: one lock value per task.
     // rdlock shares one manager (and so one subscriber) between the tasks.
-    let shared = rdlock::RdLockConnectionManager::new(url.as_str()).await.unwrap();
+    let shared = rdlock::RdLockConnectionManager::new(url.as_str())
+        .await
+        .unwrap();
     let mut contenders = Vec::new();
     for _ in 0..tasks {
         contenders.push(match kind {
@@ -252,7 +282,12 @@ async fn contend(server: &RedisServer, kind: usize, tasks: usize, run_for: Durat
             })
         })
         .collect();
-    let mut run = Run { per_task: Vec::new(), waits: Vec::new(), elapsed: Duration::ZERO, commands: 0 };
+    let mut run = Run {
+        per_task: Vec::new(),
+        waits: Vec::new(),
+        elapsed: Duration::ZERO,
+        commands: 0,
+    };
     for handle in handles {
         let waits = handle.await.unwrap();
         run.per_task.push(waits.len() as u64);
@@ -265,7 +300,10 @@ async fn contend(server: &RedisServer, kind: usize, tasks: usize, run_for: Durat
 
 async fn contended_in_process(server: &RedisServer, scale: Scale, our_cycle: Duration) {
     let floor_rate = floor_rate(server, scale).await;
-    println!("floor loop: {floor_rate:.0} cycles/s; rdlock uncontended cycle {:.1} µs\n", micros(our_cycle));
+    println!(
+        "floor loop: {floor_rate:.0} cycles/s; rdlock uncontended cycle {:.1} µs\n",
+        micros(our_cycle)
+    );
     println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | p99 wait / p50 uncontended cycle | min/mean per task | commands per acquisition |");
     println!("|---|---|---|---|---|---|---|---|");
     for kind in 1..Contender::NAMES.len() {
@@ -325,7 +363,11 @@ async fn contended_processes(server: &RedisServer, scale: Scale, _our_cycle: Dur
         for child in children {
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            total += text.lines().filter_map(|l| l.strip_prefix("ACQ ")).map(|n| n.parse::<u64>().unwrap()).sum::<u64>();
+            total += text
+                .lines()
+                .filter_map(|l| l.strip_prefix("ACQ "))
+                .map(|n| n.parse::<u64>().unwrap())
+                .sum::<u64>();
         }
         let elapsed = started.elapsed();
         let commands = commands_run(&mut raw).await;
@@ -344,9 +386,15 @@ fn worker_process(kind: &str) {
     let kind: usize = kind.parse().unwrap();
     let url = std::env::var("RDLOCK_BENCH_URL").unwrap();
     let ms: u64 = std::env::var("RDLOCK_BENCH_MS").unwrap().parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let shared = rdlock::RdLockConnectionManager::new(url.as_str()).await.unwrap();
+        let shared = rdlock::RdLockConnectionManager::new(url.as_str())
+            .await
+            .unwrap();
         let mut handles = Vec::new();
         let started = Instant::now();
         for _ in 0..4 {
@@ -375,11 +423,19 @@ fn worker_process(kind: &str) {
 // Many waiters, many held guards (this crate only).
 
 async fn many_waiters(server: &RedisServer, scale: Scale) {
-    let (keys, waiters) = if scale.cycles > 100 { (100, 1_000) } else { (10, 100) };
+    let (keys, waiters) = if scale.cycles > 100 {
+        (100, 1_000)
+    } else {
+        (10, 100)
+    };
     let mut raw = server.conn().await;
     let before = connected_clients(&mut raw).await;
-    let holder = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
-    let manager = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
+    let holder = rdlock::RdLockConnectionManager::new(server.url())
+        .await
+        .unwrap();
+    let manager = rdlock::RdLockConnectionManager::new(server.url())
+        .await
+        .unwrap();
     let mut held = Vec::new();
     for k in 0..keys {
         held.push(holder.new_lock(&format!("w{k}")).lock().await.unwrap());
@@ -416,12 +472,21 @@ async fn held_guards(server: &RedisServer, scale: Scale) {
     println!("|---|---|---|---|---|---|");
     for count in scale.held {
         let lease = Duration::from_secs(3);
-        let manager = rdlock::RdLockConnectionManager::new(server.url()).await.unwrap();
+        let manager = rdlock::RdLockConnectionManager::new(server.url())
+            .await
+            .unwrap();
         let mut raw = server.conn().await;
         let rss_before = rss_bytes();
         let mut guards = Vec::with_capacity(count);
         for i in 0..count {
-            guards.push(manager.new_lock(&format!("held-{i}")).with_lease(lease).lock().await.unwrap());
+            guards.push(
+                manager
+                    .new_lock(&format!("held-{i}"))
+                    .with_lease(lease)
+                    .lock()
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::time::sleep(lease / 2).await; // renewals spread over their period
         let rss_after = rss_bytes();
@@ -432,7 +497,11 @@ async fn held_guards(server: &RedisServer, scale: Scale) {
         let cpu = cpu_time().saturating_sub(cpu_before);
         let elapsed = started.elapsed().as_secs_f64();
         let commands = commands_run(&mut raw).await as f64 / elapsed;
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
         let renewals = info
             .lines()
             .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
@@ -440,7 +509,10 @@ async fn held_guards(server: &RedisServer, scale: Scale) {
             .and_then(|n| n.parse::<f64>().ok())
             .unwrap_or(0.0)
             / elapsed;
-        assert!(guards.iter().all(|g| g.is_held()), "a lease was lost while idle");
+        assert!(
+            guards.iter().all(|g| g.is_held()),
+            "a lease was lost while idle"
+        );
         println!(
             "| {count} | {lease:?} | {commands:.0} | {renewals:.0} | {:.1} µs/s | {:.0} bytes |",
             cpu.as_secs_f64() * 1e6 / elapsed / count as f64,
@@ -491,8 +563,16 @@ fn rss_bytes() -> u64 {
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }
