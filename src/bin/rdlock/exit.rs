@@ -1,0 +1,52 @@
+//! The exit codes of `rdlock`, distinct from each other (a child's own code is passed
+//! through otherwise).
+
+use rdlock::RdLockError;
+
+/// Bad usage: unknown option, bad duration, bad URL, empty id.
+pub(crate) const USAGE: u8 = 64;
+/// Redis could not be reached.
+pub(crate) const UNREACHABLE: u8 = 69;
+/// Any other failure of rdlock itself (a Redis error reply, ...).
+pub(crate) const FAILURE: u8 = 70;
+/// The lock was not obtained: held (`--no-wait`) or `--wait` ran out.
+pub(crate) const NOT_OBTAINED: u8 = 75;
+/// The lease was lost while the command ran.
+pub(crate) const LEASE_LOST: u8 = 79;
+/// The command could not be started (as in POSIX shells).
+pub(crate) const CANNOT_RUN: u8 = 126;
+/// The command was not found (as in POSIX shells).
+pub(crate) const NOT_FOUND: u8 = 127;
+
+/// The text of `--help` about exit codes.
+pub(crate) const HELP: &str = "\
+Exit codes:
+  the command's own  exec: the command ran; its exit code (128+N if killed by signal N)
+  0                  status / release: done
+  64                 bad usage (unknown option, bad duration, bad URL, empty id)
+  69                 Redis unreachable
+  70                 other failure (an error reply from Redis)
+  75                 lock not obtained (held with --no-wait, or --wait ran out)
+  79                 exec: the lease was lost while the command ran
+  126 / 127          exec: the command could not be started / was not found
+  130 / 143          interrupted (SIGINT / SIGTERM) while waiting for the lock";
+
+/// Prints what went wrong and returns the exit code for it.
+pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
+    let mut message = format!("rdlock: {context}: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{message}");
+    match error {
+        RdLockError::InvalidUrl(_)
+        | RdLockError::InvalidLockId { .. }
+        | RdLockError::InvalidLease { .. } => USAGE,
+        e if e.is_connection_error() => UNREACHABLE,
+        RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,
+        RdLockError::LeaseLost => LEASE_LOST,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,154 @@
+//! `rdlock`: a distributed `flock(1)` on Redis, with status and admin commands.
+//!
+//! ```text
+//! rdlock exec nightly-backup -- ./backup.sh --full
+//! rdlock status nightly-backup --json
+//! rdlock release --force nightly-backup --yes
+//! ```
+
+mod duration;
+mod exec;
+mod exit;
+mod json;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rdlock::RdLockConnectionManager;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rdlock",
+    version,
+    about = "Distributed locks on Redis for cron jobs and scripts: run a command on one host at a time",
+    after_help = exit::HELP
+)]
+struct Cli {
+    /// The Redis server.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take the lock, run a command while holding it, release it when the command exits.
+    ///
+    /// The command gets RDLOCK_ID and RDLOCK_FENCING_TOKEN in its environment. SIGINT
+    /// and SIGTERM sent to rdlock are forwarded to it; the lock is released once it is
+    /// gone. rdlock exits with the command's exit code.
+    #[command(after_help = exit::HELP)]
+    Exec {
+        /// The lock id: every host using the same id runs the command one at a time.
+        id: String,
+        /// The lease, renewed while the command runs: how long a crashed rdlock blocks others.
+        #[arg(long, default_value = "30s", value_parser = duration::parse)]
+        lease: Duration,
+        /// Give up (exit 75) if the lock is not obtained within this time [default: wait without limit].
+        #[arg(long, value_parser = duration::parse, conflicts_with = "no_wait")]
+        wait: Option<Duration>,
+        /// Give up at once (exit 75) if the lock is held.
+        #[arg(long)]
+        no_wait: bool,
+        /// What to do with the command if the lease is lost.
+        #[arg(long, value_enum, default_value = "term")]
+        on_lost: exec::OnLost,
+        /// With --on-lost term: how long to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value = "10s", value_parser = duration::parse)]
+        grace: Duration,
+        /// A label stored with the lock, shown by `rdlock status` [default: the command].
+        #[arg(long)]
+        label: Option<String>,
+        /// No progress or log lines (errors are still printed).
+        #[arg(long, short)]
+        quiet: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Show whether a lock is held, by whom and for how long, and its last fencing token.
+    Status {
+        /// The lock id.
+        id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a lock whoever holds it, and wake its waiters (the admin's escape hatch).
+    Release {
+        /// The lock id.
+        id: String,
+        /// Required: this deletes another process's lock.
+        #[arg(long, required = true)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rdlock: cannot start: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+async fn run(cli: Cli) -> u8 {
+    let manager = match RdLockConnectionManager::new(cli.url.as_str()).await {
+        Ok(manager) => manager,
+        Err(e) => return exit::report(&format!("cannot connect to {}", cli.url), &e),
+    };
+    match cli.command {
+        Command::Exec {
+            id,
+            lease,
+            wait,
+            no_wait,
+            on_lost,
+            grace,
+            label,
+            quiet,
+            command,
+        } => {
+            let args = exec::Exec {
+                id,
+                lease,
+                wait,
+                no_wait,
+                on_lost,
+                grace,
+                label,
+                quiet,
+                command,
+            };
+            exec::run(&manager, args).await
+        }
+        Command::Status { id, json } => status::status(&manager, &id, json).await,
+        Command::Release { id, force: _, yes } => status::force_release(&manager, &id, yes).await,
+    }
+}

@@ -1,0 +1,368 @@
+//! The `rdlock` binary against private redis-servers.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdlock::RdLockConnectionManager;
+use support::{get, wait_until, RedisServer};
+
+const RDLOCK: &str = env!("CARGO_BIN_EXE_rdlock");
+
+fn rdlock(server: &RedisServer, args: &[&str]) -> Command {
+    let mut command = Command::new(RDLOCK);
+    command
+        .arg("--url")
+        .arg(server.url())
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(server: &RedisServer, args: &[&str]) -> Output {
+    rdlock(server, args).output().expect("run rdlock")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exited normally")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+async fn wait_for_file(path: &Path, text: &str) {
+    let path = path.to_owned();
+    let text = text.to_owned();
+    wait_until(
+        Duration::from_secs(15),
+        &format!("{text:?} in {path:?}"),
+        || {
+            let found = read(&path).contains(&text);
+            async move { found }
+        },
+    )
+    .await;
+}
+
+fn wait_child(child: &mut Child, bound: Duration) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().expect("exited normally");
+        }
+        assert!(
+            started.elapsed() < bound,
+            "rdlock did not exit within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn two_execs_of_one_id_run_one_after_the_other() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo start $(date +%s%N) >> {0}; sleep 0.3; echo end $(date +%s%N) >> {0}",
+        log.display()
+    );
+    let children: Vec<Child> = (0..3)
+        .map(|_| {
+            rdlock(&server, &["exec", "job", "--", "sh", "-c", &script])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert_eq!(wait_child(&mut child, Duration::from_secs(30)), 0);
+    }
+    let text = read(&log);
+    let stamps: Vec<(String, u128)> = text
+        .lines()
+        .map(|l| {
+            let (what, at) = l.split_once(' ').unwrap();
+            (what.to_owned(), at.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(stamps.len(), 6, "{text}");
+    for pair in stamps.chunks(2) {
+        assert_eq!(
+            (pair[0].0.as_str(), pair[1].0.as_str()),
+            ("start", "end"),
+            "overlap:\n{text}"
+        );
+        assert!(pair[0].1 < pair[1].1);
+    }
+}
+
+#[tokio::test]
+async fn the_command_gets_the_lock_id_and_fencing_token_and_its_exit_code_is_passed_on() {
+    let server = RedisServer::start();
+    let out = run(
+        &server,
+        &[
+            "exec",
+            "env-job",
+            "--",
+            "sh",
+            "-c",
+            "echo $RDLOCK_ID $RDLOCK_FENCING_TOKEN; exit 3",
+        ],
+    );
+    assert_eq!(code(&out), 3);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "env-job 1");
+    let out = run(
+        &server,
+        &[
+            "exec",
+            "env-job",
+            "--",
+            "sh",
+            "-c",
+            "echo $RDLOCK_FENCING_TOKEN",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let out = run(&server, &["exec", "env-job", "--", "/nonexistent/command"]);
+    assert_eq!(code(&out), 127);
+    // The lock was released each time.
+    let mut raw = server.conn().await;
+    assert_eq!(get(&mut raw, "rdlock:{env-job}:lock").await, None);
+}
+
+#[tokio::test]
+async fn no_wait_and_wait_give_up_with_their_exit_code_while_held() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let _held = manager
+        .new_lock("busy")
+        .with_label("the test")
+        .lock()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let out = run(&server, &["exec", "busy", "--no-wait", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        stderr(&out).contains("the test"),
+        "says who holds it: {}",
+        stderr(&out)
+    );
+    let started = Instant::now();
+    let out = run(&server, &["exec", "busy", "--wait", "500ms", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // Not a terminal: one log line per state change, not a line a second.
+    let waiting = stderr(&out).matches("waiting for busy").count();
+    assert_eq!(waiting, 1, "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn a_stolen_lock_makes_exec_stop_its_command_and_exit_lease_lost() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo term >> {0}; exit 0' TERM; echo ready >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut child = rdlock(
+        &server,
+        &["exec", "stolen", "--lease", "1s", "--", "sh", "-c", &script],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_file(&log, "ready").await;
+    let _: () = redis::cmd("SET")
+        .arg("rdlock:{stolen}:lock")
+        .arg("thief")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(wait_child(&mut child, Duration::from_secs(15)), 79);
+    assert!(read(&log).contains("term"), "the command got SIGTERM");
+    assert_eq!(
+        get(&mut raw, "rdlock:{stolen}:lock").await.as_deref(),
+        Some("thief")
+    );
+}
+
+#[tokio::test]
+async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap '' TERM; echo ready >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut child = rdlock(
+        &server,
+        &[
+            "exec", "stubborn", "--lease", "1s", "--grace", "500ms", "--", "sh", "-c", &script,
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_file(&log, "ready").await;
+    let _: () = redis::cmd("DEL")
+        .arg("rdlock:{stubborn}:lock")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(wait_child(&mut child, Duration::from_secs(15)), 79);
+}
+
+#[tokio::test]
+async fn sigterm_to_rdlock_reaches_the_command_and_the_lock_is_released() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo term >> {0}; exit 0' TERM; echo ready >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut child = rdlock(&server, &["exec", "stopped", "--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&log, "ready").await;
+    assert!(get(&mut raw, "rdlock:{stopped}:lock").await.is_some());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(15)),
+        0,
+        "the command's own exit code"
+    );
+    assert!(read(&log).contains("term"));
+    assert_eq!(
+        get(&mut raw, "rdlock:{stopped}:lock").await,
+        None,
+        "released after the command"
+    );
+}
+
+#[tokio::test]
+async fn status_shows_the_holder() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let out = run(&server, &["status", "report", "--json"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"id":"report","key":"rdlock:{report}:lock","held":false,"holder":null,"last_fencing_token":0}"#
+    );
+    let script = format!("echo ready >> {}; sleep 30", log.display());
+    let mut child = rdlock(
+        &server,
+        &[
+            "exec",
+            "report",
+            "--label",
+            "monthly \"report\"",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_file(&log, "ready").await;
+    let out = run(&server, &["status", "report", "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(json.contains(r#""held":true"#), "{json}");
+    assert!(json.contains(r#""label":"monthly \"report\"""#), "{json}");
+    assert!(json.contains(&format!(r#""pid":{}"#, child.id())), "{json}");
+    assert!(json.contains(r#""fencing_token":1"#), "{json}");
+    assert!(json.contains(r#""last_fencing_token":1"#), "{json}");
+    let text = String::from_utf8_lossy(&run(&server, &["status", "report"]).stdout).into_owned();
+    assert!(text.starts_with("report: held by pid"), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn force_release_deletes_the_lock_with_yes_and_refuses_without_a_terminal() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let guard = manager
+        .new_lock("stale")
+        .with_lease(Duration::from_secs(1))
+        .lock()
+        .await
+        .unwrap();
+    let out = run(&server, &["release", "stale", "--force"]);
+    assert_eq!(code(&out), 64, "no confirmation possible: {}", stderr(&out));
+    assert!(get(&mut raw, "rdlock:{stale}:lock").await.is_some());
+    let out = run(&server, &["release", "stale"]);
+    assert_eq!(code(&out), 64, "--force is required");
+    let out = run(&server, &["release", "stale", "--force", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(get(&mut raw, "rdlock:{stale}:lock").await, None);
+    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_usage_and_unreachable_redis_have_their_exit_codes() {
+    let server = RedisServer::start();
+    for args in [
+        &["exec", "x", "--lease", "30", "--", "true"][..],
+        &["exec", "x", "--lease", "1.5s", "--", "true"],
+        &["exec", "x", "--wait", "soon", "--", "true"],
+        &["exec", "x", "--lease", "0s", "--", "true"],
+        &["exec", "x", "--no-wait", "--wait", "1s", "--", "true"],
+        &["exec", "x"],
+        &["exec", "", "--", "true"],
+        &["frobnicate"],
+    ] {
+        let out = run(&server, args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty(), "{args:?} printed no message");
+    }
+    let out = Command::new(RDLOCK)
+        .args(["--url", "http://nowhere", "status", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid redis connection parameters"));
+    let port = support::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let out = Command::new(RDLOCK)
+        .args(["--url", &url, "exec", "x", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    // REDIS_URL is the default URL.
+    let out = Command::new(RDLOCK)
+        .env("REDIS_URL", server.url())
+        .args(["status", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
