@@ -46,6 +46,7 @@
 //! |---|---|
 //! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
 //! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 |
+//! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
 //! | `rdlock:{<id>}:release` | the channel a release is published on |
 //!
 //! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
