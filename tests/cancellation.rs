@@ -35,6 +35,9 @@ async fn cancelled_after_the_set_reached_redis_is_undone() {
     let mut raw = server.conn().await;
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let lock = manager.new_lock("ambiguous");
+    // Load the scripts first: on a fresh server the paused EVALSHA would only get
+    // NOSCRIPT, and the cancelled future would never send the EVAL that sets the key.
+    lock.try_lock().await.unwrap().release().await.unwrap();
     // Hold writes (EVALSHA included) for 500 ms: the acquire is queued on the server.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")

@@ -227,3 +227,57 @@ async fn subscriber_reconnects_and_waiters_still_wake() {
     assert!(released.elapsed() < Duration::from_secs(2));
     assert!(g.is_held());
 }
+
+/// Subscribe, then try, then wait: the server sees the waiter's SUBSCRIBE before its
+/// second acquire attempt (the first, fast-path attempt needs no subscription), so a
+/// release between that attempt and the wait cannot be missed.
+#[tokio::test]
+async fn waiter_subscribes_before_the_attempt_it_waits_after() {
+    let server = RedisServer::start();
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let waiter = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let guard = holder.new_lock("order").lock().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("monitor.log");
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "monitor"])
+        .stdout(std::fs::File::create(&path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli (installed with redis-server)");
+    wait_until(Duration::from_secs(5), "MONITOR is attached", || {
+        let started = std::fs::read_to_string(&path).is_ok_and(|l| l.starts_with("OK"));
+        async move { started }
+    })
+    .await;
+    let lock = waiter.new_lock("order");
+    let task = tokio::spawn(async move { lock.lock().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    guard.release().await.unwrap();
+    let _g = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let log = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rdlock:{order}")).collect();
+    let attempts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"EVALSHA\"") && l.contains("rdlock:{order}:fence"))
+        .map(|(i, _)| i)
+        .collect();
+    let subscribe = lines
+        .iter()
+        .position(|l| l.contains("\"SUBSCRIBE\""))
+        .unwrap_or_else(|| panic!("no SUBSCRIBE seen:\n{}", lines.join("\n")));
+    // The holder acquired before MONITOR started: attempts[0] is the waiter's fast path.
+    assert!(attempts.len() >= 2, "fast path, then after subscribing: {attempts:?}");
+    assert!(
+        subscribe > attempts[0] && subscribe < attempts[1],
+        "order:\n{}",
+        lines.join("\n")
+    );
+}
