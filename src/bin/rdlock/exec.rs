@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 use rdlock::{LockGuard, RdLockConnectionManager, RdLockError};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::duration;
 use crate::exit;
 use crate::status::describe;
 
@@ -24,15 +25,33 @@ pub(crate) enum OnLost {
     Ignore,
 }
 
+#[derive(clap::Args, Debug)]
 pub(crate) struct Exec {
+    /// The lock id: every host using the same id runs the command one at a time.
     pub(crate) id: String,
+    /// The lease, renewed while the command runs: how long a crashed rdlock blocks others.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
     pub(crate) lease: Duration,
+    /// Give up (exit 75) if the lock is not obtained within this time [default: wait without limit].
+    #[arg(long, value_parser = duration::parse, conflicts_with = "no_wait")]
     pub(crate) wait: Option<Duration>,
+    /// Give up at once (exit 75) if the lock is held.
+    #[arg(long)]
     pub(crate) no_wait: bool,
+    /// What to do with the command if the lease is lost.
+    #[arg(long, value_enum, default_value = "term")]
     pub(crate) on_lost: OnLost,
+    /// With --on-lost term: how long to wait after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
     pub(crate) grace: Duration,
+    /// A label stored with the lock, shown by `rdlock status` [default: the command].
+    #[arg(long)]
     pub(crate) label: Option<String>,
+    /// No progress or log lines (errors are still printed).
+    #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
 }
 

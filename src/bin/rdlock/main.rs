@@ -13,7 +13,6 @@ mod json;
 mod status;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rdlock::RdLockConnectionManager;
@@ -46,34 +45,7 @@ enum Command {
     /// and SIGTERM sent to rdlock are forwarded to it; the lock is released once it is
     /// gone. rdlock exits with the command's exit code.
     #[command(after_help = exit::HELP)]
-    Exec {
-        /// The lock id: every host using the same id runs the command one at a time.
-        id: String,
-        /// The lease, renewed while the command runs: how long a crashed rdlock blocks others.
-        #[arg(long, default_value = "30s", value_parser = duration::parse)]
-        lease: Duration,
-        /// Give up (exit 75) if the lock is not obtained within this time [default: wait without limit].
-        #[arg(long, value_parser = duration::parse, conflicts_with = "no_wait")]
-        wait: Option<Duration>,
-        /// Give up at once (exit 75) if the lock is held.
-        #[arg(long)]
-        no_wait: bool,
-        /// What to do with the command if the lease is lost.
-        #[arg(long, value_enum, default_value = "term")]
-        on_lost: exec::OnLost,
-        /// With --on-lost term: how long to wait after SIGTERM before SIGKILL.
-        #[arg(long, default_value = "10s", value_parser = duration::parse)]
-        grace: Duration,
-        /// A label stored with the lock, shown by `rdlock status` [default: the command].
-        #[arg(long)]
-        label: Option<String>,
-        /// No progress or log lines (errors are still printed).
-        #[arg(long, short)]
-        quiet: bool,
-        /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
+    Exec(exec::Exec),
     /// Show whether a lock is held, by whom and for how long, and its last fencing token.
     Status {
         /// The lock id.
@@ -124,30 +96,7 @@ async fn run(cli: Cli) -> u8 {
         Err(e) => return exit::report(&format!("cannot connect to {}", cli.url), &e),
     };
     match cli.command {
-        Command::Exec {
-            id,
-            lease,
-            wait,
-            no_wait,
-            on_lost,
-            grace,
-            label,
-            quiet,
-            command,
-        } => {
-            let args = exec::Exec {
-                id,
-                lease,
-                wait,
-                no_wait,
-                on_lost,
-                grace,
-                label,
-                quiet,
-                command,
-            };
-            exec::run(&manager, args).await
-        }
+        Command::Exec(args) => exec::run(&manager, args).await,
         Command::Status { id, json } => status::status(&manager, &id, json).await,
         Command::Release { id, force: _, yes } => status::force_release(&manager, &id, yes).await,
     }
