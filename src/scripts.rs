@@ -52,10 +52,9 @@ pub(crate) async fn acquire(
             fence: u64::try_from(value).unwrap_or(0),
         }
     } else {
-        // PTTL is -1 for a key without expiry and -2 when it vanished in between.
+        // PTTL is -1 for a key without expiry (not written by rdlock).
         Acquire::Held {
             pttl: match value {
-                -2 => Some(Duration::ZERO),
                 v if v < 0 => None,
                 v => Some(Duration::from_millis(v.unsigned_abs())),
             },

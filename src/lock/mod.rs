@@ -71,6 +71,8 @@ enum Attempt {
     Acquired(Acquired),
     /// Held by someone else; wait at most this long before the next attempt.
     Held(Option<Duration>),
+    /// Acquired, but the reply came after the lease could have ended: undone.
+    TooLate,
 }
 
 impl Lock {
@@ -386,7 +388,7 @@ impl Lock {
         let lease_ms = self.validate()?;
         match self.attempt(lease_ms).await? {
             Attempt::Acquired(acquired) => Ok(acquired),
-            Attempt::Held(Some(Duration::ZERO)) => Err(RdLockError::LeaseLost),
+            Attempt::TooLate => Err(RdLockError::LeaseLost),
             Attempt::Held(_) => Err(RdLockError::LockUnavailable),
         }
     }
@@ -499,8 +501,8 @@ impl Lock {
                 if Instant::now() >= valid_until(sent, self.lease) {
                     // The reply took longer than the lease: the lease may already have
                     // run out on the server. No guard for a lease that may be over;
-                    // `undo` releases it. `Held(ZERO)` means "retry at once".
-                    return Ok(Attempt::Held(Some(Duration::ZERO)));
+                    // `undo` releases it.
+                    return Ok(Attempt::TooLate);
                 }
                 undo.token = None;
                 Ok(Attempt::Acquired(Acquired { token, fence, sent }))

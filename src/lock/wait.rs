@@ -53,7 +53,7 @@ impl Lock {
         // Fast path: an uncontended lock costs one round trip and no subscription.
         match self.attempt(lease_ms).await {
             Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
-            Ok(Attempt::Held(_)) => {}
+            Ok(Attempt::Held(_) | Attempt::TooLate) => {}
             Err(e) if e.is_connection_error() => {}
             Err(e) => return Err(e),
         }
@@ -85,10 +85,15 @@ impl Lock {
                     baton.disarm();
                     backoff = UNREACHABLE_BACKOFF_MIN;
                     match pttl {
-                        Some(pttl) if pttl.is_zero() => Duration::ZERO,
                         Some(pttl) => pttl + jitter(),
                         None => NO_EXPIRY_RECHECK,
                     }
+                }
+                // The release of the late acquisition wakes us; the jitter bounds the
+                // wait should that message be lost.
+                Ok(Attempt::TooLate) => {
+                    baton.disarm();
+                    jitter()
                 }
                 Err(e) if e.is_connection_error() => {
                     baton.disarm();
