@@ -94,20 +94,55 @@ async fn floor_cycle(conn: &mut MultiplexedConnection) {
         .expect("DEL");
 }
 
+/// rdlock's own scripts (the same source files), acquire then release, with a fixed
+/// token and owner record.
+async fn scripts_cycle(conn: &mut MultiplexedConnection) {
+    static ACQUIRE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
+    static RELEASE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/release.lua")));
+    let (ok, _): (i64, i64) = ACQUIRE
+        .key("rdlock:{raw}:lock")
+        .key("rdlock:{raw}:fence")
+        .key("rdlock:{raw}:owner")
+        .arg("token")
+        .arg(30_000)
+        .arg("1\nhost\n")
+        .invoke_async(conn)
+        .await
+        .expect("acquire script");
+    assert_eq!(ok, 1);
+    let released: i64 = RELEASE
+        .key("rdlock:{raw}:lock")
+        .key("rdlock:{raw}:owner")
+        .arg("token")
+        .arg("rdlock:{raw}:release")
+        .invoke_async(conn)
+        .await
+        .expect("release script");
+    assert_eq!(released, 1);
+}
+
 enum Contender {
     Floor(MultiplexedConnection),
+    /// rdlock's acquire and release scripts sent straight through redis-rs: the server's
+    /// share of rdlock's cycle, without the library around it.
+    Scripts(MultiplexedConnection),
     Ours(rdlock::Lock),
     V1(Box<rdlock_v1::lock::BasicLock>),
     Rslock(rslock::LockManager),
 }
 
 impl Contender {
-    const NAMES: [&'static str; 4] = [
+    const NAMES: [&'static str; 5] = [
         "redis-rs floor",
         "rdlock (this crate)",
         "rdlock 1.0.3",
         "rslock 0.10",
+        "rdlock's two scripts, raw",
     ];
+    /// The locks, for the contended scenarios.
+    const LOCKS: std::ops::RangeInclusive<usize> = 1..=3;
 
     async fn new(kind: usize, url: &str) -> Self {
         match kind {
@@ -131,7 +166,14 @@ impl Contender {
                     .unwrap()
                     .new_basic_lock(KEY, 30),
             )),
-            _ => Self::Rslock(rslock::LockManager::new(vec![url.to_owned()])),
+            3 => Self::Rslock(rslock::LockManager::new(vec![url.to_owned()])),
+            _ => Self::Scripts(
+                redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            ),
         }
     }
 
@@ -139,6 +181,7 @@ impl Contender {
     async fn cycle(&mut self) {
         match self {
             Self::Floor(conn) => floor_cycle(conn).await,
+            Self::Scripts(conn) => scripts_cycle(conn).await,
             Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
             Self::V1(lock) => {
                 lock.lock().await.unwrap();
@@ -155,7 +198,7 @@ impl Contender {
     async fn hold(&mut self) -> Duration {
         let asked = Instant::now();
         match self {
-            Self::Floor(_) => unreachable!("the floor is not a lock"),
+            Self::Floor(_) | Self::Scripts(_) => unreachable!("not a lock"),
             Self::Ours(lock) => {
                 let guard = lock.lock().await.unwrap();
                 let waited = asked.elapsed();
@@ -306,7 +349,7 @@ async fn contended_in_process(server: &RedisServer, scale: Scale, our_cycle: Dur
     );
     println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | p99 wait / p50 uncontended cycle | min/mean per task | commands per acquisition |");
     println!("|---|---|---|---|---|---|---|---|");
-    for kind in 1..Contender::NAMES.len() {
+    for kind in Contender::LOCKS {
         let mut run = contend(server, kind, 16, scale.scenario).await;
         let total: u64 = run.per_task.iter().sum();
         let rate = total as f64 / run.elapsed.as_secs_f64();
@@ -345,7 +388,7 @@ async fn contended_processes(server: &RedisServer, scale: Scale, _our_cycle: Dur
     let mut raw = server.conn().await;
     println!("| contender | acquisitions/s | vs floor | commands per acquisition |");
     println!("|---|---|---|---|");
-    for kind in 1..Contender::NAMES.len() {
+    for kind in Contender::LOCKS {
         reset_stats(&mut raw).await;
         let started = Instant::now();
         let children: Vec<_> = (0..4)
