@@ -36,6 +36,10 @@ pub const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// [`LockGuard`] with its own owner token. The lock is not reentrant: a second
 /// [`lock`](Self::lock) while a guard is alive waits, even in the same task.
 ///
+/// Tasks of one manager that wait for the same id queue locally in arrival order; only
+/// the head of that queue contends in Redis. The turn passes on when the guard is
+/// released or dropped.
+///
 /// # Example
 ///
 /// ```no_run
