@@ -4,6 +4,9 @@
 //! in its own temporary directory; the server is killed when the value is dropped.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod history;
+pub mod proxy;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
