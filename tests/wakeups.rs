@@ -262,7 +262,10 @@ async fn waiter_subscribes_before_the_attempt_it_waits_after() {
     let _ = monitor.kill();
     let _ = monitor.wait();
     let log = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rdlock:{order}")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rdlock:{order}"))
+        .collect();
     let attempts: Vec<usize> = lines
         .iter()
         .enumerate()
@@ -274,7 +277,10 @@ async fn waiter_subscribes_before_the_attempt_it_waits_after() {
         .position(|l| l.contains("\"SUBSCRIBE\""))
         .unwrap_or_else(|| panic!("no SUBSCRIBE seen:\n{}", lines.join("\n")));
     // The holder acquired before MONITOR started: attempts[0] is the waiter's fast path.
-    assert!(attempts.len() >= 2, "fast path, then after subscribing: {attempts:?}");
+    assert!(
+        attempts.len() >= 2,
+        "fast path, then after subscribing: {attempts:?}"
+    );
     assert!(
         subscribe > attempts[0] && subscribe < attempts[1],
         "order:\n{}",
