@@ -18,6 +18,7 @@ use redis::Msg;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::errors::is_transient;
 use crate::names::LockNames;
 
 /// How long one subscriber operation (connect, SUBSCRIBE, PING) may take before the
@@ -193,6 +194,9 @@ async fn run(
 ) {
     // channel name -> entry, as subscribed (or to be subscribed on reconnect)
     let mut channels: HashMap<String, Arc<Entry>> = HashMap::new();
+    // Cleared when the server refuses the keyspace channels (an ACL without them):
+    // waiters then rely on release messages and the holder's PTTL alone.
+    let mut keyspace_ok = true;
     let mut delay = RECONNECT_MIN;
     loop {
         let connected = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
@@ -201,8 +205,24 @@ async fn run(
         };
         if let Some(pubsub) = connected {
             let (mut sink, mut stream) = pubsub.split();
-            let all: Vec<&String> = channels.keys().collect();
-            let resubscribed = all.is_empty() || op(sink.subscribe(&all)).await;
+            let release: Vec<String> = channels
+                .iter()
+                .filter(|(name, entry)| **name == entry.release_channel)
+                .map(|(name, _)| name.clone())
+                .collect();
+            let keyspace: Vec<String> = channels
+                .keys()
+                .filter(|name| !release.contains(name))
+                .cloned()
+                .collect();
+            let resubscribed = subscribe(
+                &mut sink,
+                &release,
+                &keyspace,
+                &mut channels,
+                &mut keyspace_ok,
+            )
+            .await;
             if resubscribed {
                 delay = RECONNECT_MIN;
                 status.connected.store(true, Ordering::Release);
@@ -220,7 +240,7 @@ async fn run(
                     tokio::select! {
                         command = commands.recv() => {
                             let Some(command) = command else { return };
-                            if !apply(&mut channels, command, Some(&mut sink)).await {
+                            if !apply(&mut channels, command, Some(&mut sink), &mut keyspace_ok).await {
                                 break;
                             }
                         }
@@ -249,11 +269,40 @@ async fn run(
                 _ = &mut wait => break,
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    apply(&mut channels, command, None).await;
+                    apply(&mut channels, command, None, &mut keyspace_ok).await;
                 }
             }
         }
         delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Subscribes release channels, then keyspace channels. A refusal of the keyspace
+/// channels (an error reply, e.g. an ACL without `&__keyspace@*`) is not a broken
+/// connection: they are dropped for good and the release channels still work.
+/// Returns `false` when the connection failed.
+async fn subscribe(
+    sink: &mut PubSubSink,
+    release: &[String],
+    keyspace: &[String],
+    channels: &mut HashMap<String, Arc<Entry>>,
+    keyspace_ok: &mut bool,
+) -> bool {
+    if !release.is_empty() && !op(sink.subscribe(release)).await {
+        return false;
+    }
+    if keyspace.is_empty() || !*keyspace_ok {
+        return true;
+    }
+    match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(keyspace)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) if !is_transient(&e) => {
+            tracing::warn!(error = %e, "keyspace channels refused; waking waiters by release messages and lease expiry only");
+            *keyspace_ok = false;
+            channels.retain(|name, entry| *name == entry.release_channel);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -268,16 +317,23 @@ async fn apply(
     channels: &mut HashMap<String, Arc<Entry>>,
     command: Command,
     sink: Option<&mut PubSubSink>,
+    keyspace_ok: &mut bool,
 ) -> bool {
     match command {
         Command::Subscribe(entry) => {
-            let names: Vec<String> = entry.channels().cloned().collect();
-            for name in &names {
+            let release = vec![entry.release_channel.clone()];
+            let keyspace: Vec<String> = entry
+                .keyspace_channel
+                .iter()
+                .filter(|_| *keyspace_ok)
+                .cloned()
+                .collect();
+            for name in release.iter().chain(&keyspace) {
                 channels.insert(name.clone(), entry.clone());
             }
             match sink {
                 Some(sink) => {
-                    let ok = op(sink.subscribe(&names)).await;
+                    let ok = subscribe(sink, &release, &keyspace, channels, keyspace_ok).await;
                     if ok {
                         entry.confirmed.send_replace(true);
                     }

@@ -301,7 +301,6 @@ async fn keyspace_events_work_with_their_channel_allowed() {
 /// subscriber's SUBSCRIBE (release and keyspace channel together) is refused. Waiters
 /// must still be woken by releases, and the subscriber must not reconnect in a loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: when CONFIG GET says keyspace events are on but the ACL denies the keyspace channel, every SUBSCRIBE (release + keyspace channel in one command) is refused: no waiter is ever woken by a release (they wait out the holder's lease) and the subscriber reconnects over and over"]
 async fn keyspace_channel_denied_still_wakes_waiters_on_release() {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
     let mut commands = NEEDED.to_vec();
