@@ -101,7 +101,7 @@ async fn scripts_cycle(conn: &mut MultiplexedConnection) {
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
     static RELEASE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/release.lua")));
-    let (ok, _): (i64, i64) = ACQUIRE
+    let (ok, _, _): (i64, i64, String) = ACQUIRE
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:fence")
         .key("rdlock:{raw}:owner")
@@ -112,7 +112,7 @@ async fn scripts_cycle(conn: &mut MultiplexedConnection) {
         .await
         .expect("acquire script");
     assert_eq!(ok, 1);
-    let released: i64 = RELEASE
+    let released: Option<String> = RELEASE
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:owner")
         .arg("token")
@@ -120,7 +120,7 @@ async fn scripts_cycle(conn: &mut MultiplexedConnection) {
         .invoke_async(conn)
         .await
         .expect("release script");
-    assert_eq!(released, 1);
+    assert_eq!(released.as_deref(), Some("token"));
 }
 
 enum Contender {

@@ -221,8 +221,8 @@ impl LockGuard {
             return Err(RdLockError::ShutDown);
         }
         self.state.scope().cancel();
-        let mut conn = self.lock.manager().inner().conn.clone();
-        let outcome = scripts::release(&mut conn, self.lock.names(), &self.token).await;
+        let conn = &self.lock.manager().inner().conn;
+        let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
         match outcome {
             Ok(true) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released");

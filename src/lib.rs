@@ -64,6 +64,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
+mod connection;
 pub mod errors;
 mod gate;
 mod guard;

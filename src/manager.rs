@@ -9,6 +9,7 @@ use redis::{Client, IntoConnectionInfo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::Connection;
 use crate::errors::RdLockError;
 use crate::gate::Gates;
 use crate::held::HeldGuards;
@@ -63,7 +64,7 @@ pub struct RdLockConnectionManager {
 }
 
 pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Arc<Connection>,
     pub(crate) info: redis::ConnectionInfo,
     pub(crate) notifier: Notifier,
     /// The database number, when keyspace events are on: the keyspace channel prefix.
@@ -117,7 +118,7 @@ impl RdLockConnectionManager {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(CONNECT_RETRIES)
             .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(RdLockError::from_redis)?;
         redis::cmd("PING")
@@ -130,8 +131,8 @@ impl RdLockConnectionManager {
         let shutdown = CancellationToken::new();
         Ok(Self {
             inner: Arc::new(Inner {
-                notifier: Notifier::start(client, shutdown.clone()),
-                conn,
+                notifier: Notifier::start(client.clone(), shutdown.clone()),
+                conn: Arc::new(Connection::new(client, config, conn)),
                 info,
                 keyspace_db,
                 tasks: TaskTracker::new(),
@@ -195,7 +196,7 @@ impl RdLockConnectionManager {
     /// ```
     #[must_use]
     pub fn get_connection_manager(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+        self.inner.conn.get().conn
     }
 
     /// The connection parameters in use (kept from rdlock 1.x).
@@ -298,10 +299,10 @@ impl RdLockConnectionManager {
         let failure = Arc::new(std::sync::Mutex::new(None));
         for held in inner.held.drain() {
             held.state.mark_lost();
-            let mut conn = inner.conn.clone();
+            let conn = inner.conn.clone();
             let failure = failure.clone();
             inner.tasks.spawn(async move {
-                if let Err(e) = scripts::release(&mut conn, &held.names, &held.token).await {
+                if let Err(e) = scripts::release(&conn, &held.names, &held.token).await {
                     tracing::warn!(lock = %held.id, fence = held.fence, error = %e, "release on shutdown failed");
                     let mut slot = failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     slot.get_or_insert(RdLockError::from_redis(e));

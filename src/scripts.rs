@@ -1,24 +1,26 @@
-//! The three Lua scripts that touch a lock key, and typed wrappers to call them.
+//! The Lua scripts that touch a lock, and typed wrappers to call them.
 //!
 //! Each script is built once (`Script` hashes its source once) and sent with `EVALSHA`,
-//! falling back to `EVAL`+load on `NOSCRIPT` (after `SCRIPT FLUSH` or a restart). All
-//! input goes through `KEYS`/`ARGV`; nothing is string-built into the source.
+//! falling back to loading it on `NOSCRIPT` (after `SCRIPT FLUSH` or a restart). All
+//! input goes through `KEYS`/`ARGV`; nothing is string-built into the source. The
+//! scripts that act for an owner echo its token, and the wrappers check the echo: a
+//! reply meant for another request can never pass for a grant, a renewal or a release.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation};
 
+use crate::connection::{mismatch, Connection, Lease};
 use crate::names::LockNames;
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
-static FORCE_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/force_release.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static FORCE_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/force_release.lua")));
 
 /// What one acquire attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,22 +31,47 @@ pub(crate) enum Acquire {
     Held { pttl: Option<Duration> },
 }
 
+/// Sends one script on the manager's connection, retiring the connection if the
+/// command timed out.
+async fn invoke<T: FromRedisValue>(
+    conn: &Connection,
+    invocation: &ScriptInvocation<'_>,
+) -> (Lease, RedisResult<T>) {
+    let mut lease = conn.get();
+    let result = invocation.invoke_async(&mut lease.conn).await;
+    let result = conn.check(&lease, result);
+    (lease, result)
+}
+
+/// Checks a script's echo of `token`; a wrong echo retires the connection it came on.
+fn echoed(conn: &Connection, lease: &Lease, echo: &str, token: &str) -> RedisResult<()> {
+    if echo == token {
+        Ok(())
+    } else {
+        conn.check(lease, Err(mismatch()))
+    }
+}
+
 pub(crate) async fn acquire(
-    conn: &mut ConnectionManager,
+    conn: &Connection,
     names: &LockNames,
     token: &str,
     lease_ms: u64,
     owner: &str,
 ) -> RedisResult<Acquire> {
-    let (ok, value): (i64, i64) = ACQUIRE
-        .key(&names.key)
-        .key(&names.fence)
-        .key(&names.owner)
-        .arg(token)
-        .arg(lease_ms)
-        .arg(owner)
-        .invoke_async(conn)
-        .await?;
+    let (lease, reply) = invoke(
+        conn,
+        ACQUIRE
+            .key(&names.key)
+            .key(&names.fence)
+            .key(&names.owner)
+            .arg(token)
+            .arg(lease_ms)
+            .arg(owner),
+    )
+    .await;
+    let (ok, value, echo): (i64, i64, String) = reply?;
+    echoed(conn, &lease, &echo, token)?;
     Ok(if ok == 1 {
         // INCR starts at 1 and can only go up; a negative value would need someone to
         // have written the fence key by hand.
@@ -64,59 +91,75 @@ pub(crate) async fn acquire(
 
 /// Extends the lease if the key still holds `token`; `Ok(false)` when it does not.
 pub(crate) async fn renew(
-    conn: &mut ConnectionManager,
+    conn: &Connection,
     names: &LockNames,
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
-    RENEW
-        .key(&names.key)
-        .key(&names.owner)
-        .arg(token)
-        .arg(lease_ms)
-        .invoke_async(conn)
-        .await
+    let (lease, reply) = invoke(
+        conn,
+        RENEW
+            .key(&names.key)
+            .key(&names.owner)
+            .arg(token)
+            .arg(lease_ms),
+    )
+    .await;
+    // A nil reply means "not ours": if it was meant for another request, the guard
+    // reports a loss it did not have, which is safe.
+    match reply? {
+        None::<String> => Ok(false),
+        Some(echo) => echoed(conn, &lease, &echo, token).map(|()| true),
+    }
 }
 
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(
-    conn: &mut ConnectionManager,
+    conn: &Connection,
     names: &LockNames,
     token: &str,
 ) -> RedisResult<bool> {
-    RELEASE
-        .key(&names.key)
-        .key(&names.owner)
-        .arg(token)
-        .arg(&names.release_channel)
-        .invoke_async(conn)
-        .await
+    let (lease, reply) = invoke(
+        conn,
+        RELEASE
+            .key(&names.key)
+            .key(&names.owner)
+            .arg(token)
+            .arg(&names.release_channel),
+    )
+    .await;
+    match reply? {
+        None::<String> => Ok(false),
+        Some(echo) => echoed(conn, &lease, &echo, token).map(|()| true),
+    }
 }
 
 /// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
-pub(crate) async fn force_release(
-    conn: &mut ConnectionManager,
-    names: &LockNames,
-) -> RedisResult<bool> {
-    FORCE_RELEASE
-        .key(&names.key)
-        .key(&names.owner)
-        .arg(&names.release_channel)
-        .invoke_async(conn)
-        .await
+pub(crate) async fn force_release(conn: &Connection, names: &LockNames) -> RedisResult<bool> {
+    let (_, reply) = invoke(
+        conn,
+        FORCE_RELEASE
+            .key(&names.key)
+            .key(&names.owner)
+            .arg(&names.release_channel),
+    )
+    .await;
+    reply
 }
 
 /// The owner record and remaining lease of a lock, and its fencing counter, in one
 /// round trip.
 pub(crate) async fn inspect(
-    conn: &mut ConnectionManager,
+    conn: &Connection,
     names: &LockNames,
 ) -> RedisResult<(Option<String>, i64, Option<u64>)> {
-    redis::pipe()
+    let mut lease = conn.get();
+    let result = redis::pipe()
         .get(&names.owner)
         .pttl(&names.key)
         .get(&names.fence)
-        .query_async(conn)
-        .await
+        .query_async(&mut lease.conn)
+        .await;
+    conn.check(&lease, result)
 }

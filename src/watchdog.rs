@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-
+use crate::connection::Connection;
 use crate::lease::{valid_until, LeaseState};
 use crate::names::LockNames;
 use crate::scripts;
@@ -12,7 +11,7 @@ use crate::scripts;
 /// Everything the watchdog needs; it holds no reference to the guard or the manager,
 /// so that it can never keep either alive.
 pub(crate) struct Watchdog {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Arc<Connection>,
     pub(crate) names: Arc<LockNames>,
     /// The lock id and fencing token, for diagnostics.
     pub(crate) id: Arc<str>,
@@ -33,7 +32,7 @@ impl Watchdog {
         tracing::warn!(lock = %self.id, fence = self.fence, reason, "lease lost");
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
         let scope = self.state.scope().clone();
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         let retry_every =
@@ -53,7 +52,7 @@ impl Watchdog {
             }
             let renewal = tokio::time::timeout_at(
                 deadline.into(),
-                scripts::renew(&mut self.conn, &self.names, &self.token, lease_ms),
+                scripts::renew(&self.conn, &self.names, &self.token, lease_ms),
             );
             let outcome = tokio::select! {
                 biased;

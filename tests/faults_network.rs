@@ -232,13 +232,11 @@ async fn manager_recovers_after_a_partition_heals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: after a command times out, the command connection is kept; requests the network dropped leave its replies shifted by one, so every later command times out (never recovers)"]
 async fn manager_recovers_after_a_blackhole_heals() {
     manager_recovers_after(Partition::Blackhole).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a command connection that went silent (no FIN/RST) is never replaced: commands time out until the kernel gives up on the socket (~15 min)"]
 async fn manager_replaces_a_silently_dead_connection() {
     manager_recovers_after(Partition::Silence).await;
 }
@@ -248,7 +246,6 @@ async fn manager_replaces_a_silently_dead_connection() {
 /// (`get_connection_manager`, public since 1.x) and the lock is taken away after the
 /// blackhole: the guard must report the loss within its lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: requests swallowed by a blackhole shift every later reply on the shared connection by one or more: a renewal is answered with another command's reply (here an application EXISTS = 1), so a guard whose key another client now holds keeps saying is_held() = true"]
 async fn a_renewal_is_never_answered_with_another_commands_reply() {
     let server = RedisServer::start();
     let proxy = FaultProxy::to_port(server.port()).await;
@@ -405,7 +402,6 @@ async fn partitioned_waiter_gets_the_lock_after_healing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: see manager_recovers_after_a_blackhole_heals: the waiter's command connection stays desynchronised, it never acquires"]
 async fn blackholed_waiter_gets_the_lock_after_healing() {
     partitioned_waiter(Partition::Blackhole, true).await;
 }

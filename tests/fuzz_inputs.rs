@@ -496,8 +496,7 @@ fn structured_urls(live: u16, dead: u16) -> impl Strategy<Value = String> {
     let schemes = weighted(
         vec!["redis://"],
         vec![
-            #[cfg(not(feature = "tls"))]
-            "rediss://", // with `tls`: tests/tls.rs (a TLS attempt panics, a known bug)
+            "rediss://",
             "redis+unix://",
             "unix://",
             "http://",

@@ -207,8 +207,8 @@ impl BasicLock {
         let Some(held) = &self.held else {
             return Err(RdLockError::LockNotAcquired);
         };
-        let mut conn = self.lock.manager().inner().conn.clone();
-        let released = scripts::release(&mut conn, self.lock.names(), &held.token)
+        let conn = &self.lock.manager().inner().conn;
+        let released = scripts::release(conn, self.lock.names(), &held.token)
             .await
             .map_err(RdLockError::from_redis)?;
         self.held = None;

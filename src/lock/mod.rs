@@ -163,8 +163,8 @@ impl Lock {
                 reason: "the id is empty",
             });
         }
-        let mut conn = self.manager.inner().conn.clone();
-        let (record, pttl, fence) = scripts::inspect(&mut conn, &self.names)
+        let conn = &self.manager.inner().conn;
+        let (record, pttl, fence) = scripts::inspect(conn, &self.names)
             .await
             .map_err(RdLockError::from_redis)?;
         let holder = match pttl {
@@ -206,8 +206,8 @@ impl Lock {
                 reason: "the id is empty",
             });
         }
-        let mut conn = self.manager.inner().conn.clone();
-        scripts::force_release(&mut conn, &self.names)
+        let conn = &self.manager.inner().conn;
+        scripts::force_release(conn, &self.names)
             .await
             .map_err(RdLockError::from_redis)
     }
@@ -495,9 +495,9 @@ impl Lock {
             lock: self,
             token: Some(token.clone()),
         };
-        let mut conn = self.manager.inner().conn.clone();
+        let conn = &self.manager.inner().conn;
         let sent = Instant::now();
-        let reply = scripts::acquire(&mut conn, &self.names, &token, lease_ms, &self.owner)
+        let reply = scripts::acquire(conn, &self.names, &token, lease_ms, &self.owner)
             .await
             .map_err(RdLockError::from_redis)?;
         match reply {
@@ -560,11 +560,11 @@ impl Lock {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut conn = self.manager.inner().conn.clone();
+        let conn = self.manager.inner().conn.clone();
         let names = self.names.clone();
         self.manager.inner().tasks.spawn_on(
             async move {
-                let _ = scripts::release(&mut conn, &names, &token).await;
+                let _ = scripts::release(&conn, &names, &token).await;
                 drop(turn);
             },
             &handle,
