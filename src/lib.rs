@@ -60,6 +60,15 @@
 //!   2 s); `try_lock()` reports [`RdLockError::Unreachable`] at once.
 //! - The rdlock 1.x API ([`RdLockConnectionManager::new_basic_lock`],
 //!   [`lock::BasicLock`], [`errors::RdLockError`]) is kept.
+//! - Tasks of one manager waiting for the same lock queue locally in arrival order;
+//!   only the head contends in Redis (see [`Lock`]).
+//! - A command that times out retires the manager's command connection (redis-rs
+//!   reconnects on I/O errors only): after requests were lost without the connection
+//!   closing, replies could otherwise answer the wrong request. The scripts that act
+//!   for an owner echo its token, and a reply with the wrong echo is treated the same
+//!   way, so it can never pass for a grant, a renewal or a release.
+//! - The acquire script stores an owner record ([`HolderInfo`]) and reads the server's
+//!   `TIME`; it needs Redis 6.2 or later (tested on 7.0).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
