@@ -6,6 +6,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Who holds a lock: written by the acquire script into `rdlock:{id}:owner` with the
 /// same lease as the lock key, renewed with it and deleted with it, so that it never
 /// outlives the lock. Read with [`Lock::holder`](crate::Lock::holder).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+/// match lock.holder().await? {
+///     Some(h) => println!("{} (pid {} on {}), fencing token {}", h.label, h.pid, h.host, h.fencing_token),
+///     None => println!("free"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HolderInfo {

@@ -27,6 +27,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_RETRIES: usize = 2;
 /// How long [`RdLockConnectionManager::shutdown`] waits for releases and background
 /// tasks to finish.
+///
+/// ```
+/// assert_eq!(rdlock::SHUTDOWN_TIMEOUT, std::time::Duration::from_secs(5));
+/// ```
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connection to a Redis server, shared by every lock made from it.

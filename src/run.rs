@@ -18,6 +18,16 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// It waits for the lock, then polls the caller's future only while the lease is held.
 /// It is an ordinary future, not a spawned task: the caller's future may borrow from
 /// the caller's stack.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+/// let run: rdlock::Run<'_, _> = lock.run(async { 1 + 1 });
+/// assert_eq!(run.await?, 2);
+/// # Ok(())
+/// # }
+/// ```
 #[pin_project]
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Run<'a, F: Future> {

@@ -366,3 +366,33 @@ async fn bad_usage_and_unreachable_redis_have_their_exit_codes() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// On a terminal, waiting shows who holds the lock on one line rewritten in place
+/// (`script` from util-linux gives rdlock a pseudo-terminal).
+#[tokio::test]
+async fn on_a_terminal_the_wait_is_one_line_updated_in_place() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let _held = manager
+        .new_lock("tty")
+        .with_label("the holder")
+        .lock()
+        .await
+        .unwrap();
+    let command = format!(
+        "{RDLOCK} --url {} exec tty --wait 2500ms -- true",
+        server.url()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let updates = text
+        .matches("\r\x1b[2Krdlock: waiting for tty: held by")
+        .count();
+    assert!(updates >= 2, "one line, rewritten each second: {text:?}");
+    assert!(text.contains("the holder"), "{text:?}");
+    assert_eq!(code(&out), 75, "{text:?}");
+}

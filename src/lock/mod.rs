@@ -1,4 +1,15 @@
 //! [`Lock`] and its acquire paths, and the rdlock 1.x [`BasicLock`].
+//!
+//! ```no_run
+//! # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+//! use rdlock::lock::BasicLock; // the 1.x path
+//!
+//! let mut basic: BasicLock = manager.new_basic_lock("dog", 60);
+//! basic.lock().await?;
+//! basic.release().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod basic;
 mod wait;
@@ -23,10 +34,22 @@ use crate::scripts::{self, Acquire};
 use crate::watchdog::Watchdog;
 
 /// The lease of a new [`Lock`]: 30 s.
+///
+/// ```
+/// assert_eq!(rdlock::DEFAULT_LEASE, std::time::Duration::from_secs(30));
+/// ```
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// The shortest lease accepted: 10 ms.
+///
+/// ```
+/// assert_eq!(rdlock::MIN_LEASE, std::time::Duration::from_millis(10));
+/// ```
 pub const MIN_LEASE: Duration = Duration::from_millis(10);
 /// The longest lease accepted: 10 years (Redis accepts longer, but no lease should be).
+///
+/// ```
+/// assert_eq!(rdlock::MAX_LEASE.as_secs(), 10 * 365 * 24 * 3600);
+/// ```
 pub const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A distributed lock on one id, from [`RdLockConnectionManager::new_lock`].
