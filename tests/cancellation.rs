@@ -6,26 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdlock::RdLockConnectionManager;
-use support::{get, wait_until, RedisServer};
-
-async fn assert_quiescent(server: &RedisServer, manager: &RdLockConnectionManager, key: &str) {
-    let raw = server.conn().await;
-    wait_until(
-        Duration::from_secs(5),
-        "the key is gone (a leak would hold it for the 30 s lease)",
-        || {
-            let mut raw = raw.clone();
-            let key = key.to_owned();
-            async move { get(&mut raw, &key).await.is_none() }
-        },
-    )
-    .await;
-    wait_until(Duration::from_secs(5), "no background task is left", || {
-        let n = manager.pending_tasks();
-        async move { n == 0 }
-    })
-    .await;
-}
+use support::{assert_quiescent, wait_until, RedisServer};
 
 /// The acquire reaches Redis, but the future is dropped before the reply: the SET
 /// happens after the caller gave up. The attempt is undone by its token.

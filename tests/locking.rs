@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
-use support::{get, wait_until, RedisServer};
+use support::{assert_quiescent, get, RedisServer};
 
 #[tokio::test]
 async fn two_managers_exclude_each_other() {
@@ -61,22 +61,8 @@ async fn dropping_the_guard_releases_the_key() {
     let guard = lock.lock().await.unwrap();
     assert!(get(&mut raw, lock.key()).await.is_some());
     drop(guard);
-    wait_until(
-        Duration::from_secs(5),
-        "the key is deleted after drop",
-        || {
-            let mut raw = raw.clone();
-            let key = lock.key().to_owned();
-            async move { get(&mut raw, &key).await.is_none() }
-        },
-    )
-    .await;
-    // The watchdog and the release task are gone too.
-    wait_until(Duration::from_secs(5), "no background task is left", || {
-        let n = manager.pending_tasks();
-        async move { n == 0 }
-    })
-    .await;
+    // The key is deleted, and the watchdog and the release task are gone too.
+    assert_quiescent(&server, &manager, lock.key()).await;
 }
 
 #[tokio::test]

@@ -263,3 +263,28 @@ pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
         .await
         .expect("CONFIG RESETSTAT");
 }
+
+/// Waits (5 s at most for each) until `key` is gone and the manager runs no background
+/// task: nothing is left held, no watchdog or release is left running.
+pub async fn assert_quiescent(
+    server: &RedisServer,
+    manager: &rdlock::RdLockConnectionManager,
+    key: &str,
+) {
+    let raw = server.conn().await;
+    wait_until(
+        Duration::from_secs(5),
+        "the key is gone (a leak would hold it for the 30 s lease)",
+        || {
+            let mut raw = raw.clone();
+            let key = key.to_owned();
+            async move { get(&mut raw, &key).await.is_none() }
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "no background task is left", || {
+        let n = manager.pending_tasks();
+        async move { n == 0 }
+    })
+    .await;
+}
