@@ -89,7 +89,10 @@ async fn unreachable_redis_ends_the_lease_at_the_local_deadline() {
     // The local deadline is a drift margin (1 % + 2 ms) before the lease ends; the
     // bound leaves room for a loaded machine's timer latency (the margin itself is
     // checked by `is_held_turns_false_a_drift_margin_before_the_lease_ends`).
-    assert!(at <= lease + Duration::from_millis(100), "reported lost after {at:?}");
+    assert!(
+        at <= lease + Duration::from_millis(100),
+        "reported lost after {at:?}"
+    );
     assert!(!guard.is_held());
     // The explicit release reports that it could not reach Redis.
     assert!(guard.release().await.unwrap_err().is_connection_error());
