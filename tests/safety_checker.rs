@@ -330,7 +330,14 @@ async fn child_worker() {
     for task in 0..3u64 {
         let manager = manager.clone();
         let stop = stop.clone();
-        let mut conn = resource.get_multiplexed_async_connection().await.unwrap();
+        // A long response timeout: after a SIGSTOP, tokio may fire a short timer before
+        // it reads the reply that arrived meanwhile, and the write's outcome must be known.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let mut conn = resource
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
         let mut rng = Rng::new(seed, id * 16 + task);
         let held = move |guard: &rdlock::LockGuard| blind || guard.is_held();
         tasks.push(tokio::spawn(async move {
