@@ -205,16 +205,15 @@ async fn run(
         };
         if let Some(pubsub) = connected {
             let (mut sink, mut stream) = pubsub.split();
-            let release: Vec<String> = channels
-                .iter()
-                .filter(|(name, entry)| **name == entry.release_channel)
-                .map(|(name, _)| name.clone())
-                .collect();
-            let keyspace: Vec<String> = channels
-                .keys()
-                .filter(|name| !release.contains(name))
-                .cloned()
-                .collect();
+            let mut release = Vec::new();
+            let mut keyspace = Vec::new();
+            for (name, entry) in &channels {
+                if *name == entry.release_channel {
+                    release.push(name.clone());
+                } else {
+                    keyspace.push(name.clone());
+                }
+            }
             let resubscribed = subscribe(
                 &mut sink,
                 &release,
