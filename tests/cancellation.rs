@@ -49,11 +49,8 @@ async fn heavy_cancellation_leaves_nothing_held() {
         RdLockConnectionManager::new(server.url()).await.unwrap(),
         RdLockConnectionManager::new(server.url()).await.unwrap(),
     ];
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("seed {seed}");
+    let seed = support::seed();
+    println!("seed {seed} (replay with RDLOCK_SEED={seed})");
     let mut tasks = Vec::new();
     for t in 0..24u64 {
         let lock = Arc::new(managers[(t % 2) as usize].new_lock("cancel-storm"));
@@ -61,11 +58,11 @@ async fn heavy_cancellation_leaves_nothing_held() {
         tasks.push(tokio::spawn(async move {
             let mut acquired = 0;
             for _ in 0..30 {
-                rng = xorshift(rng);
+                rng = support::xorshift(rng);
                 let budget = Duration::from_micros(rng % 3000);
                 if let Ok(Ok(guard)) = tokio::time::timeout(budget, lock.lock()).await {
                     acquired += 1;
-                    rng = xorshift(rng);
+                    rng = support::xorshift(rng);
                     if rng.is_multiple_of(2) {
                         drop(guard);
                     } else {
@@ -103,11 +100,4 @@ async fn heavy_cancellation_leaves_nothing_held() {
         },
     )
     .await;
-}
-
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
 }

@@ -13,11 +13,8 @@ use support::RedisServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_two_holders_overlap() {
     let server = RedisServer::start();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("seed {seed}");
+    let seed = support::seed();
+    println!("seed {seed} (replay with RDLOCK_SEED={seed})");
     let run_for = Duration::from_secs(4);
     let inside = Arc::new(AtomicBool::new(false));
     let acquisitions = Arc::new(AtomicU64::new(0));
@@ -54,7 +51,7 @@ async fn no_two_holders_overlap() {
                         .await
                         .unwrap()
                         .unwrap_or(0);
-                    rng = xorshift(rng);
+                    rng = support::xorshift(rng);
                     let hold = if rng.is_multiple_of(20) { 450 } else { rng % 3 };
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let _: () = redis::cmd("SET")
@@ -87,11 +84,4 @@ async fn no_two_holders_overlap() {
         "every task got the lock at least once: {total}"
     );
     assert_eq!(counter, total, "lost updates");
-}
-
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
 }

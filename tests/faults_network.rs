@@ -19,24 +19,9 @@ use support::{get, lock_keys, wait_until, RedisServer};
 const LEASE: Duration = Duration::from_secs(1);
 
 fn seed() -> u64 {
-    let seed = std::env::var("RDLOCK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = support::seed();
     println!("seed {seed} (replay with RDLOCK_SEED={seed})");
     seed
-}
-
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
 }
 
 /// How a partition is made, and how it heals.
@@ -502,7 +487,8 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
                 last_fence.clone(),
                 stats.clone(),
             );
-            let mut rng = xorshift(seed ^ (me as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                support::xorshift(seed ^ (me as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             tasks.push(tokio::spawn(async move {
                 let started = Instant::now();
                 while started.elapsed() < run_for {
@@ -546,7 +532,7 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
                         }
                         *slot = Some((me, guard.clone()));
                     }
-                    rng = xorshift(rng);
+                    rng = support::xorshift(rng);
                     // Short and long holds; the long ones need renewals through the cuts.
                     let hold = if rng.is_multiple_of(4) {
                         Duration::from_millis(300 + rng % 1200)
@@ -584,10 +570,10 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
     // The nemesis: cut every connection every 20–100 ms.
     let cutter = {
         let handle = proxy.handle();
-        let mut rng = xorshift(seed ^ 0xC0FF_EE00);
+        let mut rng = support::xorshift(seed ^ 0xC0FF_EE00);
         tokio::spawn(async move {
             loop {
-                rng = xorshift(rng);
+                rng = support::xorshift(rng);
                 tokio::time::sleep(Duration::from_millis(20 + rng % 81)).await;
                 handle.cut();
             }

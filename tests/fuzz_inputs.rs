@@ -31,15 +31,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A runner with `cases` cases and a printed, replayable seed.
 fn runner(name: &str, cases: u32) -> TestRunner {
-    let seed: u64 = std::env::var("RDLOCK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = support::seed();
     println!("{name}: seed {seed} (replay with RDLOCK_SEED={seed})");
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());

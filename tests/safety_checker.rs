@@ -238,25 +238,18 @@ fn clock_maps_bound_the_offset_and_refuse_inconsistent_samples() {
 /// Marks the child's protocol lines (the test harness prints on the same lines).
 const MARK: &str = "@@ ";
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
 /// A small seeded generator (xorshift64).
 struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, stream: u64) -> Self {
-        Self(xorshift(
+        Self(support::xorshift(
             seed ^ (stream + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         ))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = xorshift(self.0);
+        self.0 = support::xorshift(self.0);
         self.0 % n
     }
 
@@ -670,15 +663,7 @@ fn kill(signal: &str, pid: u32) {
 }
 
 fn seed() -> u64 {
-    std::env::var("RDLOCK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
+    support::seed()
 }
 
 /// How a run is set up.

@@ -288,3 +288,25 @@ pub async fn assert_quiescent(
     })
     .await;
 }
+
+/// The seed of a randomized test: `RDLOCK_SEED` when set (to replay a run), else the
+/// clock. Print it in the test's output.
+pub fn seed() -> u64 {
+    std::env::var("RDLOCK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
+/// One step of a xorshift64 generator: enough randomness for test schedules, and
+/// replayable from the printed seed.
+pub fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
