@@ -16,20 +16,9 @@ use support::{RedisServer, ServerConfig};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-/// The resource's side of fencing: accept a write only if its fencing token is at
-/// least the largest one seen, atomically.
-const FENCED_WRITE: &str = r"
-local max = tonumber(redis.call('GET', KEYS[1]) or '0')
-local fence = tonumber(ARGV[1])
-if fence < max then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('RPUSH', KEYS[2], ARGV[2])
-return 1
-";
-
 async fn fenced_write(resource: &redis::Client, fence: u64, who: &str) -> bool {
     let mut conn = resource.get_multiplexed_async_connection().await.unwrap();
-    let accepted: i64 = redis::Script::new(FENCED_WRITE)
+    let accepted: i64 = redis::Script::new(support::FENCED_WRITE)
         .key("resource:max-fence")
         .key("resource:log")
         .arg(fence)

@@ -271,17 +271,6 @@ fn say(line: &str) {
     out.flush().unwrap();
 }
 
-/// The resource's side of fencing: accept a write only if its fencing token is at
-/// least the largest one seen, atomically.
-const FENCED_WRITE: &str = r"
-local max = tonumber(redis.call('GET', KEYS[1]) or '0')
-local fence = tonumber(ARGV[1])
-if fence < max then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
-";
-
 fn env<T: std::str::FromStr>(name: &str) -> T {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name}"))
@@ -386,9 +375,10 @@ async fn child_worker() {
                     }
                     believed_until = Some(t);
                     if rng.below(4) == 0 {
-                        let ok: i64 = redis::Script::new(FENCED_WRITE)
+                        let ok: i64 = redis::Script::new(support::FENCED_WRITE)
                             .key(format!("resource:{name}:max-fence"))
                             .key(format!("resource:{name}:log"))
+                            .arg(fence)
                             .arg(fence)
                             .invoke_async(&mut conn)
                             .await

@@ -310,3 +310,15 @@ pub fn xorshift(mut x: u64) -> u64 {
     x ^= x << 17;
     x
 }
+
+/// A resource's side of fencing (KEYS: highest fence seen, log; ARGV: fence, value):
+/// accepts a write only if its fencing token is at least the largest one seen,
+/// atomically; returns 1 if accepted, 0 if rejected as stale.
+pub const FENCED_WRITE: &str = r"
+local max = tonumber(redis.call('GET', KEYS[1]) or '0')
+local fence = tonumber(ARGV[1])
+if fence < max then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+";
