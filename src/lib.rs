@@ -73,6 +73,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
+mod config;
 mod connection;
 pub mod errors;
 mod gate;
@@ -88,9 +89,10 @@ mod run;
 mod scripts;
 mod watchdog;
 
+pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT};
 pub use errors::RdLockError;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
-pub use manager::{RdLockConnectionManager, SHUTDOWN_TIMEOUT};
+pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
 pub use run::Run;
