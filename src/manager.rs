@@ -431,6 +431,7 @@ impl fmt::Debug for RdLockConnectionManager {
             .field("addr", &self.inner.info.addr())
             .field("db", &self.inner.info.redis_settings().db())
             .field("keyspace_events", &self.keyspace_events())
+            .field("response_timeout", &self.inner.timeouts.response)
             .finish_non_exhaustive()
     }
 }

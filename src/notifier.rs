@@ -643,6 +643,123 @@ fn chunks(names: &[String]) -> Vec<Vec<String>> {
 mod tests {
     use super::*;
 
+    fn subscriber() -> (Subscriber, mpsc::UnboundedSender<Command>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            commands: receiver,
+            status: Arc::new(Status::default()),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                response: Duration::from_secs(2),
+                explicit: false,
+            },
+            channels: HashMap::new(),
+            keyspace_ok: true,
+        };
+        (subscriber, commands)
+    }
+
+    fn entry(id: &str, keyspace: bool) -> Arc<Entry> {
+        let names = LockNames::new(id, keyspace.then_some(0));
+        Arc::new(Entry {
+            release_channel: names.release_channel,
+            keyspace_channel: names.keyspace_channel,
+            notify: Notify::new(),
+            confirmed: watch::Sender::new(false),
+            del_seen: AtomicBool::new(false),
+        })
+    }
+
+    /// Drains the queue into one batch, as `serve` does.
+    fn next_batch(subscriber: &mut Subscriber, subscribed: &HashSet<String>) -> Batch {
+        let mut changes = Changes::default();
+        subscriber.drain(&mut changes).unwrap();
+        subscriber.plan(changes, subscribed)
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_wakes_a_waiter_that_registered_before_it() {
+        let (mut subscriber, commands) = subscriber();
+        let a = entry("a", true);
+        // The waiter's wake-up future exists before its attempt, before any confirmation.
+        let woken = a.notify.notified();
+        commands.send(Command::Subscribe(a.clone())).unwrap();
+        let mut subscribed = HashSet::new();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release, [a.release_channel.clone()]);
+        assert_eq!(batch.keyspace.len(), 1);
+        assert!(!*a.confirmed.borrow());
+        subscriber.settle(batch, None, &mut subscribed);
+        assert!(*a.confirmed.borrow());
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("woken by the confirmation");
+        assert_eq!(subscribed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_batch_and_churn_nets_out() {
+        let (mut subscriber, commands) = subscriber();
+        let mut subscribed = HashSet::new();
+        let old = entry("same", false);
+        commands.send(Command::Subscribe(old.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        subscriber.settle(batch, None, &mut subscribed);
+
+        let burst: Vec<_> = (0..1000).map(|i| entry(&format!("b{i}"), false)).collect();
+        for e in &burst {
+            commands.send(Command::Subscribe(e.clone())).unwrap();
+        }
+        // The last watcher of "same" leaves and a new one comes: the channel stays.
+        let new = entry("same", false);
+        commands.send(Command::Unsubscribe(old.clone())).unwrap();
+        commands.send(Command::Subscribe(new.clone())).unwrap();
+        // Subscribed and left again within the same run: nothing to send.
+        let brief = entry("brief", false);
+        commands.send(Command::Subscribe(brief.clone())).unwrap();
+        commands.send(Command::Unsubscribe(brief.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release.len(), 1000, "one batch for the burst");
+        assert!(batch.unsubscribe.is_empty());
+        assert_eq!(chunks(&batch.release).len(), 2, "two SUBSCRIBE commands");
+        subscriber.settle(batch, None, &mut subscribed);
+        assert!(burst.iter().all(|e| *e.confirmed.borrow()));
+        assert!(*new.confirmed.borrow());
+        assert!(!*brief.confirmed.borrow());
+        assert_eq!(subscribed.len(), 1001);
+
+        for e in &burst {
+            commands.send(Command::Unsubscribe(e.clone())).unwrap();
+        }
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.unsubscribe.len(), 1000);
+        subscriber.settle(batch, None, &mut subscribed);
+        assert_eq!(subscriber.channels.len(), 1);
+        assert_eq!(subscriber.status.channels.load(Ordering::Relaxed), 1);
+        assert_eq!(subscribed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refused_keyspace_channels_are_dropped_and_release_channels_confirmed() {
+        let (mut subscriber, commands) = subscriber();
+        let a = entry("a", true);
+        commands.send(Command::Subscribe(a.clone())).unwrap();
+        let mut subscribed = HashSet::new();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        let refusal = RedisError::from((redis::ErrorKind::Client, "NOPERM"));
+        subscriber.settle(batch, Some(refusal), &mut subscribed);
+        assert!(*a.confirmed.borrow());
+        assert!(!subscriber.keyspace_ok);
+        assert_eq!(subscribed, HashSet::from([a.release_channel.clone()]));
+        // Later locks subscribe their release channel only.
+        let b = entry("b", true);
+        commands.send(Command::Subscribe(b.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release, [b.release_channel.clone()]);
+        assert!(batch.keyspace.is_empty());
+    }
+
     #[test]
     fn chunks_bound_count_and_size_and_keep_every_name() {
         let names: Vec<String> = (0..1300).map(|i| format!("c{i}")).collect();
