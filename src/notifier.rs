@@ -687,7 +687,7 @@ mod tests {
         commands.send(Command::Subscribe(a.clone())).unwrap();
         let mut subscribed = HashSet::new();
         let batch = next_batch(&mut subscriber, &subscribed);
-        assert_eq!(batch.release, [a.release_channel.clone()]);
+        assert_eq!(batch.release, std::slice::from_ref(&a.release_channel));
         assert_eq!(batch.keyspace.len(), 1);
         assert!(!*a.confirmed.borrow());
         subscriber.settle(batch, None, &mut subscribed);
@@ -756,7 +756,7 @@ mod tests {
         let b = entry("b", true);
         commands.send(Command::Subscribe(b.clone())).unwrap();
         let batch = next_batch(&mut subscriber, &subscribed);
-        assert_eq!(batch.release, [b.release_channel.clone()]);
+        assert_eq!(batch.release, std::slice::from_ref(&b.release_channel));
         assert!(batch.keyspace.is_empty());
     }
 
