@@ -83,6 +83,15 @@ pub enum RdLockError {
     /// it takes no new locks, and guards it released report this.
     #[error("the lock manager was shut down")]
     ShutDown,
+    /// A manager option is out of range ([`ManagerBuilder`](crate::ManagerBuilder));
+    /// reported by its `connect` before anything is opened.
+    #[error("invalid manager option `{option}`: {reason}")]
+    InvalidConfig {
+        /// The option, as named on the builder.
+        option: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
 }
 
 impl RdLockError {

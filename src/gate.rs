@@ -45,8 +45,8 @@ impl Gates {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Entries, dead ones not yet pruned included.
+    pub(crate) fn len(&self) -> usize {
         self.map().gates.len()
     }
 }

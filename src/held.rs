@@ -34,6 +34,10 @@ impl HeldGuards {
         self.map().remove(&key)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.map().len()
+    }
+
     pub(crate) fn drain(&self) -> Vec<Held> {
         self.map().drain().map(|(_, held)| held).collect()
     }

@@ -67,12 +67,28 @@
 //!   closing, replies could otherwise answer the wrong request. The scripts that act
 //!   for an owner echo its token, and a reply with the wrong echo is treated the same
 //!   way, so it can never pass for a grant, a renewal or a release.
+//! - Every command waits at most the manager's response timeout for its reply (2 s
+//!   by default; [`ManagerBuilder::response_timeout`] for slow links). A timeout set
+//!   there is checked against each lock's lease: a renewal, sent at `lease / 3`, must be
+//!   able to wait one timeout before the lease's local deadline, or the acquire
+//!   methods return [`RdLockError::InvalidLease`]. The default is not checked, so every
+//!   lease from [`MIN_LEASE`] works as in 2.0. Options go on the builder, never on new
+//!   constructor variants: the backends to come take the same builder.
+//! - Pub/sub loses what is published while a channel is not subscribed. Whenever a
+//!   lock's subscription becomes confirmed (the subscriber's first connection, every
+//!   reconnect, a new subscription acknowledged), the lock's waiters retry once; a
+//!   waiter's wake-up future exists before each attempt, so a release is either
+//!   delivered or followed by such a retry. The subscriber sends many channels per
+//!   `SUBSCRIBE`/`UNSUBSCRIBE`, pipelined, so bursts of new locks cost a few round trips.
+//! - Fence counters are permanent keys, one per id ever locked (about 75 bytes each on
+//!   Redis 7.0 for short ids): prefer stable lock ids to one id per job.
 //! - The acquire script stores an owner record ([`HolderInfo`]) and reads the server's
 //!   `TIME`; it needs Redis 6.2 or later (tested on 7.0).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
+mod config;
 mod connection;
 pub mod errors;
 mod gate;
@@ -88,9 +104,10 @@ mod run;
 mod scripts;
 mod watchdog;
 
+pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT};
 pub use errors::RdLockError;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
-pub use manager::{RdLockConnectionManager, SHUTDOWN_TIMEOUT};
+pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
 pub use run::Run;

@@ -9,6 +9,7 @@ use redis::{Client, IntoConnectionInfo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{ManagerBuilder, Timeouts};
 use crate::connection::Connection;
 use crate::errors::RdLockError;
 use crate::gate::Gates;
@@ -17,11 +18,6 @@ use crate::lock::{BasicLock, Lock};
 use crate::notifier::Notifier;
 use crate::scripts;
 
-/// How long connecting may take, per attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one command may take before it counts as failed. Lease deadlines are
-/// enforced separately, on the local monotonic clock.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connection attempts after the first one, with jittered exponential backoff: bounds
 /// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds.
 const CONNECT_RETRIES: usize = 2;
@@ -73,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) notifier: Notifier,
     /// The database number, when keyspace events are on: the keyspace channel prefix.
     pub(crate) keyspace_db: Option<i64>,
+    /// The connect and response timeouts ([`ManagerBuilder`]); leases are checked
+    /// against the latter.
+    pub(crate) timeouts: Timeouts,
     /// Watchdogs and drop-releases, so that they can be awaited on shutdown.
     pub(crate) tasks: TaskTracker,
     /// The guards alive now, for shutdown to release.
@@ -84,7 +83,8 @@ pub(crate) struct Inner {
 }
 
 impl RdLockConnectionManager {
-    /// Connects to Redis and starts the shared subscriber.
+    /// Connects to Redis and starts the shared subscriber, with every option at its
+    /// default; [`builder`](Self::builder) sets options (the response timeout).
     ///
     /// `params` is anything redis-rs accepts: a URL such as `redis://127.0.0.1:6379/0`,
     /// `redis://user:password@host/2`, `redis+unix:///run/redis.sock`, or a
@@ -113,13 +113,42 @@ impl RdLockConnectionManager {
     /// # }
     /// ```
     pub async fn new<T: IntoConnectionInfo>(params: T) -> Result<Self, RdLockError> {
+        ManagerBuilder::new().connect(params).await
+    }
+
+    /// A [`ManagerBuilder`], to set options before connecting; its
+    /// [`connect`](ManagerBuilder::connect) gives the manager.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .response_timeout(Duration::from_secs(5))
+    ///     .connect("redis://127.0.0.1/")
+    ///     .await?;
+    /// assert_eq!(manager.response_timeout(), Duration::from_secs(5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::new()
+    }
+
+    /// One server, with validated options ([`ManagerBuilder::connect`]).
+    pub(crate) async fn connect_single<T: IntoConnectionInfo>(
+        params: T,
+        timeouts: Timeouts,
+    ) -> Result<Self, RdLockError> {
         let info = params
             .into_connection_info()
             .map_err(RdLockError::InvalidUrl)?;
         let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
             .set_number_of_retries(CONNECT_RETRIES)
             .set_max_delay(Duration::from_secs(1));
         let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone())
@@ -135,16 +164,33 @@ impl RdLockConnectionManager {
         let shutdown = CancellationToken::new();
         Ok(Self {
             inner: Arc::new(Inner {
-                notifier: Notifier::start(client.clone(), shutdown.clone()),
+                notifier: Notifier::start(client.clone(), timeouts, shutdown.clone()),
                 conn: Arc::new(Connection::new(client, config, conn)),
                 info,
                 keyspace_db,
+                timeouts,
                 tasks: TaskTracker::new(),
                 held: HeldGuards::default(),
                 gates: Gates::default(),
                 shutdown,
             }),
         })
+    }
+
+    /// How long one command may wait for its reply before it counts as failed
+    /// ([`ManagerBuilder::response_timeout`]; default
+    /// [`DEFAULT_RESPONSE_TIMEOUT`](crate::DEFAULT_RESPONSE_TIMEOUT), 2 s).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// println!("commands time out after {:?}", manager.response_timeout());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn response_timeout(&self) -> std::time::Duration {
+        self.inner.timeouts.response
     }
 
     /// A lock on `id`, with the default lease (30 s) renewed by a watchdog.
@@ -249,6 +295,20 @@ impl RdLockConnectionManager {
         self.inner.notifier.connections()
     }
 
+    /// Sizes of the manager's internal tables, for memory regression tests: not part of
+    /// the API (hidden, may change in any release).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            watched_locks: self.inner.notifier.watched(),
+            subscribed_channels: self.inner.notifier.channels(),
+            local_queues: self.inner.gates.len(),
+            held_guards: self.inner.held.len(),
+            pending_tasks: self.inner.tasks.len(),
+        }
+    }
+
     /// How many background tasks of this manager are running: one watchdog per held
     /// guard plus releases still in flight after guards were dropped. Useful to check
     /// that nothing is left behind.
@@ -346,12 +406,32 @@ impl RdLockConnectionManager {
     }
 }
 
+/// Sizes of a manager's internal tables ([`RdLockConnectionManager::footprint`]): not
+/// part of the API.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Footprint {
+    /// Locks with a registered waiter (the notifier's registry).
+    pub watched_locks: usize,
+    /// Channels the subscriber keeps subscribed (release and keyspace).
+    pub subscribed_channels: usize,
+    /// Entries of the local per-key queues (dead ones are pruned as the table grows,
+    /// so up to about twice the live ones, or 64).
+    pub local_queues: usize,
+    /// Guards alive.
+    pub held_guards: usize,
+    /// Background tasks (watchdogs, releases in flight).
+    pub pending_tasks: usize,
+}
+
 impl fmt::Debug for RdLockConnectionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RdLockConnectionManager")
             .field("addr", &self.inner.info.addr())
             .field("db", &self.inner.info.redis_settings().db())
             .field("keyspace_events", &self.keyspace_events())
+            .field("response_timeout", &self.inner.timeouts.response)
             .finish_non_exhaustive()
     }
 }

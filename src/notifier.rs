@@ -3,35 +3,65 @@
 //! Waiters register interest in a lock ([`Notifier::watch`]); the first watcher of a lock
 //! subscribes its channels, the last one to leave unsubscribes them. A release message
 //! (or a keyspace `del`/`expired`/`evicted` event) wakes **one** local waiter of that
-//! lock: only one task per process needs to race for the lock in Redis. After the
-//! subscriber reconnects, messages sent meanwhile are lost, so every waiter is woken to
-//! retry at once.
+//! lock: only one task per process needs to race for the lock in Redis.
+//!
+//! # No wake-up lost to the subscriber
+//!
+//! A waiter creates its wake-up future *before* each attempt (see `lock/wait.rs`). The
+//! subscriber wakes every waiter of a lock **each time that lock's subscription becomes
+//! confirmed** — on the first connection, after every reconnect, and when a
+//! subscription made on a live connection is acknowledged — after the server's reply, so
+//! that either:
+//!
+//! - the waiter's wake-up future existed before the confirmation: it is woken and
+//!   retries once (a release published while the channel was not subscribed — the
+//!   subscriber was connecting, reconnecting or busy — is not waited out); or
+//! - it was created after the confirmation: the attempt that follows reaches the server
+//!   after the subscription did, so a later release's message is delivered.
+//!
+//! [`Watch::ready`] only saves an attempt that would be made before the subscription is
+//! in place; correctness does not depend on it, so it may give up (after the response
+//! timeout) or return at once while the subscriber is disconnected.
+//!
+//! # Keeping up
+//!
+//! The subscriber task never waits for one command at a time while others queue: it
+//! drains every queued (un)subscription, nets them out against what the server has, and
+//! sends them as a few multi-channel `SUBSCRIBE`/`UNSUBSCRIBE` commands, pipelined on the
+//! connection; messages are dispatched while the replies are awaited. A burst of
+//! thousands of new locks costs a few round trips, not one per lock.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
-use redis::Msg;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::{Msg, RedisError};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Timeouts;
 use crate::errors::is_transient;
 use crate::names::LockNames;
 
-/// How long one subscriber operation (connect, SUBSCRIBE, PING) may take before the
-/// connection is considered dead and replaced.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the idle subscriber connection is checked with a PING: a connection that
 /// died silently would otherwise cost waiters their wake-ups until the holder's PTTL.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// At most this many channels, and about this many bytes of channel names, per
+/// SUBSCRIBE/UNSUBSCRIBE: a burst or a resubscription is split into commands of a
+/// reasonable size (an id may be long), all sent at once.
+const CHUNK_CHANNELS: usize = 512;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// The per-manager handle to the subscriber task. The task ends when the handle and
-/// every [`Watch`] are gone.
+/// every [`Watch`] are gone, or when the manager shuts down.
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
 }
@@ -40,6 +70,8 @@ struct Shared {
     registry: Mutex<HashMap<String, Registered>>,
     commands: mpsc::UnboundedSender<Command>,
     status: Arc<Status>,
+    /// How long [`Watch::ready`] waits for a confirmation.
+    ready_timeout: Duration,
 }
 
 struct Registered {
@@ -53,6 +85,8 @@ struct Status {
     connected: AtomicBool,
     /// Completed (re)connections of the subscriber, the first one included.
     connections: AtomicU64,
+    /// Channels the task keeps subscribed (or will, once connected).
+    channels: AtomicUsize,
 }
 
 /// The local state of one subscribed lock.
@@ -71,6 +105,13 @@ impl Entry {
     fn channels(&self) -> impl Iterator<Item = &String> {
         std::iter::once(&self.release_channel).chain(self.keyspace_channel.as_ref())
     }
+
+    /// The subscription is in place on the server (its reply came): every waiter
+    /// retries once, since a release may have been published while it was not.
+    fn confirm(&self) {
+        self.confirmed.send_replace(true);
+        self.notify.notify_waiters();
+    }
 }
 
 enum Command {
@@ -80,18 +121,30 @@ enum Command {
 
 impl Notifier {
     /// Starts the subscriber task on the current runtime.
-    pub(crate) fn start(client: redis::Client, shutdown: CancellationToken) -> Self {
+    pub(crate) fn start(
+        client: redis::Client,
+        timeouts: Timeouts,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
-        let task = run(client, receiver, status.clone());
+        let subscriber = Subscriber {
+            client,
+            commands: receiver,
+            status: status.clone(),
+            timeouts,
+            channels: HashMap::new(),
+            keyspace_ok: true,
+        };
         tokio::spawn(async move {
-            shutdown.run_until_cancelled(task).await;
+            shutdown.run_until_cancelled(subscriber.run()).await;
         });
         Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(HashMap::new()),
                 commands,
                 status,
+                ready_timeout: timeouts.response,
             }),
         }
     }
@@ -127,6 +180,16 @@ impl Notifier {
     pub(crate) fn connections(&self) -> u64 {
         self.shared.status.connections.load(Ordering::Relaxed)
     }
+
+    /// Locks with a registered watcher.
+    pub(crate) fn watched(&self) -> usize {
+        self.shared.registry().len()
+    }
+
+    /// Channels the subscriber task keeps subscribed.
+    pub(crate) fn channels(&self) -> usize {
+        self.shared.status.channels.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -144,16 +207,17 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// Waits until the lock's channels are subscribed, so that a release after this
-    /// point cannot be missed. Returns at once while the subscriber is disconnected
-    /// (the reconnect wakes every waiter) and gives up after a bound: waits are always
-    /// also bounded by the holder's PTTL.
+    /// Waits until the lock's channels are subscribed, so that the next attempt need
+    /// not be repeated. Returns at once while the subscriber is disconnected, and gives
+    /// up after the response timeout: either way the confirmation, when it comes, wakes
+    /// the waiter (see the module docs), and waits are always also bounded by the
+    /// holder's PTTL.
     pub(crate) async fn ready(&self) {
         if !self.shared.status.connected.load(Ordering::Acquire) {
             return;
         }
         let mut confirmed = self.entry.confirmed.subscribe();
-        let _ = tokio::time::timeout(OP_TIMEOUT, confirmed.wait_for(|c| *c)).await;
+        let _ = tokio::time::timeout(self.shared.ready_timeout, confirmed.wait_for(|c| *c)).await;
     }
 
     /// The wake-up future; create and `enable()` it *before* the attempt it follows.
@@ -185,203 +249,529 @@ impl Drop for Watch {
     }
 }
 
-/// The subscriber task: (re)connects, keeps the subscriptions in line with the
-/// registry, and routes messages to waiters.
-async fn run(
+/// The subscriber task's state: (re)connects, keeps the server's subscriptions in line
+/// with the registry, and routes messages to waiters.
+struct Subscriber {
     client: redis::Client,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     status: Arc<Status>,
-) {
-    // channel name -> entry, as subscribed (or to be subscribed on reconnect)
-    let mut channels: HashMap<String, Arc<Entry>> = HashMap::new();
-    // Cleared when the server refuses the keyspace channels (an ACL without them):
-    // waiters then rely on release messages and the holder's PTTL alone.
-    let mut keyspace_ok = true;
-    let mut delay = RECONNECT_MIN;
-    loop {
-        let connected = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => Some(pubsub),
-            _ => None,
-        };
-        if let Some(pubsub) = connected {
-            let (mut sink, mut stream) = pubsub.split();
-            let mut release = Vec::new();
-            let mut keyspace = Vec::new();
-            for (name, entry) in &channels {
-                if *name == entry.release_channel {
-                    release.push(name.clone());
-                } else {
-                    keyspace.push(name.clone());
+    timeouts: Timeouts,
+    /// Channel name -> entry: what is to be subscribed (on the live connection, or on
+    /// the next one).
+    channels: HashMap<String, Arc<Entry>>,
+    /// Cleared when the server refuses the keyspace channels (an ACL without them):
+    /// waiters then rely on release messages and the holder's PTTL alone.
+    keyspace_ok: bool,
+}
+
+/// Why the task left a connection.
+enum Leave {
+    /// The connection failed: reconnect.
+    Failed,
+    /// Every handle is gone: stop.
+    Stop,
+}
+
+/// The channels one drained run of commands changes, and the entries it subscribes.
+#[derive(Default)]
+struct Changes {
+    touched: HashSet<String>,
+    subscribed: Vec<Arc<Entry>>,
+}
+
+/// What one pipelined round of (un)subscriptions is to send.
+#[derive(Default)]
+struct Batch {
+    unsubscribe: Vec<String>,
+    release: Vec<String>,
+    keyspace: Vec<String>,
+    /// Entries confirmed once every reply has come.
+    confirm: Vec<Arc<Entry>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unsubscribe,
+    Release,
+    Keyspace,
+}
+
+/// The outcome of an operation in flight on the connection.
+enum Done {
+    /// The batch went through; `Some` when the keyspace channels were refused.
+    Batch(Batch, Option<RedisError>),
+    Ping,
+    Failed,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut delay = RECONNECT_MIN;
+        loop {
+            let Some(connected) = self.connect().await else {
+                return;
+            };
+            if let Some(pubsub) = connected {
+                let (sink, stream) = pubsub.split();
+                // Everything queued while connecting goes into this resubscription.
+                if self.drain(&mut Changes::default()).is_err() {
+                    return;
                 }
-            }
-            let resubscribed = subscribe(
-                &mut sink,
-                &release,
-                &keyspace,
-                &mut channels,
-                &mut keyspace_ok,
-            )
-            .await;
-            if resubscribed {
-                delay = RECONNECT_MIN;
-                status.connected.store(true, Ordering::Release);
-                let reconnect = status.connections.fetch_add(1, Ordering::Relaxed) > 0;
-                for entry in channels.values() {
-                    entry.confirmed.send_replace(true);
-                    if reconnect {
-                        // Whatever was published while we were away is lost.
-                        entry.notify.notify_waiters();
+                let everything = Batch {
+                    release: self.release_channels(),
+                    keyspace: self.keyspace_channels(),
+                    confirm: self.entries(),
+                    ..Batch::default()
+                };
+                let done = send(sink.clone(), everything, self.timeouts.response).await;
+                if let Done::Batch(batch, refused) = done {
+                    delay = RECONNECT_MIN;
+                    self.status.connected.store(true, Ordering::Release);
+                    self.status.connections.fetch_add(1, Ordering::Relaxed);
+                    // Confirms every entry: whatever was published while the channels
+                    // were not subscribed is lost, so every waiter retries.
+                    let mut subscribed = HashSet::new();
+                    self.settle(batch, refused, &mut subscribed);
+                    let leave = self.serve(sink, stream, subscribed).await;
+                    self.status.connected.store(false, Ordering::Release);
+                    for entry in self.channels.values() {
+                        entry.confirmed.send_replace(false);
+                    }
+                    if let Leave::Stop = leave {
+                        return;
                     }
                 }
-                let mut ping = tokio::time::interval(PING_EVERY);
-                ping.reset();
-                loop {
-                    tokio::select! {
-                        command = commands.recv() => {
-                            let Some(command) = command else { return };
-                            if !apply(&mut channels, command, Some(&mut sink), &mut keyspace_ok).await {
-                                break;
-                            }
-                        }
-                        message = stream.next() => match message {
-                            Some(message) => dispatch(&channels, &message),
-                            None => break,
-                        },
-                        _ = ping.tick() => {
-                            if !op(sink.ping::<redis::Value>()).await {
-                                break;
-                            }
-                        }
+            }
+            // Back off before reconnecting, keeping the channel map current meanwhile.
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    command = self.commands.recv() => {
+                        let Some(command) = command else { return };
+                        self.apply(command, &mut Changes::default());
                     }
                 }
-                status.connected.store(false, Ordering::Release);
-                for entry in channels.values() {
-                    entry.confirmed.send_replace(false);
-                }
             }
+            delay = (delay * 2).min(RECONNECT_MAX);
         }
-        // Back off before reconnecting, keeping the channel map current meanwhile.
-        let wait = tokio::time::sleep(delay);
-        tokio::pin!(wait);
+    }
+
+    /// Opens a connection, applying the commands that arrive meanwhile to the channel
+    /// map. `None`: every handle is gone; `Some(None)`: the attempt failed.
+    async fn connect(&mut self) -> Option<Option<redis::aio::PubSub>> {
+        let client = self.client.clone();
+        let connecting = tokio::time::timeout(self.timeouts.connect, async move {
+            client.get_async_pubsub().await
+        });
+        tokio::pin!(connecting);
         loop {
             tokio::select! {
-                _ = &mut wait => break,
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    apply(&mut channels, command, None, &mut keyspace_ok).await;
+                connected = &mut connecting => return Some(connected.ok().and_then(Result::ok)),
+                command = self.commands.recv() => {
+                    let command = command?;
+                    self.apply(command, &mut Changes::default());
                 }
             }
         }
-        delay = (delay * 2).min(RECONNECT_MAX);
     }
-}
 
-/// Subscribes release channels, then keyspace channels. A refusal of the keyspace
-/// channels (an error reply, e.g. an ACL without `&__keyspace@*`) is not a broken
-/// connection: they are dropped for good and the release channels still work.
-/// Returns `false` when the connection failed.
-async fn subscribe(
-    sink: &mut PubSubSink,
-    release: &[String],
-    keyspace: &[String],
-    channels: &mut HashMap<String, Arc<Entry>>,
-    keyspace_ok: &mut bool,
-) -> bool {
-    if !release.is_empty() && !op(sink.subscribe(release)).await {
-        return false;
-    }
-    if keyspace.is_empty() || !*keyspace_ok {
-        return true;
-    }
-    match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(keyspace)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) if !is_transient(&e) => {
-            tracing::warn!(error = %e, "keyspace channels refused; waking waiters by release messages and lease expiry only");
-            *keyspace_ok = false;
-            channels.retain(|name, entry| *name == entry.release_channel);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Runs one subscriber operation with a bound; `false` means the connection is unusable.
-async fn op<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> bool {
-    matches!(tokio::time::timeout(OP_TIMEOUT, f).await, Ok(Ok(_)))
-}
-
-/// Applies a registry change to the channel map and, when connected, to the server.
-/// Returns `false` when the connection failed.
-async fn apply(
-    channels: &mut HashMap<String, Arc<Entry>>,
-    command: Command,
-    sink: Option<&mut PubSubSink>,
-    keyspace_ok: &mut bool,
-) -> bool {
-    match command {
-        Command::Subscribe(entry) => {
-            let release = vec![entry.release_channel.clone()];
-            let keyspace: Vec<String> = entry
-                .keyspace_channel
-                .iter()
-                .filter(|_| *keyspace_ok)
-                .cloned()
-                .collect();
-            for name in release.iter().chain(&keyspace) {
-                channels.insert(name.clone(), entry.clone());
-            }
-            match sink {
-                Some(sink) => {
-                    let ok = subscribe(sink, &release, &keyspace, channels, keyspace_ok).await;
-                    if ok {
-                        entry.confirmed.send_replace(true);
+    /// Serves one live connection until it fails or every handle is gone.
+    async fn serve(
+        &mut self,
+        sink: PubSubSink,
+        mut stream: PubSubStream,
+        mut subscribed: HashSet<String>,
+    ) -> Leave {
+        let mut pending: Option<Pending> = None;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        loop {
+            tokio::select! {
+                done = async {
+                    match pending.as_mut() {
+                        Some(op) => op.await,
+                        None => std::future::pending().await,
                     }
-                    ok
+                }, if pending.is_some() => {
+                    pending = None;
+                    match done {
+                        Done::Batch(batch, refused) => self.settle(batch, refused, &mut subscribed),
+                        Done::Ping => {}
+                        Done::Failed => return Leave::Failed,
+                    }
                 }
-                None => true,
+                // One round in flight at a time; whatever queues meanwhile is the next.
+                command = self.commands.recv(), if pending.is_none() => {
+                    let Some(command) = command else { return Leave::Stop };
+                    let mut changes = Changes::default();
+                    self.apply(command, &mut changes);
+                    let stop = self.drain(&mut changes).is_err();
+                    let batch = self.plan(changes, &subscribed);
+                    if batch.unsubscribe.is_empty() && batch.release.is_empty() && batch.keyspace.is_empty() {
+                        self.settle(batch, None, &mut subscribed);
+                    } else {
+                        pending = Some(Box::pin(send(sink.clone(), batch, self.timeouts.response)));
+                    }
+                    if stop && pending.is_none() {
+                        return Leave::Stop;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => self.dispatch(&message),
+                    None => return Leave::Failed,
+                },
+                _ = ping.tick(), if pending.is_none() => {
+                    let mut sink = sink.clone();
+                    let timeout = self.timeouts.response;
+                    pending = Some(Box::pin(async move {
+                        match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                            Ok(Ok(_)) => Done::Ping,
+                            _ => Done::Failed,
+                        }
+                    }));
+                }
             }
         }
-        Command::Unsubscribe(entry) => {
-            let names: Vec<String> = entry
-                .channels()
-                .filter(|name| {
-                    channels
-                        .get(*name)
-                        .is_some_and(|current| Arc::ptr_eq(current, &entry))
-                })
-                .cloned()
-                .collect();
-            if names.is_empty() {
-                return true;
+    }
+
+    /// Applies every command queued now. `Err` when every handle is gone.
+    fn drain(&mut self, changes: &mut Changes) -> Result<(), ()> {
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.apply(command, changes),
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(()),
             }
-            for name in &names {
-                channels.remove(name);
+        }
+    }
+
+    /// Applies a registry change to the channel map.
+    fn apply(&mut self, command: Command, changes: &mut Changes) {
+        match command {
+            Command::Subscribe(entry) => {
+                let keyspace = entry.keyspace_channel.iter().filter(|_| self.keyspace_ok);
+                for name in std::iter::once(&entry.release_channel).chain(keyspace) {
+                    self.channels.insert(name.clone(), entry.clone());
+                    changes.touched.insert(name.clone());
+                }
+                changes.subscribed.push(entry);
             }
-            match sink {
-                Some(sink) => op(sink.unsubscribe(&names)).await,
-                None => true,
+            Command::Unsubscribe(entry) => {
+                for name in entry.channels() {
+                    let current = self.channels.get(name);
+                    if current.is_some_and(|current| Arc::ptr_eq(current, &entry)) {
+                        self.channels.remove(name);
+                        changes.touched.insert(name.clone());
+                    }
+                }
             }
+        }
+        self.status
+            .channels
+            .store(self.channels.len(), Ordering::Relaxed);
+    }
+
+    /// Nets drained changes out against the server's subscriptions.
+    fn plan(&self, changes: Changes, subscribed: &HashSet<String>) -> Batch {
+        let mut batch = Batch::default();
+        for name in changes.touched {
+            match (self.channels.get(&name), subscribed.contains(&name)) {
+                (Some(entry), false) if *name == entry.release_channel => batch.release.push(name),
+                (Some(_), false) => batch.keyspace.push(name),
+                (None, true) => batch.unsubscribe.push(name),
+                _ => {}
+            }
+        }
+        // An entry subscribed and unsubscribed in the same run has no waiter left.
+        batch.confirm = changes
+            .subscribed
+            .into_iter()
+            .filter(|entry| {
+                self.channels
+                    .get(&entry.release_channel)
+                    .is_some_and(|current| Arc::ptr_eq(current, entry))
+            })
+            .collect();
+        batch
+    }
+
+    /// Records a batch the server acknowledged and confirms its entries.
+    fn settle(
+        &mut self,
+        batch: Batch,
+        refused: Option<RedisError>,
+        subscribed: &mut HashSet<String>,
+    ) {
+        for name in &batch.unsubscribe {
+            subscribed.remove(name);
+        }
+        subscribed.extend(batch.release);
+        if let Some(e) = refused {
+            if self.keyspace_ok {
+                tracing::warn!(error = %e, "keyspace channels refused; waking waiters by release messages and lease expiry only");
+            }
+            self.keyspace_ok = false;
+            self.channels
+                .retain(|name, entry| *name == entry.release_channel);
+            subscribed.retain(|name| !name.starts_with("__keyspace@"));
+            self.status
+                .channels
+                .store(self.channels.len(), Ordering::Relaxed);
+        } else {
+            subscribed.extend(batch.keyspace);
+        }
+        for entry in &batch.confirm {
+            // Unsubscribed meanwhile (the next batch will say so): nobody waits on it.
+            if self
+                .channels
+                .get(&entry.release_channel)
+                .is_some_and(|current| Arc::ptr_eq(current, entry))
+            {
+                entry.confirm();
+            }
+        }
+    }
+
+    fn release_channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|(name, entry)| **name == entry.release_channel)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn keyspace_channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|(name, entry)| **name != entry.release_channel)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.channels
+            .iter()
+            .filter(|(name, entry)| **name == entry.release_channel)
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
+
+    fn dispatch(&self, message: &Msg) {
+        let name = message.get_channel_name();
+        let Some(entry) = self.channels.get(name) else {
+            return;
+        };
+        if *name == entry.release_channel {
+            if !entry.del_seen.swap(false, Ordering::Relaxed) {
+                entry.notify.notify_one();
+            }
+            return;
+        }
+        match message.get_payload_bytes() {
+            b"del" => {
+                entry.del_seen.store(true, Ordering::Relaxed);
+                entry.notify.notify_one();
+            }
+            b"expired" | b"evicted" => entry.notify.notify_one(),
+            _ => {}
         }
     }
 }
 
-fn dispatch(channels: &HashMap<String, Arc<Entry>>, message: &Msg) {
-    let name = message.get_channel_name();
-    let Some(entry) = channels.get(name) else {
-        return;
-    };
-    if *name == entry.release_channel {
-        if !entry.del_seen.swap(false, Ordering::Relaxed) {
-            entry.notify.notify_one();
+/// Sends a batch as multi-channel commands, all at once (pipelined on the connection),
+/// and waits for every reply, allowing `timeout` between one reply and the next.
+///
+/// A refusal of the keyspace channels (an error reply, e.g. an ACL without
+/// `&__keyspace@*`) is not a broken connection: it is reported, and the release
+/// channels still work. Any other failure means the connection is unusable.
+async fn send(sink: PubSubSink, batch: Batch, timeout: Duration) -> Done {
+    let mut replies = FuturesUnordered::new();
+    for (kind, names) in [
+        (Kind::Unsubscribe, &batch.unsubscribe),
+        (Kind::Release, &batch.release),
+        (Kind::Keyspace, &batch.keyspace),
+    ] {
+        for chunk in chunks(names) {
+            let mut sink = sink.clone();
+            replies.push(async move {
+                let reply = match kind {
+                    Kind::Unsubscribe => sink.unsubscribe(chunk).await,
+                    Kind::Release | Kind::Keyspace => sink.subscribe(chunk).await,
+                };
+                (kind, reply)
+            });
         }
-        return;
     }
-    match message.get_payload_bytes() {
-        b"del" => {
-            entry.del_seen.store(true, Ordering::Relaxed);
-            entry.notify.notify_one();
+    let mut refused = None;
+    loop {
+        match tokio::time::timeout(timeout, replies.next()).await {
+            Ok(None) => return Done::Batch(batch, refused),
+            Ok(Some((_, Ok(())))) => {}
+            Ok(Some((Kind::Keyspace, Err(e)))) if !is_transient(&e) => refused = Some(e),
+            Ok(Some(_)) | Err(_) => return Done::Failed,
         }
-        b"expired" | b"evicted" => entry.notify.notify_one(),
-        _ => {}
+    }
+}
+
+/// Splits channel names into commands of at most [`CHUNK_CHANNELS`] names and about
+/// [`CHUNK_BYTES`] bytes.
+fn chunks(names: &[String]) -> Vec<Vec<String>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for name in names {
+        if !chunk.is_empty() && (chunk.len() >= CHUNK_CHANNELS || bytes + name.len() > CHUNK_BYTES)
+        {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += name.len();
+        chunk.push(name.clone());
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber() -> (Subscriber, mpsc::UnboundedSender<Command>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            commands: receiver,
+            status: Arc::new(Status::default()),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                response: Duration::from_secs(2),
+                explicit: false,
+            },
+            channels: HashMap::new(),
+            keyspace_ok: true,
+        };
+        (subscriber, commands)
+    }
+
+    fn entry(id: &str, keyspace: bool) -> Arc<Entry> {
+        let names = LockNames::new(id, keyspace.then_some(0));
+        Arc::new(Entry {
+            release_channel: names.release_channel,
+            keyspace_channel: names.keyspace_channel,
+            notify: Notify::new(),
+            confirmed: watch::Sender::new(false),
+            del_seen: AtomicBool::new(false),
+        })
+    }
+
+    /// Drains the queue into one batch, as `serve` does.
+    fn next_batch(subscriber: &mut Subscriber, subscribed: &HashSet<String>) -> Batch {
+        let mut changes = Changes::default();
+        subscriber.drain(&mut changes).unwrap();
+        subscriber.plan(changes, subscribed)
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_wakes_a_waiter_that_registered_before_it() {
+        let (mut subscriber, commands) = subscriber();
+        let a = entry("a", true);
+        // The waiter's wake-up future exists before its attempt, before any confirmation.
+        let woken = a.notify.notified();
+        commands.send(Command::Subscribe(a.clone())).unwrap();
+        let mut subscribed = HashSet::new();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release, std::slice::from_ref(&a.release_channel));
+        assert_eq!(batch.keyspace.len(), 1);
+        assert!(!*a.confirmed.borrow());
+        subscriber.settle(batch, None, &mut subscribed);
+        assert!(*a.confirmed.borrow());
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("woken by the confirmation");
+        assert_eq!(subscribed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_batch_and_churn_nets_out() {
+        let (mut subscriber, commands) = subscriber();
+        let mut subscribed = HashSet::new();
+        let old = entry("same", false);
+        commands.send(Command::Subscribe(old.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        subscriber.settle(batch, None, &mut subscribed);
+
+        let burst: Vec<_> = (0..1000).map(|i| entry(&format!("b{i}"), false)).collect();
+        for e in &burst {
+            commands.send(Command::Subscribe(e.clone())).unwrap();
+        }
+        // The last watcher of "same" leaves and a new one comes: the channel stays.
+        let new = entry("same", false);
+        commands.send(Command::Unsubscribe(old.clone())).unwrap();
+        commands.send(Command::Subscribe(new.clone())).unwrap();
+        // Subscribed and left again within the same run: nothing to send.
+        let brief = entry("brief", false);
+        commands.send(Command::Subscribe(brief.clone())).unwrap();
+        commands.send(Command::Unsubscribe(brief.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release.len(), 1000, "one batch for the burst");
+        assert!(batch.unsubscribe.is_empty());
+        assert_eq!(chunks(&batch.release).len(), 2, "two SUBSCRIBE commands");
+        subscriber.settle(batch, None, &mut subscribed);
+        assert!(burst.iter().all(|e| *e.confirmed.borrow()));
+        assert!(*new.confirmed.borrow());
+        assert!(!*brief.confirmed.borrow());
+        assert_eq!(subscribed.len(), 1001);
+
+        for e in &burst {
+            commands.send(Command::Unsubscribe(e.clone())).unwrap();
+        }
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.unsubscribe.len(), 1000);
+        subscriber.settle(batch, None, &mut subscribed);
+        assert_eq!(subscriber.channels.len(), 1);
+        assert_eq!(subscriber.status.channels.load(Ordering::Relaxed), 1);
+        assert_eq!(subscribed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn refused_keyspace_channels_are_dropped_and_release_channels_confirmed() {
+        let (mut subscriber, commands) = subscriber();
+        let a = entry("a", true);
+        commands.send(Command::Subscribe(a.clone())).unwrap();
+        let mut subscribed = HashSet::new();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        let refusal = RedisError::from((redis::ErrorKind::Client, "NOPERM"));
+        subscriber.settle(batch, Some(refusal), &mut subscribed);
+        assert!(*a.confirmed.borrow());
+        assert!(!subscriber.keyspace_ok);
+        assert_eq!(subscribed, HashSet::from([a.release_channel.clone()]));
+        // Later locks subscribe their release channel only.
+        let b = entry("b", true);
+        commands.send(Command::Subscribe(b.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &subscribed);
+        assert_eq!(batch.release, std::slice::from_ref(&b.release_channel));
+        assert!(batch.keyspace.is_empty());
+    }
+
+    #[test]
+    fn chunks_bound_count_and_size_and_keep_every_name() {
+        let names: Vec<String> = (0..1300).map(|i| format!("c{i}")).collect();
+        let split = chunks(&names);
+        assert_eq!(
+            split.iter().map(Vec::len).collect::<Vec<_>>(),
+            [512, 512, 276]
+        );
+        assert_eq!(split.concat(), names);
+        let long = vec!["x".repeat(200 * 1024), "y".repeat(200 * 1024), "z".into()];
+        let split = chunks(&long);
+        assert_eq!(split.len(), 2, "a 400 KiB pair is split");
+        assert!(chunks(&[]).is_empty());
     }
 }

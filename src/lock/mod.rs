@@ -503,6 +503,9 @@ impl Lock {
                 reason: "longer than the maximum lease of 10 years",
             });
         }
+        if self.watchdog {
+            self.manager.inner().timeouts.check_lease(self.lease)?;
+        }
         Ok(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
     }
 

@@ -4,6 +4,7 @@
 //! in its own temporary directory; the server is killed when the value is dropped.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod gate;
 pub mod history;
 pub mod proxy;
 
