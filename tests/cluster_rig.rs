@@ -28,7 +28,14 @@ async fn write_replicated(cluster: &RedisCluster, key: &str, value: &str) {
 
 async fn cluster_get(cluster: &RedisCluster, key: &str) -> Option<String> {
     let mut conn = cluster.cluster_conn().await;
-    conn.get(key).await.expect("GET through the cluster")
+    match conn.get(key).await {
+        Ok(value) => value,
+        Err(e) => panic!(
+            "GET {key} through the cluster: {:?} {e}\n{}",
+            e.kind(),
+            cluster.logs()
+        ),
+    }
 }
 
 #[tokio::test]
@@ -36,7 +43,13 @@ async fn forms_within_a_bound_and_every_shard_takes_writes() {
     let started = Instant::now();
     let cluster = RedisCluster::start().await;
     let formed = started.elapsed();
-    println!("cluster formed and ready in {formed:?}");
+    let info: String = cluster.query(0, redis::cmd("INFO").arg("server")).await;
+    let version = info
+        .lines()
+        .filter(|l| l.starts_with("redis_version:") || l.starts_with("valkey_version:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("cluster of {version} formed and ready in {formed:?}");
     assert!(formed < Duration::from_secs(40), "formed in {formed:?}");
 
     // Topology: 3 masters covering every slot, one running replica each.
