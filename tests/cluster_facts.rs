@@ -28,6 +28,9 @@ redis.call('PUBLISH', ARGV[2], 'released')
 return {fence, ARGV[1]}
 ";
 
+/// What a hammer saw: (ms since start, outcome) events, and counts per outcome.
+type Hammered = (Vec<(u128, String)>, BTreeMap<String, u64>);
+
 /// The client settings proposed for the backend (see the notes).
 fn client(cluster: &RedisCluster) -> redis::cluster::ClusterClient {
     ClusterClientBuilder::new(cluster.urls())
@@ -46,7 +49,7 @@ fn hammer(
     mut conn: ClusterConnection,
     tag: &'static str,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(u128, String)>, BTreeMap<String, u64>)> {
+) -> tokio::task::JoinHandle<Hammered> {
     tokio::spawn(async move {
         let script = Script::new(SCRIPT);
         let started = Instant::now();
@@ -88,10 +91,7 @@ fn hammer(
     })
 }
 
-async fn report(
-    what: &str,
-    handle: tokio::task::JoinHandle<(Vec<(u128, String)>, BTreeMap<String, u64>)>,
-) {
+async fn report(what: &str, handle: tokio::task::JoinHandle<Hammered>) {
     let (timeline, counts) = handle.await.expect("hammer task");
     println!("--- {what}");
     for (ms, outcome) in &timeline {
@@ -207,6 +207,72 @@ async fn script_errors_during_failover_kill_and_migration() {
         handle,
     )
     .await;
+}
+
+#[tokio::test]
+#[ignore = "research probe: cargo test --test cluster_facts -- --ignored --nocapture"]
+async fn noscript_while_a_replica_is_down() {
+    let mut cluster = RedisCluster::start().await;
+    let tag = "noscript";
+    let slot = key_slot(format!("rdlock:{{{tag}}}:lock").as_bytes());
+    let mut old_conn = client(&cluster)
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let script = Script::new(SCRIPT);
+    let run = |conn: ClusterConnection| {
+        let script = script.clone();
+        async move {
+            let mut conn = conn;
+            let t = Instant::now();
+            let r = script
+                .key(format!("rdlock:{{{tag}}}:lock"))
+                .key(format!("rdlock:{{{tag}}}:fence"))
+                .arg("x")
+                .arg("ch")
+                .invoke_async::<(u64, String)>(&mut conn)
+                .await;
+            (
+                r.map(|_| ()).map_err(|e| format!("{:?} {e}", e.kind())),
+                t.elapsed(),
+            )
+        }
+    };
+    println!("before: {:?}", run(old_conn.clone()).await);
+    // Kill a replica of ANOTHER shard: the lock's shard is untouched.
+    let owner = cluster.master_of_slot(slot).await;
+    let other = cluster.other_master(slot).await;
+    let victim = cluster.replicas_of(other).await[0];
+    cluster.kill(victim);
+    cluster.wait_settled("a replica is down").await;
+    for i in cluster.running() {
+        let _: () = cluster.query(i, redis::cmd("SCRIPT").arg("FLUSH")).await;
+    }
+    println!(
+        "replica {victim} of {other} down, lock on {owner}, scripts flushed: existing connection: {:?}",
+        run(old_conn.clone()).await
+    );
+    for i in cluster.running() {
+        let _: () = cluster.query(i, redis::cmd("SCRIPT").arg("FLUSH")).await;
+    }
+    let fresh = client(&cluster)
+        .get_async_connection()
+        .await
+        .expect("connect");
+    println!(
+        "  fresh connection (seeded with running nodes): {:?}",
+        run(fresh).await
+    );
+    // Same with the connection's own view refreshed by time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in cluster.running() {
+        let _: () = cluster.query(i, redis::cmd("SCRIPT").arg("FLUSH")).await;
+    }
+    println!(
+        "  existing connection, 2 s later: {:?}",
+        run(old_conn.clone()).await
+    );
+    let _ = &mut old_conn;
 }
 
 #[tokio::test]

@@ -224,10 +224,18 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
-/// The slot of rdlock's keys for lock `id` (`rdlock:{id}:...`).
+/// The slot of rdlock's keys for lock `id` (`rdlock:{tag}:...`, where the tag is the id
+/// with `%`, `{` and `}` percent-escaped, as src/names.rs builds it).
 pub fn lock_slot(id: &str) -> u16 {
-    key_slot(format!("rdlock:{{{id}}}:lock").as_bytes())
+    let tag = id
+        .replace('%', "%25")
+        .replace('{', "%7B")
+        .replace('}', "%7D");
+    key_slot(format!("rdlock:{{{tag}}}:lock").as_bytes())
 }
+
+/// Slot range (inclusive) -> id of the master serving it, as one node sees it.
+type SlotOwners = BTreeMap<(u16, u16), String>;
 
 /// A private Redis Cluster; every node is killed on drop.
 pub struct RedisCluster {
@@ -257,9 +265,7 @@ impl RedisCluster {
         cluster.create().await;
         let mut ids = Vec::with_capacity(count);
         for i in 0..count {
-            let id: String = cluster
-                .query(i, &mut redis::cmd("CLUSTER").arg("MYID"))
-                .await;
+            let id: String = cluster.query(i, redis::cmd("CLUSTER").arg("MYID")).await;
             ids.push(id);
         }
         cluster.ids = ids;
@@ -553,7 +559,7 @@ impl RedisCluster {
     /// one, saying `role:master`) for every slot. `Err` says what is not yet so.
     pub async fn settled(&self) -> Result<(), String> {
         let running = self.running();
-        let mut reference: Option<(usize, BTreeMap<(u16, u16), String>)> = None;
+        let mut reference: Option<(usize, SlotOwners)> = None;
         let mut views = Vec::with_capacity(running.len());
         for &i in &running {
             let mut conn = connect(&self.nodes[i].url())
