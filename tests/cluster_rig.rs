@@ -13,16 +13,26 @@ use redis::AsyncCommands;
 use support::cluster::{key_slot, lock_slot, RedisCluster, SLOTS};
 use support::RedisServer;
 
-/// Writes `key` through a cluster connection and makes sure the master's replicas have
-/// it (`WAIT` on the key's master), so that a failover cannot lose it.
+/// Writes `key` on its master and waits until the master's replicas have it, so that
+/// a failover cannot lose it. `WAIT` counts replicas that acknowledged the writes of
+/// *its own connection*: it must follow the `SET` on the same connection (on a fresh
+/// connection it returns at once, and the test once lost the key to a kill).
 async fn write_replicated(cluster: &RedisCluster, key: &str, value: &str) {
-    let mut conn = cluster.cluster_conn().await;
-    let _: () = conn.set(key, value).await.expect("SET through the cluster");
     let master = cluster.master_of_key(key.as_bytes()).await;
     let replicas = cluster.replicas_of(master).await.len();
-    let acked: usize = cluster
-        .query(master, redis::cmd("WAIT").arg(replicas).arg(5000))
-        .await;
+    let mut conn = cluster.conn(master).await;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .expect("SET on the key's master");
+    let acked: usize = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(5000)
+        .query_async(&mut conn)
+        .await
+        .expect("WAIT");
     assert_eq!(acked, replicas, "every replica of {master} has {key}");
 }
 
