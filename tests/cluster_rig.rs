@@ -201,6 +201,37 @@ async fn kill_promotes_the_replica_and_the_old_master_rejoins() {
 }
 
 #[tokio::test]
+async fn pause_past_the_node_timeout_promotes_the_replica_and_resume_demotes() {
+    let mut cluster = RedisCluster::start().await;
+    let key = "rdlock:{pause}:lock";
+    let slot = key_slot(key.as_bytes());
+    write_replicated(&cluster, key, "before").await;
+
+    let started = Instant::now();
+    let (old, new) = cluster.pause_master_of_slot(slot).await;
+    println!(
+        "SIGSTOP -> replica promoted, settled in {:?}",
+        started.elapsed()
+    );
+    assert!(cluster.node(old).is_paused());
+    assert!(!cluster.running().contains(&old));
+    assert_eq!(cluster.master_of_slot(slot).await, new);
+    assert!(cluster.is_master(new).await);
+    assert_survived(&cluster, key).await;
+
+    let started = Instant::now();
+    cluster.resume(old);
+    cluster.wait_settled("the resumed master rejoined").await;
+    println!(
+        "SIGCONT -> old master demoted, settled in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.master_of_slot(slot).await, new);
+    assert!(!cluster.is_master(old).await);
+    assert_eq!(cluster.replicas_of(new).await, vec![old]);
+}
+
+#[tokio::test]
 async fn migration_moves_the_slot_and_its_keys() {
     let cluster = RedisCluster::start().await;
     let id = "migrating";

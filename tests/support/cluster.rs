@@ -57,6 +57,8 @@ pub struct ClusterNode {
     port: u16,
     bus_port: u16,
     dir: TempDir,
+    /// Stopped with SIGSTOP (see [`RedisCluster::pause`]).
+    paused: bool,
 }
 
 impl ClusterNode {
@@ -72,8 +74,26 @@ impl ClusterNode {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Alive and not paused.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.paused
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process with kill(1).
+    fn signal(&self, signal: &str) {
+        let Some(child) = self.child.as_ref() else {
+            panic!("node on port {} is not running", self.port);
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} failed: {status}");
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -116,9 +136,10 @@ impl ClusterNode {
     /// SIGKILL: nothing is saved (its `nodes.conf` stays, so it can be started again).
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let _ = child.kill(); // SIGKILL ends a stopped process too
             let _ = child.wait();
         }
+        self.paused = false;
     }
 
     /// Whether the process exited on its own (then it is forgotten).
@@ -287,6 +308,7 @@ impl RedisCluster {
                 port: free_port(),
                 bus_port: free_port(),
                 dir,
+                paused: false,
             };
             if node.port == node.bus_port || self.nodes.iter().any(|n| n.port == node.port) {
                 continue;
@@ -681,6 +703,40 @@ impl RedisCluster {
         self.kill(old);
         self.wait_settled(&format!(
             "a replica of killed master {old} serves slot {slot}"
+        ))
+        .await;
+        let new = self.master_of_slot(slot).await;
+        assert!(
+            replicas.contains(&new),
+            "slot {slot} went to node {new}, not to a replica of {old} ({replicas:?})"
+        );
+        (old, new)
+    }
+
+    /// SIGSTOPs node `i` and returns at once: it keeps its connections open but answers
+    /// nothing; past `cluster-node-timeout` the others fail it over. It no longer counts
+    /// as running (seeds, [`Self::settled`]) until [`Self::resume`].
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].signal("STOP");
+        self.nodes[i].paused = true;
+    }
+
+    /// SIGCONTs a paused node and returns at once (see [`Self::wait_settled`]).
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].signal("CONT");
+        self.nodes[i].paused = false;
+    }
+
+    /// SIGSTOPs the master of `slot` and waits until one of its replicas serves the slot
+    /// and the others are settled. Returns (paused master, promoted replica); the paused
+    /// master still believes it is the master until [`Self::resume`] and gossip.
+    pub async fn pause_master_of_slot(&mut self, slot: u16) -> (usize, usize) {
+        let old = self.master_of_slot(slot).await;
+        let replicas = self.replicas_of(old).await;
+        assert!(!replicas.is_empty(), "master {old} has no running replica");
+        self.pause(old);
+        self.wait_settled(&format!(
+            "a replica of paused master {old} serves slot {slot}"
         ))
         .await;
         let new = self.master_of_slot(slot).await;
