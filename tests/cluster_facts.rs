@@ -433,3 +433,88 @@ async fn unreachable_seeds() {
     }
     drop(listener);
 }
+
+/// Fencing across a paused (SIGSTOP) master: the script (SET + INCR fence) runs in a
+/// loop through one cluster connection made before the pause; compares the largest
+/// fence the client was acknowledged with the fence the cluster holds afterwards.
+#[tokio::test]
+#[ignore = "research probe: cargo test --test cluster_facts -- --ignored --nocapture"]
+async fn acknowledged_fences_across_a_paused_master() {
+    let mut cluster = RedisCluster::start().await;
+    let tag = "zombie";
+    let slot = key_slot(format!("rdlock:{{{tag}}}:lock").as_bytes());
+    let conn = client(&cluster)
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let script = Script::new(SCRIPT);
+            let started = Instant::now();
+            let mut max_fence = 0u64;
+            let mut acked = 0u64;
+            let mut repeated = 0u64;
+            let mut events: Vec<String> = Vec::new();
+            let mut last = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let result: redis::RedisResult<(u64, String)> = script
+                    .key(format!("rdlock:{{{tag}}}:lock"))
+                    .key(format!("rdlock:{{{tag}}}:fence"))
+                    .arg("x")
+                    .arg("ch")
+                    .invoke_async(&mut conn)
+                    .await;
+                let outcome = match &result {
+                    Ok((fence, _)) => {
+                        acked += 1;
+                        if *fence <= max_fence {
+                            repeated += 1;
+                            format!("ok, fence went BACK {max_fence} -> {fence}")
+                        } else {
+                            "ok".to_owned()
+                        }
+                    }
+                    Err(e) => format!("{:?}", e.kind()),
+                };
+                if let Ok((fence, _)) = result {
+                    max_fence = max_fence.max(fence);
+                }
+                if outcome != last {
+                    events.push(format!("t={} ms {outcome}", started.elapsed().as_millis()));
+                    last = outcome;
+                }
+                if last != "ok" {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (max_fence, acked, repeated, events)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let (old, new) = cluster.pause_master_of_slot(slot).await;
+    println!("paused {old}, {new} promoted after {:?}", t.elapsed());
+    cluster.resume(old);
+    cluster.wait_settled("resumed master demoted").await;
+    println!("resumed {old}, settled after {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (max_fence, acked, repeated, events) = worker.await.expect("worker");
+    let final_fence: u64 = cluster
+        .query(
+            new,
+            redis::cmd("GET").arg(format!("rdlock:{{{tag}}}:fence")),
+        )
+        .await;
+    for e in &events {
+        println!("  {e}");
+    }
+    println!(
+        "acked {acked} scripts; {repeated} acked fences were not above an earlier acked \
+         one (repeated tokens); largest acked fence {max_fence}, on the cluster now \
+         {final_fence}"
+    );
+}
