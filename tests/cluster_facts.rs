@@ -386,10 +386,33 @@ async fn plain_pubsub_on_one_node_across_faults() {
         },
         t.elapsed()
     );
+    // Reconnect at once to another running node (no wait for the failover) and
+    // resubscribe: messages flow again.
+    let t = Instant::now();
+    let next = cluster.running()[0];
+    let mut pubsub = redis::Client::open(cluster.node(next).url())
+        .expect("client")
+        .get_async_pubsub()
+        .await
+        .expect("pubsub on another node");
+    pubsub.subscribe(&channel).await.expect("SUBSCRIBE");
+    let mut stream = pubsub.into_on_message();
+    println!("resubscribed on node {next} after {:?}", t.elapsed());
+    // (The killed node may have been the channel's master too: then nothing is
+    // published until its replica takes over.)
     cluster
         .wait_settled("the subscriber's shard failed over")
         .await;
-    let _ = &mut cluster;
+    assert!(
+        publish_and_wait(
+            "on the new subscriber, after the killed node's shard failed over",
+            &script,
+            &mut conn,
+            &mut stream,
+            tag
+        )
+        .await
+    );
 }
 
 #[tokio::test]

@@ -163,6 +163,17 @@ async fn failover_swaps_master_and_replica() {
         .expect_err("a replica refuses writes");
     println!("write to the demoted master: {:?} / {err}", err.kind());
     assert_survived(&cluster, key).await;
+
+    // And back, with TAKEOVER (no agreement asked of the other masters).
+    let started = Instant::now();
+    assert_eq!(cluster.failover_with(old, Some("TAKEOVER")).await, new);
+    println!(
+        "CLUSTER FAILOVER TAKEOVER settled in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.master_of_slot(slot).await, old);
+    assert_eq!(cluster.replicas_of(old).await, vec![new]);
+    assert_survived(&cluster, key).await;
 }
 
 #[tokio::test]

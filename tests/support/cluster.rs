@@ -766,6 +766,12 @@ impl RedisCluster {
     /// master's slots, the old master is its replica, and the cluster is settled.
     /// Returns the old master.
     pub async fn failover(&self, replica: usize) -> usize {
+        self.failover_with(replica, None).await
+    }
+
+    /// [`Self::failover`] with an option: `Some("FORCE")` (no handshake with the
+    /// master) or `Some("TAKEOVER")` (no agreement of the other masters either).
+    pub async fn failover_with(&self, replica: usize, option: Option<&str>) -> usize {
         let view = self.view(replica).await;
         let master_id = view
             .iter()
@@ -777,7 +783,7 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("node {replica}'s master {master_id} is unknown"));
         let slots = self.slots_of(old).await;
         let _: String = self
-            .query(replica, redis::cmd("CLUSTER").arg("FAILOVER"))
+            .query(replica, redis::cmd("CLUSTER").arg("FAILOVER").arg(option))
             .await;
         let started = Instant::now();
         loop {
