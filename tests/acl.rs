@@ -213,13 +213,14 @@ fn is_acl_refusal(e: &RdLockError) -> bool {
     let RdLockError::RedisError(e) = e else {
         return false;
     };
-    let text = format!("{:?} {} {:?}", e.code(), e, e.detail());
+    let text = format!("{:?} {} {:?}", e.code(), e, e.detail()).to_lowercase();
     // NOPERM for the command itself; scripts report the refusal of a command or
     // channel they use as an ERR naming the user ("The user executing the script
-    // can't run this command ..." / "... can't publish to the channel ...").
-    text.contains("NOPERM")
+    // can't run this command ..." / "... can't publish to the channel ..."), or on
+    // Valkey 9 "ACL failure in script: No permissions to access a channel".
+    text.contains("noperm")
         || text.contains("no permissions")
-        || text.contains("The user executing the script can't")
+        || text.contains("the user executing the script can't")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! in its own temporary directory; the server is killed when the value is dropped.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cluster;
 pub mod gate;
 pub mod history;
 pub mod proxy;
@@ -76,7 +77,7 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(server_bin());
         command
             .args(["--bind", "127.0.0.1", "--port", &port])
             .args(["--save", "", "--appendonly", "no"])
@@ -182,6 +183,24 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The server binary tests start: `RDLOCK_SERVER_BIN` when set (e.g. `valkey-server`,
+/// or a path from `.ci/install-valkey`), else `redis-server`.
+pub fn server_bin() -> String {
+    std::env::var("RDLOCK_SERVER_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".to_owned())
+}
+
+/// The cli that forms test clusters: `RDLOCK_CLI_BIN` when set, else `redis-cli`
+/// (Debian's `redis-cli` forms Valkey clusters too).
+pub fn cli_bin() -> String {
+    std::env::var("RDLOCK_CLI_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-cli".to_owned())
 }
 
 /// A port that was free a moment ago, outside the ephemeral range when possible.
