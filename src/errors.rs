@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::RedisError;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// Errors returned by rdlock.
 ///
@@ -33,8 +33,8 @@ use redis::RedisError;
 #[non_exhaustive]
 pub enum RdLockError {
     /// Redis answered with an error that rdlock does not map to a more precise variant
-    /// (for example `WRONGTYPE` when the lock key holds a non-string value, `NOPERM`
-    /// from an ACL, `OOM`, `READONLY`).
+    /// and that retrying will not cure (for example `WRONGTYPE` when the lock key
+    /// holds a non-string value, `NOPERM` from an ACL, `OOM`).
     #[error("redis command failed")]
     RedisError(#[from] RedisError),
     /// The lock is held by another owner (`try_lock`).
@@ -58,8 +58,17 @@ pub enum RdLockError {
     /// The URL or connection parameters could not be parsed.
     #[error("invalid redis connection parameters")]
     InvalidUrl(#[source] RedisError),
-    /// Redis could not be reached (connection refused, reset or timed out).
-    #[error("redis is unreachable")]
+    /// Redis could not serve the request now; the same request may succeed later.
+    /// Either it could not be reached (connection refused, reset or timed out), or it
+    /// answered with one of the errors that mean "retry later": `LOADING` (loading its
+    /// dataset after a restart), `BUSY` (a script or function runs too long),
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `READONLY` (a failover: the server
+    /// is, or is becoming, a replica), `NOREPLICAS` (`min-replicas-to-write` is not
+    /// met). The cause tells which.
+    ///
+    /// `lock()` and `lock_timeout()` never return it: they wait through these
+    /// conditions with backoff.
+    #[error("redis is unreachable or not serving")]
     Unreachable(#[source] RedisError),
     /// The lock id is not usable (it is empty).
     #[error("invalid lock id: {reason}")]
@@ -107,15 +116,19 @@ impl RdLockError {
         matches!(self, Self::LockUnavailable)
     }
 
-    /// `true` when Redis could not be reached; retrying later may succeed.
+    /// `true` for [`Unreachable`](Self::Unreachable) (and the 1.x
+    /// [`ConnectionError`](Self::ConnectionError)): Redis could not be reached, or is
+    /// not serving for now (`LOADING`, `BUSY`, a failover); retrying later may succeed.
+    /// Errors that retrying cannot cure (`WRONGTYPE`, `NOPERM`, ...) stay
+    /// [`RedisError`](Self::RedisError), for which it is `false`.
     #[must_use]
     pub fn is_connection_error(&self) -> bool {
         matches!(self, Self::Unreachable(_) | Self::ConnectionError)
     }
 
-    /// Maps a redis-rs error: connection-class failures become
-    /// [`Unreachable`](Self::Unreachable), everything else stays a
-    /// [`RedisError`](Self::RedisError).
+    /// Maps a redis-rs error: connection failures and "retry later" server errors
+    /// ([`is_transient`]) become [`Unreachable`](Self::Unreachable), everything else
+    /// stays a [`RedisError`](Self::RedisError).
     pub(crate) fn from_redis(e: RedisError) -> Self {
         if is_transient(&e) {
             Self::Unreachable(e)
@@ -125,7 +138,81 @@ impl RdLockError {
     }
 }
 
-/// Failures after which the same command may succeed once the connection is back.
+/// Failures after which the same command may succeed, with no change on our side:
+/// connection failures (I/O errors, timeouts, refused or dropped connections), and the
+/// server errors that redis-rs classes as "wait and retry" (`LOADING`, `TRYAGAIN`,
+/// `CLUSTERDOWN`, `MASTERDOWN`) plus `READONLY` (a write reached a replica: a failover
+/// is under way) and `BUSY` (a script or function runs past `busy-reply-threshold`;
+/// redis-rs does not know this code), and `NOREPLICAS` (`min-replicas-to-write` is
+/// not met for now). `NOSCRIPT` is not among them: redis-rs loads the
+/// script and retries by itself.
 pub(crate) fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => true,
+        _ => matches!(e.code(), Some("BUSY" | "NOREPLICAS")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a server reply (`-CODE detail`) turns into.
+    fn server_error(line: &str) -> RedisError {
+        let reply = format!("-{line}\r\n");
+        match redis::parse_redis_value(reply.as_bytes())
+            .unwrap()
+            .extract_error()
+        {
+            Err(e) => e,
+            Ok(v) => panic!("not an error: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_later_server_errors_are_transient() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+        ] {
+            let e = server_error(line);
+            assert!(is_transient(&e), "{line}");
+            let mapped = RdLockError::from_redis(e);
+            assert!(mapped.is_connection_error(), "{line}: {mapped:?}");
+            assert!(matches!(mapped, RdLockError::Unreachable(_)), "{line}");
+        }
+    }
+
+    #[test]
+    fn errors_that_retrying_cannot_cure_are_not_transient() {
+        for line in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOPERM this user has no permissions to run the 'evalsha' command",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "ERR unknown command",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "BUSYKEY Target key name already exists.",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+        ] {
+            let e = server_error(line);
+            assert!(!is_transient(&e), "{line}");
+            let mapped = RdLockError::from_redis(e);
+            assert!(!mapped.is_connection_error(), "{line}");
+            assert!(matches!(mapped, RdLockError::RedisError(_)), "{line}");
+        }
+    }
 }

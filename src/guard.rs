@@ -4,11 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::errors::RdLockError;
 use crate::gate::Turn;
 use crate::lease::LeaseState;
 use crate::lock::Lock;
+use crate::run::RunContext;
 use crate::scripts;
 
 /// A held lock. While it lives, a watchdog task renews the lease; dropping it cancels
@@ -83,6 +85,11 @@ impl LockGuard {
         self.state.lost_token()
     }
 
+    /// What a [`Lock::run_with`] job is given.
+    pub(crate) fn run_context(&self) -> RunContext {
+        RunContext::new(self.fence, self.state.clone())
+    }
+
     /// Takes the guard out of the manager's registry; `false` when shutdown already
     /// took (and released) it.
     fn unregister(&self) -> bool {
@@ -95,7 +102,13 @@ impl LockGuard {
     }
 
     /// `true` while the lease is known to be ours: not lost, and its local deadline
-    /// (renewed by the watchdog) not passed.
+    /// (renewed by the watchdog) not passed on the monotonic clock nor on the wall
+    /// clock. The wall clock counts a suspend of the machine, which the monotonic
+    /// clock does not on Linux and macOS: after a resume, a lease that ran out during
+    /// the suspend reads `false` at once. A wall clock stepped forward can end a lease
+    /// early (`false` while the key is still ours); nothing makes it read `true` late,
+    /// except a pause that neither clock counts (a VM whose hypervisor hides the pause
+    /// from the guest's clocks: fencing tokens cover that case).
     ///
     /// # Example
     ///
@@ -139,15 +152,24 @@ impl LockGuard {
 
     /// The fencing token of this acquisition: strictly greater than that of every
     /// earlier acquisition of the same lock id on this Redis server (the counter lives
-    /// in the key `rdlock:{id}:fence`, which never expires). Pass it with every write
-    /// to a system that can reject writes carrying a smaller token.
+    /// in the key `rdlock:{id}:fence`, which never expires), as long as Redis does not
+    /// lose acknowledged writes. Pass it with every write to a system that can reject
+    /// writes whose token is not greater than the highest it has accepted.
+    ///
+    /// If Redis loses its last writes (a crash with RDB snapshots only or
+    /// `appendfsync everysec`, an asynchronous failover to a replica that lagged), the
+    /// counter goes back and a later acquisition can be given a token that was already
+    /// handed out. A resource that also accepts a token *equal* to the highest it has
+    /// seen would then take writes from two holders; reject equal tokens (one fenced
+    /// write per acquisition), or accept an equal token only together with an id of
+    /// the writer that is unique per acquisition (see the README, "Fencing tokens").
     ///
     /// # Example
     ///
     /// ```no_run
     /// # async fn demo(guard: rdlock::LockGuard) {
     /// let fence = guard.fencing_token();
-    /// // storage.write_if_fence_at_least(fence, data).await
+    /// // storage.write_if_fence_greater_than_last(fence, data).await
     /// # }
     /// ```
     #[must_use]
@@ -189,21 +211,25 @@ impl LockGuard {
     }
 
     /// Releases the lock now: stops the watchdog, then deletes the key if it still
-    /// holds this guard's token and wakes waiters.
+    /// holds this guard's token and wakes waiters. The next task of this manager
+    /// queued for the lock gets its turn once Redis has answered.
     ///
     /// # Errors
     ///
     /// - [`RdLockError::LockNotAcquired`] when the key no longer held our token (the
     ///   lease had been lost; nothing was deleted);
     /// - [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when the release
-    ///   could not be sent; the lease then expires by itself;
+    ///   could not be sent or failed; the lease then expires by itself;
     /// - [`RdLockError::ShutDown`] when the manager's shutdown has already released it.
     ///
     /// # Cancel safety
     ///
-    /// If the future is dropped before it completes, the guard has already been
-    /// consumed and the watchdog stopped: the release may or may not have run, and the
-    /// lease expires by itself in the latter case.
+    /// Cancel safe in effect: if the future is dropped before Redis has answered, the
+    /// release is completed in the background on the current runtime, as by dropping
+    /// the guard (the script is token-checked, so a release that had already run is
+    /// not repeated in effect). The background release is a task of the manager,
+    /// which [`shutdown`](crate::RdLockConnectionManager::shutdown) waits for; the
+    /// next local task gets its turn once it has been answered.
     ///
     /// # Example
     ///
@@ -215,14 +241,25 @@ impl LockGuard {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn release(self) -> Result<(), RdLockError> {
+    pub async fn release(mut self) -> Result<(), RdLockError> {
         // Unregistering first also disarms the drop-release.
         if !self.unregister() {
             return Err(RdLockError::ShutDown);
         }
         self.state.scope().cancel();
+        // From here until Redis answers, dropping this future hands the release (and
+        // the turn) to the background: redis-rs does not send a request whose caller
+        // is gone, so the release could otherwise be lost.
+        let pending = PendingRelease {
+            lock: &self.lock,
+            token: Some(self.token.clone()),
+            turn: self.turn.take(),
+            _in_flight: self.lock.manager().inner().tasks.token(),
+        };
         let conn = &self.lock.manager().inner().conn;
         let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
+        // Answered: the turn passes on when this function returns.
+        let _turn = pending.answered();
         match outcome {
             Ok(true) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released");
@@ -234,6 +271,31 @@ impl LockGuard {
                 Err(RdLockError::LockNotAcquired)
             }
             Err(e) => Err(RdLockError::from_redis(e)),
+        }
+    }
+}
+
+/// A release in flight, counted among the manager's tasks (shutdown waits for it): if
+/// dropped before [`answered`](Self::answered), it spawns the token-checked release in
+/// the background and passes the local turn on after it.
+struct PendingRelease<'a> {
+    lock: &'a Lock,
+    token: Option<Arc<str>>,
+    turn: Option<Turn>,
+    _in_flight: TaskTrackerToken,
+}
+
+impl PendingRelease<'_> {
+    fn answered(mut self) -> Option<Turn> {
+        self.token = None;
+        self.turn.take()
+    }
+}
+
+impl Drop for PendingRelease<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.lock.release_in_background(token, self.turn.take());
         }
     }
 }

@@ -19,32 +19,50 @@ pub(crate) struct Held {
 #[derive(Default)]
 pub(crate) struct HeldGuards {
     next: AtomicU64,
-    map: Mutex<HashMap<u64, Held>>,
+    map: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    guards: HashMap<u64, Held>,
+    /// Set by shutdown: no guard is registered any more.
+    closed: bool,
 }
 
 impl HeldGuards {
-    pub(crate) fn insert(&self, held: Held) -> u64 {
+    /// Registers a new guard; `None` once shutdown has drained the registry, so that
+    /// an acquisition that completes during or after shutdown never becomes a live
+    /// guard (the check and the insert are one step under the mutex that
+    /// [`close_and_drain`](Self::close_and_drain) takes).
+    pub(crate) fn insert(&self, held: Held) -> Option<u64> {
+        let mut map = self.map();
+        if map.closed {
+            return None;
+        }
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map().insert(key, held);
-        key
+        map.guards.insert(key, held);
+        Some(key)
     }
 
     /// `None` when shutdown has already taken (and released) it.
     pub(crate) fn remove(&self, key: u64) -> Option<Held> {
-        self.map().remove(&key)
+        self.map().guards.remove(&key)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map().len()
+        self.map().guards.len()
     }
 
-    pub(crate) fn drain(&self) -> Vec<Held> {
-        self.map().drain().map(|(_, held)| held).collect()
+    /// Refuses every later [`insert`](Self::insert) and returns the guards alive now.
+    pub(crate) fn close_and_drain(&self) -> Vec<Held> {
+        let mut map = self.map();
+        map.closed = true;
+        map.guards.drain().map(|(_, held)| held).collect()
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
-        // Every update is a single insert or remove: the map is consistent even if a
-        // thread panicked while holding the mutex.
+    fn map(&self) -> MutexGuard<'_, Registry> {
+        // Every update is a single insert, remove or flag change: the map is consistent
+        // even if a thread panicked while holding the mutex.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

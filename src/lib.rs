@@ -29,14 +29,20 @@
 //!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
 //!   bounded by the holder's remaining lease, so a lost message costs at most that.
 //! - **Loss is reported.** If the key is deleted, taken over, or renewals fail until
-//!   the local lease deadline (measured on the monotonic clock from before the
-//!   acquire was sent, minus a drift margin of 1 % + 2 ms), [`LockGuard::is_held`]
-//!   turns `false` and [`LockGuard::lost`] completes. Hand
-//!   [`LockGuard::fencing_token`] to the systems you write to, so that they can reject
-//!   a holder whose lease ended while it was paused.
+//!   the local lease deadline (measured from before the acquire was sent, minus a
+//!   drift margin of 1 % + 2 ms, on the monotonic clock and on the wall clock, so
+//!   that a suspended machine notices on waking), [`LockGuard::is_held`] turns
+//!   `false` and [`LockGuard::lost`] completes. Hand [`LockGuard::fencing_token`] (in
+//!   [`Lock::run_with`], [`RunContext::fencing_token`]) to the systems you write to,
+//!   so that they can reject a holder whose lease ended while it was paused; they
+//!   must reject tokens equal to the highest they accepted, unless Redis loses no
+//!   acknowledged write (see [`LockGuard::fencing_token`]).
 //! - **Nothing is left behind.** Dropping a guard cancels its watchdog and releases
 //!   the key on the current runtime without blocking; dropping a `lock()` future at
-//!   any point undoes an attempt that may have reached Redis, by its token.
+//!   any point undoes an attempt that may have reached Redis, by its token; dropping
+//!   `release()` or `run` while the release is in flight completes it in the
+//!   background. [`RdLockConnectionManager::shutdown`] waits for all of these, and
+//!   for attempts in flight, which it undoes.
 //!
 //! # Redis keys
 //!
@@ -45,7 +51,7 @@
 //! | name | content |
 //! |---|---|
 //! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
-//! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 |
+//! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 (a server that loses its last writes sets it back too: see [`LockGuard::fencing_token`]) |
 //! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
 //! | `rdlock:{<id>}:release` | the channel a release is published on |
 //!
@@ -56,8 +62,14 @@
 //! - Leases are whole milliseconds in [`MIN_LEASE`]`..=`[`MAX_LEASE`].
 //! - A key with no expiry at a lock's name (written by something else) is checked again
 //!   every second while waiting; a key of another type gives `WRONGTYPE`.
-//! - `lock()` keeps waiting while Redis is unreachable (retrying with backoff up to
-//!   2 s); `try_lock()` reports [`RdLockError::Unreachable`] at once.
+//! - `lock()` keeps waiting while Redis is unreachable or answers "retry later"
+//!   (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`,
+//!   `NOREPLICAS`), retrying with backoff up to 2 s; `try_lock()` reports these as
+//!   [`RdLockError::Unreachable`] without retrying; the watchdog retries renewals
+//!   through them until the lease's local deadline.
+//! - Deadlines are kept: `lock_timeout(d)` returns by `d` (the first attempt is
+//!   given at least 100 ms) even while a reply is overdue; `try_lock()` waits for its
+//!   one reply at most the command timeout (2 s).
 //! - The rdlock 1.x API ([`RdLockConnectionManager::new_basic_lock`],
 //!   [`lock::BasicLock`], [`errors::RdLockError`]) is kept.
 //! - Tasks of one manager waiting for the same lock queue locally in arrival order;
@@ -110,4 +122,4 @@ pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
-pub use run::Run;
+pub use run::{Run, RunContext};

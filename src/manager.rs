@@ -310,8 +310,10 @@ impl RdLockConnectionManager {
     }
 
     /// How many background tasks of this manager are running: one watchdog per held
-    /// guard plus releases still in flight after guards were dropped. Useful to check
-    /// that nothing is left behind.
+    /// guard, plus releases in flight (`release()` calls, and the background releases
+    /// of dropped guards and of `release()` or `run` futures dropped mid-release), plus
+    /// acquisition attempts in flight (each counts until it has become a guard or been
+    /// undone). Useful to check that nothing is left behind.
     ///
     /// # Example
     ///
@@ -332,6 +334,11 @@ impl RdLockConnectionManager {
     /// alive as lost (its [`lost`](crate::LockGuard::lost) completes) and releases its
     /// key, waits for the releases of guards dropped earlier, stops the watchdogs and
     /// the subscriber. Waits at most [`SHUTDOWN_TIMEOUT`] in all.
+    ///
+    /// An acquisition in flight when shutdown begins never becomes a live guard: the
+    /// `lock()`, `lock_timeout()`, `try_lock()` or `run` that sent it returns
+    /// [`RdLockError::ShutDown`], the attempt is undone by its token if it may have
+    /// taken the key, and shutdown waits for that undo like for any other release.
     ///
     /// It applies to every clone of the manager. [`BasicLock`]s are left alone: their
     /// TTL is their contract. Calling it again is harmless.
@@ -361,7 +368,10 @@ impl RdLockConnectionManager {
         let inner = &self.inner;
         inner.shutdown.cancel();
         let failure = Arc::new(std::sync::Mutex::new(None));
-        for held in inner.held.drain() {
+        // From here on no acquisition becomes a guard: one that completes now is
+        // undone by its token, and counts as a task until then, so the wait below
+        // covers it.
+        for held in inner.held.close_and_drain() {
             held.state.mark_lost();
             let conn = inner.conn.clone();
             let failure = failure.clone();

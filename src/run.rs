@@ -1,14 +1,18 @@
-//! [`Run`]: a future that holds a lock while it polls the caller's future.
+//! [`Run`]: a future that holds a lock while it polls the caller's future, and the
+//! [`RunContext`] a [`Lock::run_with`](crate::Lock::run_with) job is given.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project::pin_project;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::errors::RdLockError;
 use crate::guard::LockGuard;
+use crate::lease::LeaseState;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -94,7 +98,8 @@ impl<F: Future> Future for Run<'_, F> {
                     let output = ready!(fut.poll(cx));
                     this.fut.set(None);
                     // The work is done; a failed release only means the lease expires
-                    // by itself.
+                    // by itself. If `Run` is dropped while the release is in flight,
+                    // `release()` completes it in the background.
                     let release: BoxFuture<'static, ()> =
                         match std::mem::replace(this.stage, Stage::Done) {
                             Stage::Running { guard, .. } => Box::pin(async move {
@@ -133,5 +138,114 @@ impl<F: Future> std::fmt::Debug for Run<'_, F> {
         f.debug_struct("Run")
             .field("stage", &stage)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Lock::run_with`](crate::Lock::run_with) job is given: the acquisition's
+/// fencing token and views of its lease. Cheap to clone; it does not keep the lock
+/// (the [`Run`] future does).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+/// lock.run_with(|ctx: rdlock::RunContext| async move {
+///     for batch in 0..100 {
+///         if !ctx.is_held() {
+///             break; // `run` stops polling the job anyway; spawned work must check
+///         }
+///         // store.write(ctx.fencing_token(), batch).await
+///     }
+/// })
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RunContext {
+    fence: u64,
+    state: Arc<LeaseState>,
+}
+
+impl RunContext {
+    pub(crate) fn new(fence: u64, state: Arc<LeaseState>) -> Self {
+        Self { fence, state }
+    }
+
+    /// The fencing token of this acquisition, as
+    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// let fence = lock.run_with(|ctx| async move { ctx.fencing_token() }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
+    /// As [`LockGuard::is_held`](crate::LockGuard::is_held).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: rdlock::RunContext) {
+    /// if !ctx.is_held() { return; }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn is_held(&self) -> bool {
+        self.state.is_held()
+    }
+
+    /// As [`LockGuard::lost`](crate::LockGuard::lost): completes once the lease is
+    /// lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the lease.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: rdlock::RunContext) {
+    /// ctx.lost().await;
+    /// # }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = ()> + '_ {
+        self.state.lost()
+    }
+
+    /// As [`LockGuard::cancellation_token`](crate::LockGuard::cancellation_token): a
+    /// token cancelled when the lease is lost or the lock is released (the job ended
+    /// or `run` was dropped). Hand it to spawned subtasks so that they stop with the
+    /// lock.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: rdlock::RunContext) {
+    /// let stop = ctx.cancellation_token();
+    /// tokio::spawn(async move {
+    ///     stop.run_until_cancelled(async { /* work */ }).await;
+    /// });
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.state.scope().child_token()
+    }
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunContext")
+            .field("fencing_token", &self.fence)
+            .field("held", &self.is_held())
+            .finish()
     }
 }

@@ -19,19 +19,20 @@ pub use basic::BasicLock;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::errors::RdLockError;
 use crate::gate::Turn;
 use crate::guard::LockGuard;
 use crate::held::Held;
 use crate::holder::{owner_record, HolderInfo};
-use crate::lease::{valid_until, LeaseState};
+use crate::lease::{valid_until, wall_valid_until, LeaseState};
 use crate::manager::RdLockConnectionManager;
 use crate::names::LockNames;
-use crate::run::Run;
+use crate::run::{Run, RunContext};
 use crate::scripts::{self, Acquire};
 use crate::watchdog::Watchdog;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// The lease of a new [`Lock`]: 30 s.
 ///
@@ -90,12 +91,31 @@ pub struct Lock {
 pub(crate) struct Acquired {
     pub(crate) token: Arc<str>,
     pub(crate) fence: u64,
+    /// When the acquire was sent, on the monotonic clock and on the wall clock.
     pub(crate) sent: Instant,
+    pub(crate) sent_wall: SystemTime,
+}
+
+/// An acquisition on its way to becoming a guard: dropping it undoes it in Redis, by
+/// its token, so that an acquisition that completes when nobody takes it any more (a
+/// deadline passed, the manager shut down, an error on the way) leaves nothing held.
+/// While it lives, the manager's shutdown waits for it.
+pub(crate) struct Granted {
+    pub(crate) acquired: Acquired,
+    undo: Undo,
+}
+
+impl Granted {
+    /// Keeps the acquisition without a guard (the 1.x `BasicLock`).
+    pub(crate) fn keep(mut self) -> Acquired {
+        self.undo.token = None;
+        self.acquired
+    }
 }
 
 /// The outcome of one attempt.
 enum Attempt {
-    Acquired(Acquired),
+    Acquired(Granted),
     /// Held by someone else; wait at most this long before the next attempt.
     Held(Option<Duration>),
     /// Acquired, but the reply came after the lease could have ended: undone.
@@ -311,14 +331,19 @@ impl Lock {
     ///
     /// The wait is driven by Redis notifications: it wakes when the holder releases
     /// (or, with keyspace events on, when its key expires) and otherwise when the
-    /// holder's remaining lease runs out. While Redis is unreachable it keeps retrying,
-    /// with backoff.
+    /// holder's remaining lease runs out. While Redis is unreachable, or answers that
+    /// it cannot serve for now (`LOADING` after a restart, `BUSY`, `READONLY` and the
+    /// other failover errors: see [`RdLockError::Unreachable`]), it keeps retrying,
+    /// with backoff up to 2 s.
     ///
     /// # Errors
     ///
     /// [`RdLockError::InvalidLockId`] / [`RdLockError::InvalidLease`] for bad input;
     /// [`RdLockError::RedisError`] when Redis refuses the script (for example
-    /// `WRONGTYPE`: the key holds something that is not a lock, or `NOPERM`).
+    /// `WRONGTYPE`: the key holds something that is not a lock, or `NOPERM`);
+    /// [`RdLockError::ShutDown`] when the manager is, or is being, shut down — also
+    /// when an attempt was in flight as shutdown began: that attempt is undone, and
+    /// [`shutdown`](crate::RdLockConnectionManager::shutdown) waits for it.
     ///
     /// # Cancel safety
     ///
@@ -339,8 +364,13 @@ impl Lock {
 
     /// Like [`lock`](Self::lock), giving up after `timeout`.
     ///
-    /// A zero timeout makes one attempt. A timeout too large to represent waits
-    /// without limit.
+    /// The deadline is kept whatever Redis does: an attempt still waiting for its
+    /// reply when the deadline passes is abandoned (and undone by its token), so the
+    /// call returns at the deadline even when the server or the network does not
+    /// answer. One exception: the first attempt is always given 100 ms, so that a
+    /// timeout shorter than a round trip still makes one whole attempt — a zero
+    /// timeout makes one attempt, and returns within 100 ms. A timeout too large to
+    /// represent waits without limit.
     ///
     /// # Errors
     ///
@@ -372,10 +402,18 @@ impl Lock {
 
     /// Makes one attempt to acquire the lock.
     ///
+    /// It has no deadline of its own: it waits for the one reply at most the command
+    /// timeout (2 s), after which it reports [`RdLockError::Unreachable`]. Wrap it in
+    /// [`lock_timeout`](Self::lock_timeout)`(Duration::ZERO)` or a
+    /// `tokio::time::timeout` for a shorter bound (dropping it is safe, see below).
+    ///
     /// # Errors
     ///
     /// - [`RdLockError::LockUnavailable`] when someone else holds it;
-    /// - [`RdLockError::Unreachable`] at once when Redis cannot be reached;
+    /// - [`RdLockError::Unreachable`] when Redis cannot be reached or is not serving
+    ///   for now (`LOADING`, `BUSY`, a failover: see the variant), without retrying;
+    /// - [`RdLockError::ShutDown`] when the manager is shut down, also while the attempt
+    ///   is in flight (the attempt is then undone);
     /// - [`RdLockError::LeaseLost`] when the reply came so late that the lease it
     ///   granted may already be over (the key is released again);
     /// - bad input and Redis refusals as for [`lock`](Self::lock).
@@ -407,14 +445,19 @@ impl Lock {
             .get(&self.names.key)
             .try_lock_owned()
             .map_err(|_| RdLockError::LockUnavailable)?;
-        let acquired = self.try_acquire_raw().await?;
-        Ok(self.guard(acquired, Some(turn)))
+        let granted = self.try_acquire_armed().await?;
+        self.guard(granted, Some(turn))
     }
 
+    /// One attempt, for the 1.x `BasicLock`.
     pub(crate) async fn try_acquire_raw(&self) -> Result<Acquired, RdLockError> {
+        self.try_acquire_armed().await.map(Granted::keep)
+    }
+
+    async fn try_acquire_armed(&self) -> Result<Granted, RdLockError> {
         let lease_ms = self.validate()?;
-        match self.attempt(lease_ms).await? {
-            Attempt::Acquired(acquired) => Ok(acquired),
+        match self.bounded_attempt(lease_ms, None).await? {
+            Attempt::Acquired(granted) => Ok(granted),
             Attempt::TooLate => Err(RdLockError::LeaseLost),
             Attempt::Held(_) => Err(RdLockError::LockUnavailable),
         }
@@ -429,13 +472,24 @@ impl Lock {
     /// goes on. The returned future polls `fut` itself (no task is spawned), so `fut`
     /// may borrow from the caller.
     ///
+    /// `fut` is given nothing: when it needs the acquisition's fencing token (to pass
+    /// it with its writes) or a cancellation token for subtasks, use
+    /// [`run_with`](Self::run_with). ([`last_fencing_token`](Self::last_fencing_token)
+    /// is no substitute: it reads the latest token in Redis, which may already be a
+    /// successor's.)
+    ///
     /// # Errors
     ///
     /// [`RdLockError::LeaseLost`] as above; otherwise those of [`lock`](Self::lock).
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future drops `fut` and releases the lock (in the background).
+    /// Dropping the future at any point drops `fut` and never leaves the lock held:
+    /// while waiting, as [`lock`](Self::lock); once acquired, including while the
+    /// final release is in flight, the release is completed in the background (a
+    /// task of the manager, which [`shutdown`](crate::RdLockConnectionManager::shutdown)
+    /// waits for). The next task of this manager queued for the lock gets its turn
+    /// once that release has been answered.
     ///
     /// # Example
     ///
@@ -481,6 +535,83 @@ impl Lock {
         Run::new(Box::pin(self.lock_timeout(timeout)), fut)
     }
 
+    /// As [`run`](Self::run), for a job that needs to know its acquisition: `job` is
+    /// called once the lock is acquired, with a [`RunContext`] that gives the fencing
+    /// token of this acquisition, a cancellation token for subtasks and the lease's
+    /// state; the future it returns runs while the lease is held, as in `run`.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run). If the future is dropped before the lock is acquired,
+    /// `job` is never called.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// # async fn write_report(fence: u64) -> u64 { fence }
+    /// let rows = lock
+    ///     .run_with(|ctx| async move {
+    ///         // The resource rejects writes with a fence lower than the last it saw.
+    ///         write_report(ctx.fencing_token()).await
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_with<'a, J, Fut>(
+        &'a self,
+        job: J,
+    ) -> Run<'a, impl Future<Output = Fut::Output> + use<'a, J, Fut>>
+    where
+        J: FnOnce(RunContext) -> Fut + 'a,
+        Fut: Future + 'a,
+    {
+        run_with(async move { self.lock().await }, job)
+    }
+
+    /// As [`run_with`](Self::run_with), giving up with
+    /// [`RdLockError::TimeoutReached`] if the lock is not acquired within `timeout`,
+    /// as [`run_timeout`](Self::run_timeout).
+    ///
+    /// # Errors
+    ///
+    /// As [`run_timeout`](Self::run_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run_with`](Self::run_with).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// lock.run_with_timeout(Duration::from_secs(10), |ctx| async move {
+    ///     let stop = ctx.cancellation_token(); // cancelled if the lease is lost
+    ///     tokio::spawn(stop.run_until_cancelled_owned(async { /* subtask */ }));
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_with_timeout<'a, J, Fut>(
+        &'a self,
+        timeout: Duration,
+        job: J,
+    ) -> Run<'a, impl Future<Output = Fut::Output> + use<'a, J, Fut>>
+    where
+        J: FnOnce(RunContext) -> Fut + 'a,
+        Fut: Future + 'a,
+    {
+        run_with(async move { self.lock_timeout(timeout).await }, job)
+    }
+
     /// Checks the id and lease; returns the lease in milliseconds.
     pub(crate) fn validate(&self) -> Result<u64, RdLockError> {
         if self.manager.is_shut_down() {
@@ -509,21 +640,46 @@ impl Lock {
         Ok(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// One acquire script call with a fresh owner token, bounded by `until` (if any)
+    /// and by the manager's shutdown. An attempt cut short is undone by its token.
+    async fn bounded_attempt(
+        &self,
+        lease_ms: u64,
+        until: Option<Instant>,
+    ) -> Result<Attempt, RdLockError> {
+        let shutdown = &self.manager.inner().shutdown;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(RdLockError::ShutDown),
+            outcome = self.attempt(lease_ms) => outcome,
+            _ = sleep_until(until) => Err(RdLockError::TimeoutReached),
+        }
+    }
+
     /// One acquire script call with a fresh owner token.
     ///
     /// A fresh token per attempt keeps the clean-up of an ambiguous attempt (sent, no
     /// reply) from ever touching a later attempt's acquisition.
     async fn attempt(&self, lease_ms: u64) -> Result<Attempt, RdLockError> {
+        let inner = self.manager.inner();
+        // Counted as a task of the manager from before the shutdown check until the
+        // acquisition is a registered guard or undone: a shutdown that starts after
+        // the check waits for it.
+        let in_flight = inner.tasks.token();
+        if inner.shutdown.is_cancelled() {
+            return Err(RdLockError::ShutDown);
+        }
         let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         // Armed while the outcome is unknown: if this future is dropped, or the reply
         // is an error, the SET may still have happened, so undo it by token.
-        let mut undo = UndoOnDrop {
-            lock: self,
+        let mut undo = Undo {
+            lock: self.clone(),
             token: Some(token.clone()),
+            _in_flight: in_flight,
         };
-        let conn = &self.manager.inner().conn;
         let sent = Instant::now();
-        let reply = scripts::acquire(conn, &self.names, &token, lease_ms, &self.owner)
+        let sent_wall = SystemTime::now();
+        let reply = scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner)
             .await
             .map_err(RdLockError::from_redis)?;
         match reply {
@@ -534,8 +690,15 @@ impl Lock {
                     // `undo` releases it.
                     return Ok(Attempt::TooLate);
                 }
-                undo.token = None;
-                Ok(Attempt::Acquired(Acquired { token, fence, sent }))
+                Ok(Attempt::Acquired(Granted {
+                    acquired: Acquired {
+                        token,
+                        fence,
+                        sent,
+                        sent_wall,
+                    },
+                    undo,
+                }))
             }
             Acquire::Held { pttl } => {
                 undo.token = None;
@@ -544,9 +707,33 @@ impl Lock {
         }
     }
 
-    /// Wraps an acquisition in a guard and starts its watchdog.
-    pub(crate) fn guard(&self, acquired: Acquired, turn: Option<Turn>) -> LockGuard {
-        let state = Arc::new(LeaseState::new(valid_until(acquired.sent, self.lease)));
+    /// Wraps an acquisition in a guard and starts its watchdog; undoes it and reports
+    /// [`RdLockError::ShutDown`] if the manager's shutdown has begun.
+    pub(crate) fn guard(
+        &self,
+        granted: Granted,
+        turn: Option<Turn>,
+    ) -> Result<LockGuard, RdLockError> {
+        let Granted { acquired, mut undo } = granted;
+        let state = Arc::new(LeaseState::new(
+            valid_until(acquired.sent, self.lease),
+            wall_valid_until(acquired.sent_wall, self.lease),
+        ));
+        let registered = self.manager.inner().held.insert(Held {
+            names: self.names.clone(),
+            id: self.id.clone(),
+            token: acquired.token.clone(),
+            fence: acquired.fence,
+            state: state.clone(),
+        });
+        let Some(registered) = registered else {
+            // Shutdown has drained the registry: this acquisition completed too late to
+            // be released by it. `undo` releases it; shutdown waits for that.
+            tracing::debug!(lock = %self.id, fence = acquired.fence, "acquired during shutdown: undone");
+            return Err(RdLockError::ShutDown);
+        };
+        // From here on the guard (or shutdown, which now sees it) releases the lock.
+        undo.token = None;
         if self.watchdog {
             let watchdog = Watchdog {
                 conn: self.manager.inner().conn.clone(),
@@ -560,22 +747,18 @@ impl Lock {
             };
             self.manager.inner().tasks.spawn(watchdog.run());
         }
-        let registered = self.manager.inner().held.insert(Held {
-            names: self.names.clone(),
-            id: self.id.clone(),
-            token: acquired.token.clone(),
-            fence: acquired.fence,
-            state: state.clone(),
-        });
+        // `undo`, and with it this acquisition's count among the manager's tasks, ends
+        // only now that the watchdog is spawned: shutdown cannot miss the watchdog.
+        drop(undo);
         tracing::debug!(lock = %self.id, fence = acquired.fence, lease = ?self.lease, "acquired");
-        LockGuard::new(
+        Ok(LockGuard::new(
             self.clone(),
             acquired.token,
             acquired.fence,
             state,
             registered,
             turn,
-        )
+        ))
     }
 
     /// Spawns the token-checked release on the current runtime, if there is one.
@@ -606,18 +789,69 @@ impl Lock {
     }
 }
 
-/// Releases an attempt's token when dropped while armed.
-struct UndoOnDrop<'a> {
-    lock: &'a Lock,
+/// Releases an attempt's token when dropped while armed, and counts the attempt among
+/// the manager's tasks until then.
+///
+/// The undo is sent on the manager's command connection, after the attempt's request;
+/// on the same connection, Redis runs it after the acquire. If the connection was
+/// replaced in between (retired after a timeout, or re-established by redis-rs after an
+/// I/O error), the acquire may still be on its way on the old connection and arrive
+/// after the undo, which then finds nothing to release: the key is held by a token
+/// nobody has until its lease ends (as after a crashed holder; nobody believes they
+/// hold it). Documented in the README ("Cancel safety and drop").
+struct Undo {
+    lock: Lock,
     token: Option<Arc<str>>,
+    _in_flight: TaskTrackerToken,
 }
 
-impl Drop for UndoOnDrop<'_> {
+impl Drop for Undo {
     fn drop(&mut self) {
+        // Runs before the fields are dropped: the release is spawned (and tracked)
+        // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
             self.lock.release_in_background(token, None);
         }
     }
+}
+
+/// Completes at `until`, or never.
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`Lock::run_with`] over any acquisition: the job is called with the guard's
+/// context once `acquire` has succeeded, on the first poll of the job's future.
+fn run_with<'a, A, J, Fut>(
+    acquire: A,
+    job: J,
+) -> Run<'a, impl Future<Output = Fut::Output> + use<'a, A, J, Fut>>
+where
+    A: Future<Output = Result<LockGuard, RdLockError>> + Send + 'a,
+    J: FnOnce(RunContext) -> Fut + 'a,
+    Fut: Future + 'a,
+{
+    let slot: Arc<std::sync::OnceLock<RunContext>> = Arc::default();
+    let acquire = {
+        let slot = slot.clone();
+        async move {
+            let guard = acquire.await?;
+            let _ = slot.set(guard.run_context());
+            Ok(guard)
+        }
+    };
+    let job = async move {
+        // `Run` polls the job only after the acquisition succeeded.
+        let ctx = slot
+            .get()
+            .cloned()
+            .expect("the context is set before the job is polled");
+        job(ctx).await
+    };
+    Run::new(Box::pin(acquire), job)
 }
 
 impl fmt::Debug for Lock {

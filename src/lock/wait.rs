@@ -5,13 +5,14 @@
 //! subscriber, the holder's remaining lease (PTTL) running out, or the caller's deadline
 //! — and try again. A release between the failed try and the wait cannot be missed,
 //! because the wake-up future is enabled before the try; a lost notification costs at
-//! most the holder's PTTL, never a hang.
+//! most the holder's PTTL, never a hang. Every attempt is raced against the deadline
+//! and shutdown, so neither waits for a reply that is slow to come.
 
 use std::hash::{BuildHasher, Hasher};
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use super::{Acquired, Attempt, Lock};
+use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
 use crate::guard::LockGuard;
 use crate::notifier::Watch;
@@ -21,6 +22,9 @@ use crate::notifier::Watch;
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
 const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The least time the first attempt is given, whatever the deadline: a timeout shorter
+/// than a round trip still makes one whole attempt on a healthy connection.
+const FIRST_ATTEMPT_MIN: Duration = Duration::from_millis(100);
 
 impl Lock {
     /// Waits for this task's turn in the manager's local queue for the key, then for
@@ -32,54 +36,63 @@ impl Lock {
         self.validate()?;
         let gate = self.manager().inner().gates.get(self.key());
         let shutdown = &self.manager().inner().shutdown;
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let turn = tokio::select! {
             biased;
             turn = gate.lock_owned() => turn,
             _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future).into()) => {
-                return Err(RdLockError::TimeoutReached);
-            }
+            _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
         };
-        let acquired = self.acquire_raw(deadline).await?;
-        Ok(self.guard(acquired, Some(turn)))
+        let granted = self.acquire_armed(deadline).await?;
+        self.guard(granted, Some(turn))
     }
 
+    /// The wait loop, for the 1.x `BasicLock`.
     pub(crate) async fn acquire_raw(
         &self,
         deadline: Option<Instant>,
     ) -> Result<Acquired, RdLockError> {
+        self.acquire_armed(deadline).await.map(Granted::keep)
+    }
+
+    /// Every attempt is raced against `deadline` (the first one against at least
+    /// [`FIRST_ATTEMPT_MIN`]) and against shutdown; an attempt cut short is undone by
+    /// its token.
+    async fn acquire_armed(&self, deadline: Option<Instant>) -> Result<Granted, RdLockError> {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
-        match self.attempt(lease_ms).await {
-            Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
+        let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
+        match self.bounded_attempt(lease_ms, first_until).await {
+            Ok(Attempt::Acquired(granted)) => return Ok(granted),
             Ok(Attempt::Held(_) | Attempt::TooLate) => {}
             Err(e) if e.is_connection_error() => {}
             Err(e) => return Err(e),
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // The first attempt used the whole (short) timeout.
+            return Err(RdLockError::TimeoutReached);
+        }
         let shutdown = &self.manager().inner().shutdown;
         let watch = self.manager().inner().notifier.watch(self.names());
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         tokio::select! {
             _ = watch.ready() => {}
             _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future).into()) => {
-                return Err(RdLockError::TimeoutReached);
-            }
+            _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
         }
         let mut backoff = UNREACHABLE_BACKOFF_MIN;
         let mut woken = false;
         loop {
             let mut notified = pin!(watch.notified());
             notified.as_mut().enable();
+            // Dropped armed on an early return (deadline, shutdown, error): the wake-up
+            // goes to the next local waiter.
             let baton = Baton {
                 watch: &watch,
                 armed: woken,
             };
-            let wait = match self.attempt(lease_ms).await {
-                Ok(Attempt::Acquired(acquired)) => {
+            let wait = match self.bounded_attempt(lease_ms, deadline).await {
+                Ok(Attempt::Acquired(granted)) => {
                     baton.disarm();
-                    return Ok(acquired);
+                    return Ok(granted);
                 }
                 Ok(Attempt::Held(pttl)) => {
                     baton.disarm();
@@ -95,6 +108,7 @@ impl Lock {
                     baton.disarm();
                     jitter()
                 }
+                // Unreachable, or not serving for now (LOADING, BUSY, a failover).
                 Err(e) if e.is_connection_error() => {
                     baton.disarm();
                     let wait = backoff;

@@ -342,3 +342,62 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
 ";
+
+impl RedisServer {
+    /// Starts a stopped server again on the same port, with the data it saved in its
+    /// directory (an RDB from `SAVE`), and returns as soon as it answers, even if only
+    /// with `-LOADING`: for tests that talk to a server while it loads its dataset.
+    /// Without `--loading-process-events-interval-bytes` set low, a server answers
+    /// nobody until it has loaded a small dataset.
+    pub fn start_again_loading(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir, "--logfile", "redis.log"])
+            .args(["--enable-debug-command", "local"])
+            .args([
+                "--notify-keyspace-events",
+                self.config.keyspace_events.unwrap_or(""),
+            ]);
+        for arg in &self.config.args {
+            command.arg(arg);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(reply) = self.ping_reply() {
+                if reply == "PONG" || reply.starts_with("LOADING") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("redis-server did not answer:\n{}", self.log());
+    }
+
+    /// `PONG`, or the error code and message the server answered a `PING` with;
+    /// `None` when it cannot be reached.
+    pub fn ping_reply(&self) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        match redis::cmd("PING").query::<String>(&mut conn) {
+            Ok(pong) => Some(pong),
+            Err(e) => Some(format!(
+                "{} {}",
+                e.code().unwrap_or("?"),
+                e.detail().unwrap_or("")
+            )),
+        }
+    }
+}
