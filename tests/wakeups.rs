@@ -62,6 +62,9 @@ async fn vanished_holder_is_taken_over_when_its_pttl_runs_out() {
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     assert!(!manager.keyspace_events());
     let lock = manager.new_lock("crashed");
+    // Before the SET: the key expires at least 1500 ms after this, however late its
+    // reply comes back on a busy machine.
+    let started = Instant::now();
     let _: () = redis::cmd("SET")
         .arg(lock.key())
         .arg("a-crashed-holder")
@@ -70,7 +73,6 @@ async fn vanished_holder_is_taken_over_when_its_pttl_runs_out() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let started = Instant::now();
     let guard = tokio::time::timeout(Duration::from_secs(10), lock.lock())
         .await
         .expect("taken over within seconds of the expiry, not the 30 s default lease")
@@ -94,6 +96,9 @@ async fn vanished_holder_is_taken_over_with_keyspace_events() {
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     assert!(manager.keyspace_events());
     let lock = manager.new_lock("crashed");
+    // Before the SET: the key expires at least 500 ms after this, however late its
+    // reply comes back on a busy machine.
+    let started = Instant::now();
     let _: () = redis::cmd("SET")
         .arg(lock.key())
         .arg("a-crashed-holder")
@@ -102,7 +107,6 @@ async fn vanished_holder_is_taken_over_with_keyspace_events() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let started = Instant::now();
     let _guard = tokio::time::timeout(Duration::from_secs(10), lock.lock())
         .await
         .expect("taken over soon after the expiry")
