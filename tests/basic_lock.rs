@@ -53,7 +53,9 @@ async fn release_never_deletes_the_next_owners_lock() {
     let server = RedisServer::start();
     let mut raw = server.conn().await;
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
-    let mut first = manager.new_basic_lock("handover", 1);
+    // A TTL far longer than the test: its key is made to expire below, while its local
+    // TTL check must still say "locked", on however busy a machine.
+    let mut first = manager.new_basic_lock("handover", 60);
     first.lock().await.unwrap();
     // Its key expires (a pause longer than the TTL), the next owner takes the lock...
     let _: () = redis::cmd("PEXPIRE")

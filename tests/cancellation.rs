@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdlock::RdLockConnectionManager;
-use support::{assert_quiescent, wait_until, RedisServer};
+use support::{assert_quiescent, get, wait_until, RedisServer};
 
 /// The acquire reaches Redis, but the future is dropped before the reply: the SET
 /// happens after the caller gave up. The attempt is undone by its token.
@@ -19,10 +19,14 @@ async fn cancelled_after_the_set_reached_redis_is_undone() {
     // Load the scripts first: on a fresh server the paused EVALSHA would only get
     // NOSCRIPT, and the cancelled future would never send the EVAL that sets the key.
     lock.try_lock().await.unwrap().release().await.unwrap();
-    // Hold writes (EVALSHA included) for 500 ms: the acquire is queued on the server.
+    // Hold writes (EVALSHA included) for 1.5 s: the acquire is queued on the server.
+    // The pause is far longer than the 100 ms the caller waits, so that a busy
+    // machine's delays cannot let the reply arrive before the caller gives up, and
+    // shorter than the 2 s response timeout, after which the connection (and the
+    // commands queued on it) would be dropped.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(500)
+        .arg(1500)
         .arg("WRITE")
         .query_async(&mut raw)
         .await
@@ -32,8 +36,13 @@ async fn cancelled_after_the_set_reached_redis_is_undone() {
         outcome.is_err(),
         "the future was cancelled while the server paused"
     );
-    // Once the pause ends, the SET runs, then the undo.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Once the pause ends, the SET runs (the fence counter goes from 1 to 2), then the
+    // undo: waited for, not slept for.
+    wait_until(Duration::from_secs(15), "the paused acquire ran", || {
+        let mut raw = raw.clone();
+        async move { get(&mut raw, "rdlock:{ambiguous}:fence").await.as_deref() == Some("2") }
+    })
+    .await;
     assert_quiescent(&server, &manager, lock.key()).await;
     // And the lock is free for anyone.
     let other = RdLockConnectionManager::new(server.url()).await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdlock::RdLockConnectionManager;
-use support::{get, RedisServer};
+use support::{get, wait_until, RedisServer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -80,10 +80,23 @@ fn lifecycle_events_carry_the_lock_id_and_fence_but_never_the_token() {
         let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
         let lock = manager
             .new_lock("traced")
-            .with_lease(Duration::from_millis(300));
+            .with_lease(Duration::from_secs(1));
         let guard = lock.lock().await.unwrap();
         let token = get(&mut raw, lock.key()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await; // at least one renewal
+        // Held until the first renewal is logged (after a third of the lease), however
+        // long a busy machine takes; a watchdog that never renews, or never says so,
+        // does not get there.
+        let recorded = recorder.clone();
+        wait_until(Duration::from_secs(5), "a renewal is logged", || {
+            let renewed = recorded
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.field("message") == Some("lease renewed"));
+            async move { renewed }
+        })
+        .await;
         guard.release().await.unwrap();
         let guard = lock.lock().await.unwrap();
         let _: () = redis::cmd("SET")

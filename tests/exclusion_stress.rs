@@ -23,11 +23,13 @@ async fn no_two_holders_overlap() {
     for m in 0..3u64 {
         let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
         for t in 0..4u64 {
-            // A 300 ms lease; some critical sections last longer, so the watchdog must
-            // keep the lease alive under contention.
+            // A 1 s lease; some critical sections last 1.5 leases, so the watchdog must
+            // keep the lease alive under contention. (A shorter lease leaves a busy
+            // machine too little room: a renewal delayed by two thirds of it loses the
+            // lease, and the exclusion checked below is then no longer promised.)
             let lock = manager
                 .new_lock("stress")
-                .with_lease(Duration::from_millis(300));
+                .with_lease(Duration::from_secs(1));
             let mut counter = server.conn().await;
             let inside = inside.clone();
             let acquisitions = acquisitions.clone();
@@ -52,7 +54,11 @@ async fn no_two_holders_overlap() {
                         .unwrap()
                         .unwrap_or(0);
                     rng = support::xorshift(rng);
-                    let hold = if rng.is_multiple_of(20) { 450 } else { rng % 3 };
+                    let hold = if rng.is_multiple_of(20) {
+                        1500
+                    } else {
+                        rng % 3
+                    };
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let _: () = redis::cmd("SET")
                         .arg("counter")

@@ -62,6 +62,7 @@ async fn partitioned_holder(partition: Partition) {
 
     let before_acquire = Instant::now();
     let guard = lock.lock().await.unwrap();
+    let acquire_returned = Instant::now();
     let token = get(&mut raw, lock.key()).await.unwrap();
     partition.start(&proxy);
 
@@ -77,13 +78,18 @@ async fn partitioned_holder(partition: Partition) {
     let lost_at = before_acquire.elapsed();
     assert!(lost.is_ok(), "lost() did not complete within 5 s");
     println!("{partition:?}: the holder saw the loss {lost_at:?} after asking for the lock (lease {LEASE:?})");
-    // Deterministic form of "no later than the deadline": one lease after the request
-    // was sent, the guard says it is not held, whatever the scheduler did.
-    tokio::time::sleep_until((before_acquire + LEASE).into()).await;
+    // Deterministic form of "no later than the deadline": one lease after the acquire
+    // returned (the guard counts from before it sent the request, which is earlier),
+    // the guard says it is not held, whatever the scheduler did. (`before_acquire +
+    // LEASE` is not deterministic: the guard's own moment may be a stall later.)
+    tokio::time::sleep_until((acquire_returned + LEASE).into()).await;
     assert!(!guard.is_held(), "still held one lease after acquiring");
-    // Observed form, with room for a busy machine's scheduling delay.
+    // Observed form of `lost()`: it completes at the local deadline, not when a renewal
+    // sent into the partition times out (the 2 s response timeout, ≥ 2.3 s after the
+    // acquire for the first renewal) or never. The margin is a busy machine's timer and
+    // scheduling delay, which stays far below that.
     assert!(
-        lost_at <= LEASE + Duration::from_millis(100),
+        lost_at <= LEASE + Duration::from_millis(900),
         "loss reported {lost_at:?} after acquiring, lease {LEASE:?}"
     );
 
@@ -271,7 +277,10 @@ async fn a_renewal_is_never_answered_with_another_commands_reply() {
         .await
         .expect("the key was deleted: free");
     let taken = Instant::now();
-    let reported = tokio::time::timeout(LEASE * 2, guard.lost()).await;
+    // A correct guard reports within one lease at most (its local deadline, if no
+    // renewal gets through first); one that takes another command's reply for a renewal
+    // renews forever and never reports, so the bound can be generous.
+    let reported = tokio::time::timeout(LEASE * 5, guard.lost()).await;
     let still_held = guard.is_held();
     traffic.abort();
     println!(
@@ -412,7 +421,12 @@ async fn fifty_ms_each_way_keeps_a_one_second_lease_alive() {
     let held_from = Instant::now();
     let mut checks = 0;
     let mut min_pttl = i64::MAX;
-    while held_from.elapsed() < Duration::from_secs(3) {
+    // Checked as often as the machine allows, and once more after the window: however
+    // few checks fit, the last one is three leases after the acquisition, when a lease
+    // that was not renewed in time is long gone.
+    let mut last = false;
+    while !last {
+        last = held_from.elapsed() >= Duration::from_secs(3);
         assert!(guard.is_held(), "lost after {:?}", held_from.elapsed());
         assert_eq!(
             get(&mut raw, lock.key()).await.as_deref(),
@@ -429,8 +443,10 @@ async fn fifty_ms_each_way_keeps_a_one_second_lease_alive() {
         checks += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("{checks} checks over 3 s with 100 ms round trips; lowest PTTL seen {min_pttl} ms");
-    assert!(checks >= 30);
+    println!(
+        "{checks} checks over {:?} with 100 ms round trips; lowest PTTL seen {min_pttl} ms",
+        held_from.elapsed()
+    );
     assert!(min_pttl > 0);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), guard.lost())
@@ -463,14 +479,29 @@ struct CutStats {
 
 /// N4: connections cut every 20–100 ms while 3 managers × 2 tasks acquire, renew and
 /// release: never two holders that both believe they hold the lock, fencing tokens in
-/// order, and once the run stops no lock key outlives one lease.
+/// order, the tasks get the lock again after every storm of cuts, and once the run
+/// stops no lock key outlives one lease.
+///
+/// The nemesis runs in phases: a storm of `CUTS_PER_STORM` cuts, then a calm that lasts
+/// until some task has acquired (bounded by `RECOVERY`). How many acquisitions fit
+/// *inside* a storm depends on how much CPU the machine gives a round trip between two
+/// cuts — on a busy machine, next to none — so it is printed, not asserted. Recovery
+/// after a storm is the property: a correct manager reconnects (backoff ≤ 2 s), stale
+/// keys expire within one lease, and a waiter retries by the holder's PTTL, so the
+/// first acquisition comes within a few seconds even on half a core; a manager that
+/// never recovers from a cut, a waiter stuck after a connection error, or a key left
+/// without expiry never gets there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_repeatedly_never_give_two_owners() {
     let seed = seed();
     let server = RedisServer::start();
     let proxy = FaultProxy::to_port(server.port()).await;
     let raw = server.conn().await;
-    let run_for = Duration::from_secs(6);
+    const STORMS: u64 = 4;
+    const CUTS_PER_STORM: u64 = 20;
+    const RECOVERY: Duration = Duration::from_secs(20);
+    // Set by the nemesis after its last phase; the tasks finish their current round.
+    let stop = Arc::new(AtomicBool::new(false));
     let inside: Arc<Inside> = Arc::new(Mutex::new(None));
     let flag = Arc::new(AtomicBool::new(false));
     let last_fence = Arc::new(AtomicU64::new(0));
@@ -481,17 +512,17 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
         for t in 0..2usize {
             let me = m * 2 + t;
             let lock = manager.new_lock("cuts").with_lease(LEASE);
-            let (inside, flag, last_fence, stats) = (
+            let (inside, flag, last_fence, stats, stop) = (
                 inside.clone(),
                 flag.clone(),
                 last_fence.clone(),
                 stats.clone(),
+                stop.clone(),
             );
             let mut rng =
                 support::xorshift(seed ^ (me as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             tasks.push(tokio::spawn(async move {
-                let started = Instant::now();
-                while started.elapsed() < run_for {
+                while !stop.load(Ordering::SeqCst) {
                     let guard = match lock.lock_timeout(Duration::from_secs(3)).await {
                         Ok(guard) => Arc::new(guard),
                         Err(RdLockError::TimeoutReached) => {
@@ -567,25 +598,54 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
             }));
         }
     }
-    // The nemesis: cut every connection every 20–100 ms.
-    let cutter = {
+    // The nemesis: storms of cuts (every connection, every 20–100 ms), each followed by
+    // a calm that ends at the first acquisition after the storm.
+    let nemesis = {
         let handle = proxy.handle();
+        let (stats, stop) = (stats.clone(), stop.clone());
         let mut rng = support::xorshift(seed ^ 0xC0FF_EE00);
         tokio::spawn(async move {
-            loop {
-                rng = support::xorshift(rng);
-                tokio::time::sleep(Duration::from_millis(20 + rng % 81)).await;
-                handle.cut();
+            let mut phases = Vec::new();
+            for storm in 1..=STORMS {
+                let before = stats.acquired.load(Ordering::SeqCst);
+                let started = Instant::now();
+                for _ in 0..CUTS_PER_STORM {
+                    rng = support::xorshift(rng);
+                    tokio::time::sleep(Duration::from_millis(20 + rng % 81)).await;
+                    handle.cut();
+                }
+                let during = stats.acquired.load(Ordering::SeqCst) - before;
+                let calm = Instant::now();
+                let recovered = loop {
+                    if stats.acquired.load(Ordering::SeqCst) > before + during {
+                        break Some(calm.elapsed());
+                    }
+                    if calm.elapsed() > RECOVERY {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                phases.push(format!(
+                    "storm {storm}: {CUTS_PER_STORM} cuts in {:?}, {during} acquisitions during it, \
+                     next acquisition {recovered:?} after it",
+                    calm - started
+                ));
+                if recovered.is_none() {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(phases);
+                }
             }
+            stop.store(true, Ordering::SeqCst);
+            Ok(phases)
         })
     };
+    let phases = nemesis.await.unwrap();
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(60), t)
             .await
             .expect("a task hung")
             .unwrap();
     }
-    cutter.abort();
     let cuts = proxy.handle().stats().cuts.load(Ordering::Relaxed);
     let s = &*stats;
     let line = format!(
@@ -598,13 +658,16 @@ async fn connections_cut_repeatedly_never_give_two_owners() {
         s.other_errors.load(Ordering::Relaxed),
         s.violations.load(Ordering::Relaxed),
     );
-    println!("{line}");
+    let phases = match phases {
+        Ok(phases) => phases.join("\n"),
+        Err(phases) => panic!(
+            "no acquisition within {RECOVERY:?} after a storm of cuts:\n{}\n{line}",
+            phases.join("\n")
+        ),
+    };
+    println!("{phases}\n{line}");
     assert_eq!(s.violations.load(Ordering::Relaxed), 0, "{line}");
-    assert!(cuts >= 30, "the nemesis ran: {cuts} cuts");
-    assert!(
-        s.acquired.load(Ordering::Relaxed) >= 6,
-        "the tasks made progress: {line}"
-    );
+    assert_eq!(cuts, STORMS * CUTS_PER_STORM, "the nemesis ran");
     // Nothing is left behind for longer than one lease.
     wait_until(LEASE + Duration::from_secs(1), "no lock key left", || {
         let mut raw = raw.clone();

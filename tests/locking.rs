@@ -43,7 +43,9 @@ async fn key_holds_a_fresh_token_with_the_lease() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(pttl > 6_000 && pttl <= 7_000, "pttl {pttl}");
+    // The lease as set (7 s, not the 30 s default nor a unit error); never below two
+    // thirds of it while the watchdog renews, however late this PTTL is read.
+    assert!(pttl > 4_000 && pttl <= 7_000, "pttl {pttl}");
     g1.release().await.unwrap();
     assert_eq!(get(&mut raw, lock.key()).await, None);
     let _g2 = lock.lock().await.unwrap();

@@ -134,6 +134,22 @@ impl Holder {
         }
     }
 
+    /// Waits for a line containing `a` or `b` and returns it from there on.
+    async fn expect_either(&mut self, a: &str, b: &str, bound: Duration) -> String {
+        let deadline = Instant::now() + bound;
+        loop {
+            let line = tokio::time::timeout_at(deadline.into(), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no {a:?} or {b:?} line from the child within {bound:?}")
+                })
+                .unwrap_or_else(|| panic!("the child exited before saying {a:?} or {b:?}"));
+            if let Some(at) = line.find(a).or_else(|| line.find(b)) {
+                return line[at..].to_owned();
+            }
+        }
+    }
+
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
@@ -179,10 +195,10 @@ async fn crashed_holder_is_replaced_within_a_lease(server: &RedisServer) {
         .unwrap();
     let after = acquired.saturating_duration_since(killed);
     println!("acquired {after:?} after the kill (lease {lease:?})");
-    assert!(
-        after <= lease + Duration::from_millis(500),
-        "took {after:?}"
-    );
+    // At most one lease (the PTTL at the kill) plus a few round trips, with room for a
+    // busy machine; a waiter that waits for its own 30 s lease, or never retries,
+    // misses by far.
+    assert!(after <= lease + Duration::from_secs(2), "took {after:?}");
     assert!(guard.is_held());
 }
 
@@ -227,10 +243,19 @@ async fn paused_holder_is_fenced_off() {
     // The paused holder wakes up, still holding its guard...
     holder.signal("-CONT");
     holder.send("write");
-    // ...learns the lease is gone, and its write with the old token is rejected.
-    holder.expect("LOST", Duration::from_secs(5)).await;
-    let reply = holder.expect("WRITE", Duration::from_secs(5)).await;
-    assert_eq!(reply, "WRITE rejected");
+    // ...learns the lease is gone, and its write with the old token is rejected. The
+    // child sees the loss and the `write` line at once when it resumes, and may handle
+    // either first: the two lines come in either order.
+    let mut lines = [
+        holder
+            .expect_either("LOST", "WRITE", Duration::from_secs(10))
+            .await,
+        holder
+            .expect_either("LOST", "WRITE", Duration::from_secs(10))
+            .await,
+    ];
+    lines.sort();
+    assert_eq!(lines, ["LOST", "WRITE rejected"]);
     // Writes from the current holder still go through.
     assert!(fenced_write(&resource, guard.fencing_token(), "successor").await);
     let mut conn = resource.get_multiplexed_async_connection().await.unwrap();

@@ -518,10 +518,16 @@ impl Worker {
         }
     }
 
-    /// Bounds the child's clock offset with 20 ping-pongs.
+    /// Bounds the child's clock offset with ping-pongs: at least 20, and more (up to
+    /// 500) until the bound is within 1 ms — on a busy machine a round trip over the
+    /// pipes is often slower than that, but some are not, and each sample narrows it.
     async fn sync_clock(&mut self, origin: Instant, kept: &mut Vec<String>) {
         let mut samples = Vec::new();
-        for _ in 0..20 {
+        while samples.len() < 20
+            || (samples.len() < 500
+                && ClockMap::from_samples(&samples)
+                    .is_some_and(|c| c.uncertainty() > Duration::from_millis(1)))
+        {
             let p0 = origin.elapsed();
             self.send("SYNC");
             let (p1, line) = self.expect("SYNC ", Duration::from_secs(10), kept).await;
@@ -671,6 +677,8 @@ struct Soak {
 /// What a run found.
 struct Summary {
     acquisitions: usize,
+    /// Children that got no lock after their first fault: they never recovered.
+    stalled: Vec<usize>,
     faults: u64,
     violations: usize,
     report: String,
@@ -838,6 +846,22 @@ async fn soak(config: Soak) -> Summary {
         );
     }
     let acquisitions = grants.len();
+    // Progress, measured against what the run could do whatever the machine's speed:
+    // every child got a lock again after its first fault (0.3–1.5 s into a phase of
+    // tens of seconds). A manager that never recovers from some fault, or tasks that
+    // hang, leave their child stalled.
+    let stalled: Vec<usize> = (0..workers.len())
+        .filter(|id| {
+            let prefix = format!("child {id}: ");
+            let Some(first_fault) = events.iter().find(|e| e.what.starts_with(&prefix)) else {
+                return false;
+            };
+            let client = format!("c{id}/");
+            !grants
+                .iter()
+                .any(|g| g.client.starts_with(&client) && g.start > first_fault.at)
+        })
+        .collect();
     let losses = grants.iter().filter(|g| g.lost).count();
     let never_believed = grants.iter().filter(|g| g.believed_until.is_none()).count();
     println!(
@@ -855,6 +879,7 @@ async fn soak(config: Soak) -> Summary {
     );
     Summary {
         acquisitions,
+        stalled,
         faults,
         violations,
         report,
@@ -880,8 +905,9 @@ async fn randomized_workload_with_faults() {
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
     assert!(
-        run.acquisitions >= 40,
-        "too little progress: {} acquisitions",
+        run.stalled.is_empty(),
+        "children {:?} got no lock after their first fault ({} acquisitions in all)",
+        run.stalled,
         run.acquisitions
     );
     assert!(run.faults >= 20, "too few faults: {}", run.faults);

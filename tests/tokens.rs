@@ -162,7 +162,10 @@ async fn force_release_is_reported_to_the_holder_it_robbed() {
     let server = RedisServer::start();
     let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
     let admin = RdLockConnectionManager::new(server.url()).await.unwrap();
-    let lease = Duration::from_millis(900);
+    // Renewals every 2 s; the lease would end at 6 s. A guard told at its next renewal
+    // knows within 2 s (plus a busy machine's delay); one that only notices at its
+    // deadline, 6 s, misses the bound by far.
+    let lease = Duration::from_secs(6);
     let guard = holder
         .new_lock("forced")
         .with_lease(lease)
@@ -176,7 +179,7 @@ async fn force_release_is_reported_to_the_holder_it_robbed() {
         .expect("the loss is reported");
     let after = forced.elapsed();
     println!("force_release reported to the holder after {after:?}");
-    assert!(after <= lease / 3 + Duration::from_millis(100), "{after:?}");
+    assert!(after <= lease / 2, "{after:?}");
     assert_eq!(guard.release().await, Err(RdLockError::LockNotAcquired));
 }
 
