@@ -21,7 +21,10 @@
 //!
 //! [`Watch::ready`] only saves an attempt that would be made before the subscription is
 //! in place; correctness does not depend on it, so it may give up (after the response
-//! timeout) or return at once while the subscriber is disconnected.
+//! timeout) or return at once while the subscriber is disconnected. The wait loop also
+//! gives up on it when the holder's PTTL runs out: a raised response timeout and a
+//! subscriber connection that died silently must not keep a waiter from a lock that
+//! expired.
 //!
 //! # Keeping up
 //!

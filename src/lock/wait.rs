@@ -51,17 +51,24 @@ impl Lock {
     ) -> Result<Acquired, RdLockError> {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
-        match self.attempt(lease_ms).await {
+        // Otherwise, how long the first wait for the subscription may take: like every
+        // wait, no longer than the holder's PTTL (the subscription's confirmation, when
+        // it comes later, still wakes this waiter).
+        let ready_within = match self.attempt(lease_ms).await {
             Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
-            Ok(Attempt::Held(_) | Attempt::TooLate) => {}
-            Err(e) if e.is_connection_error() => {}
+            Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
+            Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
+            Ok(Attempt::TooLate) => Some(jitter()),
+            Err(e) if e.is_connection_error() => None,
             Err(e) => return Err(e),
-        }
+        };
         let shutdown = &self.manager().inner().shutdown;
         let watch = self.manager().inner().notifier.watch(self.names());
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let ready_by = ready_within.map_or(far_future, |within| Instant::now() + within);
         tokio::select! {
             _ = watch.ready() => {}
+            _ = tokio::time::sleep_until(ready_by.into()) => {}
             _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
             _ = tokio::time::sleep_until(deadline.unwrap_or(far_future).into()) => {
                 return Err(RdLockError::TimeoutReached);

@@ -1,0 +1,117 @@
+//! Review of the subscriber rewrite (issue 18): defects found by a fresh reader, each
+//! with a test that failed before its fix.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rdlock::RdLockConnectionManager;
+use support::proxy::FaultProxy;
+use support::{wait_until, RedisServer};
+
+/// A waiter's first wait for its subscription (`Watch::ready`) must be bounded by the
+/// holder's PTTL, like every other wait: the docs promise "a lost notification costs
+/// at most the holder's PTTL". With a raised response timeout (15 s) and a subscriber
+/// connection that died silently (a NAT or load balancer dropped it; the next PING has
+/// not timed out yet), the subscription cannot be confirmed; the holder's key expires
+/// after 3 s, yet the waiter sat in `ready()` for the whole 15 s response timeout
+/// before its next attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let waiter = RdLockConnectionManager::builder()
+        .response_timeout(Duration::from_secs(15))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    // Keep the subscriber in pub/sub mode (a client with no channel is of TYPE normal):
+    // a waiter on a lock held, raw, for a minute.
+    let mut admin = server.conn().await;
+    let anchor = waiter.new_lock("anchor");
+    let _: () = redis::cmd("SET")
+        .arg(anchor.key())
+        .arg("someone")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let anchored = tokio::spawn(async move { anchor.lock().await.map(drop) });
+    wait_until(
+        Duration::from_secs(10),
+        "the anchor's channel subscribed",
+        || {
+            let client = server.client();
+            async move {
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("rdlock:{anchor}:release")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                counts.first().is_some_and(|(_, n)| *n == 1)
+            }
+        },
+    )
+    .await;
+    // Every connection through the proxy goes silent; then the command connection is
+    // closed by the server (CLIENT KILL TYPE normal; the pub/sub one is not touched),
+    // so only the subscriber is left dead-but-open, as after a silent network drop.
+    proxy.handle().silence();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The command connection is replaced (through the proxy, which serves new
+    // connections normally).
+    let warm = waiter.new_lock("warm-up");
+    let started = Instant::now();
+    loop {
+        match warm.try_lock().await {
+            Ok(guard) => {
+                guard.release().await.unwrap();
+                break;
+            }
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(
+        waiter.subscriber_connections(),
+        1,
+        "the subscriber is still the silenced one"
+    );
+
+    // A holder that crashed: its key expires in 3 s, no release message will come.
+    let lock = waiter.new_lock("expiring");
+    let pttl = Duration::from_secs(3);
+    let _: () = redis::cmd("SET")
+        .arg(lock.key())
+        .arg("crashed-holder")
+        .arg("PX")
+        .arg(pttl.as_millis() as u64)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let set_at = Instant::now();
+    let guard = tokio::time::timeout(Duration::from_secs(30), lock.lock())
+        .await
+        .expect("lock() returns")
+        .expect("acquired");
+    let waited = set_at.elapsed();
+    println!(
+        "acquired {waited:?} after a 3 s key was set; subscriber connections {}",
+        waiter.subscriber_connections()
+    );
+    assert!(
+        waited < pttl + Duration::from_secs(4),
+        "the waiter slept {waited:?}, past the holder's 3 s PTTL (response timeout 15 s)"
+    );
+    guard.release().await.unwrap();
+    anchored.abort();
+}
