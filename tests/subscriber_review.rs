@@ -115,3 +115,47 @@ async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
     guard.release().await.unwrap();
     anchored.abort();
 }
+
+/// `lock_timeout(d)` must return about `d` after it was called. Every attempt waits up
+/// to the response timeout for its reply, and the wait loop did not race an attempt
+/// against the caller's deadline (issue 16.4): with the default 2 s that cost up to 2 s,
+/// but with the new option it costs whatever was set — here a 1 s `lock_timeout`
+/// against a server that stopped answering returned after the 15 s response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeout_keeps_its_deadline_under_a_raised_response_timeout() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let manager = RdLockConnectionManager::builder()
+        .response_timeout(Duration::from_secs(15))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    // Scripts loaded, connection warm.
+    manager
+        .new_lock("warm-up")
+        .try_lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    proxy.set(support::proxy::Mode::Blackhole);
+    let lock = manager.new_lock("blackholed");
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        lock.lock_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect("lock_timeout returns");
+    let took = started.elapsed();
+    println!("lock_timeout(1 s) against a silent server: {result:?} after {took:?}");
+    assert!(
+        matches!(result, Err(rdlock::RdLockError::TimeoutReached)),
+        "{result:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "lock_timeout(1 s) took {took:?} (response timeout 15 s)"
+    );
+}

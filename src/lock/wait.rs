@@ -54,7 +54,15 @@ impl Lock {
         // Otherwise, how long the first wait for the subscription may take: like every
         // wait, no longer than the holder's PTTL (the subscription's confirmation, when
         // it comes later, still wakes this waiter).
-        let ready_within = match self.attempt(lease_ms).await {
+        // Every attempt is raced against the caller's deadline: a reply may take the
+        // whole response timeout, which can be far longer than the deadline. Dropping an
+        // attempt undoes it by token.
+        let first = tokio::select! {
+            biased;
+            first = self.attempt(lease_ms) => first,
+            () = past(deadline) => return Err(RdLockError::TimeoutReached),
+        };
+        let ready_within = match first {
             Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
             Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
             Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
@@ -83,7 +91,13 @@ impl Lock {
                 watch: &watch,
                 armed: woken,
             };
-            let wait = match self.attempt(lease_ms).await {
+            let outcome = tokio::select! {
+                biased;
+                outcome = self.attempt(lease_ms) => outcome,
+                // The baton, dropped armed, hands a wake-up on.
+                () = past(deadline) => return Err(RdLockError::TimeoutReached),
+            };
+            let wait = match outcome {
                 Ok(Attempt::Acquired(acquired)) => {
                     baton.disarm();
                     return Ok(acquired);
@@ -148,6 +162,14 @@ impl Drop for Baton<'_> {
         if self.armed {
             self.watch.pass_on();
         }
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn past(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 
