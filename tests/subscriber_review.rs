@@ -159,3 +159,72 @@ async fn lock_timeout_keeps_its_deadline_under_a_raised_response_timeout() {
         "lock_timeout(1 s) took {took:?} (response timeout 15 s)"
     );
 }
+
+/// Pub/sub clients the server has now.
+async fn pubsub_clients(server: &RedisServer) -> usize {
+    let mut admin = server.conn().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg(&["LIST", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// A manager dropped (without `shutdown`) must not leave its subscriber task and
+/// connection behind. The task only looked at its command queue — where it learns that
+/// every handle is gone — while no (un)subscription or PING was in flight; with one in
+/// flight on a connection that went silent it lingered for the whole response timeout
+/// (60 s here), holding its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_manager_does_not_leave_its_subscriber_behind() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let manager = RdLockConnectionManager::builder()
+        .response_timeout(Duration::from_secs(60))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let mut admin = server.conn().await;
+    // A 120 s lease: a 60 s response timeout refuses the default 30 s one.
+    let anchor = manager
+        .new_lock("anchor")
+        .with_lease(Duration::from_secs(120));
+    let _: () = redis::cmd("SET")
+        .arg(anchor.key())
+        .arg("someone")
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let anchored = tokio::spawn(async move { anchor.lock().await.map(drop) });
+    wait_until(
+        Duration::from_secs(10),
+        "the subscriber subscribed",
+        || async {
+            assert!(!anchored.is_finished(), "the waiter waits");
+            pubsub_clients(&server).await == 1
+        },
+    )
+    .await;
+    proxy.handle().silence();
+    // The last waiter leaves: its UNSUBSCRIBE goes out on the silent connection and
+    // waits for a reply that will not come.
+    anchored.abort();
+    let _ = anchored.await;
+    wait_until(Duration::from_secs(10), "the waiter unregistered", || {
+        let footprint = manager.footprint();
+        async move { footprint.watched_locks == 0 && footprint.subscribed_channels == 0 }
+    })
+    .await;
+    drop(manager);
+    let dropped = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the dropped manager's subscriber connection closed",
+        || async { pubsub_clients(&server).await == 0 },
+    )
+    .await;
+    println!("subscriber gone {:?} after the drop", dropped.elapsed());
+}
