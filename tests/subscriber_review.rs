@@ -9,31 +9,28 @@ use rdlock::RdLockConnectionManager;
 use support::proxy::FaultProxy;
 use support::{wait_until, RedisServer};
 
-/// A waiter's first wait for its subscription (`Watch::ready`) must be bounded by the
-/// holder's PTTL, like every other wait: the docs promise "a lost notification costs
-/// at most the holder's PTTL". With a raised response timeout (15 s) and a subscriber
-/// connection that died silently (a NAT or load balancer dropped it; the next PING has
-/// not timed out yet), the subscription cannot be confirmed; the holder's key expires
-/// after 3 s, yet the waiter sat in `ready()` for the whole 15 s response timeout
-/// before its next attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::to_port(server.port()).await;
-    let waiter = RdLockConnectionManager::builder()
-        .response_timeout(Duration::from_secs(15))
-        .connect(proxy.url())
-        .await
-        .unwrap();
-    // Keep the subscriber in pub/sub mode (a client with no channel is of TYPE normal):
-    // a waiter on a lock held, raw, for a minute.
+/// Leaves `waiter`'s subscriber connection open but silent, as after a network drop
+/// nobody noticed (a NAT or load balancer forgot it), while its command connection
+/// works. Returns the task that keeps the subscriber in pub/sub mode (a client with no
+/// channel is of TYPE normal) and an admin connection.
+async fn silence_the_subscriber(
+    server: &RedisServer,
+    proxy: &FaultProxy,
+    waiter: &RdLockConnectionManager,
+) -> (
+    tokio::task::JoinHandle<Result<(), rdlock::RdLockError>>,
+    redis::aio::MultiplexedConnection,
+) {
     let mut admin = server.conn().await;
-    let anchor = waiter.new_lock("anchor");
+    // A waiter on a lock held, raw, for two minutes.
+    let anchor = waiter
+        .new_lock("anchor")
+        .with_lease(Duration::from_secs(120));
     let _: () = redis::cmd("SET")
         .arg(anchor.key())
         .arg("someone")
         .arg("PX")
-        .arg(60_000)
+        .arg(120_000)
         .query_async(&mut admin)
         .await
         .unwrap();
@@ -42,13 +39,12 @@ async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
         Duration::from_secs(10),
         "the anchor's channel subscribed",
         || {
-            let client = server.client();
+            let mut admin = admin.clone();
             async move {
-                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
                 let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
                     .arg("NUMSUB")
                     .arg("rdlock:{anchor}:release")
-                    .query_async(&mut conn)
+                    .query_async(&mut admin)
                     .await
                     .unwrap();
                 counts.first().is_some_and(|(_, n)| *n == 1)
@@ -56,17 +52,16 @@ async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
         },
     )
     .await;
-    // Every connection through the proxy goes silent; then the command connection is
-    // closed by the server (CLIENT KILL TYPE normal; the pub/sub one is not touched),
-    // so only the subscriber is left dead-but-open, as after a silent network drop.
+    let connections = waiter.subscriber_connections();
+    // Every connection through the proxy goes silent; then the server closes the
+    // command connection (CLIENT KILL TYPE normal spares pub/sub clients), which is
+    // replaced through the proxy (it serves new connections normally).
     proxy.handle().silence();
     let _: redis::Value = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "normal"])
         .query_async(&mut admin)
         .await
         .unwrap();
-    // The command connection is replaced (through the proxy, which serves new
-    // connections normally).
     let warm = waiter.new_lock("warm-up");
     let started = Instant::now();
     loop {
@@ -83,9 +78,29 @@ async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
     }
     assert_eq!(
         waiter.subscriber_connections(),
-        1,
+        connections,
         "the subscriber is still the silenced one"
     );
+    (anchored, admin)
+}
+
+/// A waiter's first wait for its subscription (`Watch::ready`) must be bounded by the
+/// holder's PTTL, like every other wait: the docs promise "a lost notification costs
+/// at most the holder's PTTL". With a raised response timeout (15 s) and a subscriber
+/// connection that died silently (a NAT or load balancer dropped it; the next PING has
+/// not timed out yet), the subscription cannot be confirmed; the holder's key expires
+/// after 3 s, yet the waiter sat in `ready()` for the whole 15 s response timeout
+/// before its next attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_wait_for_the_subscription_is_bounded_by_the_holders_pttl() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let waiter = RdLockConnectionManager::builder()
+        .response_timeout(Duration::from_secs(15))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    let (anchored, mut admin) = silence_the_subscriber(&server, &proxy, &waiter).await;
 
     // A holder that crashed: its key expires in 3 s, no release message will come.
     let lock = waiter.new_lock("expiring");
@@ -227,4 +242,74 @@ async fn a_dropped_manager_does_not_leave_its_subscriber_behind() {
     )
     .await;
     println!("subscriber gone {:?} after the drop", dropped.elapsed());
+}
+
+/// Coverage of the documented bound (passes before and after the fixes above): a
+/// release published while the subscriber connection is silently dead is not waited
+/// out to the holder's lease. The subscriber's PING (every 5 s, answered within the
+/// response timeout, 2 s by default) finds the dead connection, the subscriber
+/// reconnects, and the confirmation of the lock's subscription makes the waiter retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lost_to_a_silently_dead_subscriber_costs_a_ping_not_the_lease() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let waiter = RdLockConnectionManager::new(proxy.url()).await.unwrap();
+    let (anchored, _admin) = silence_the_subscriber(&server, &proxy, &waiter).await;
+    // (After the CLIENT KILL TYPE normal.)
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let guard = holder
+        .new_lock("x")
+        .with_lease(Duration::from_secs(20))
+        .lock()
+        .await
+        .unwrap();
+    let connections = waiter.subscriber_connections();
+    let attempts = evalsha_calls(&server).await;
+    let lock = waiter.new_lock("x");
+    let task = tokio::spawn(async move {
+        let guard = lock.lock().await?;
+        Ok::<_, rdlock::RdLockError>((Instant::now(), guard))
+    });
+    // The waiter's fast path and its attempt after the (capped) wait for its
+    // subscription: it now waits for a wake-up.
+    wait_until(
+        Duration::from_secs(10),
+        "the waiter tried twice",
+        || async { evalsha_calls(&server).await >= attempts + 2 },
+    )
+    .await;
+    assert!(!task.is_finished());
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let (acquired, guard) = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("lock() returns")
+        .unwrap()
+        .unwrap();
+    let late = acquired - released;
+    println!(
+        "taken {late:?} after the release; subscriber connections {} -> {}",
+        connections,
+        waiter.subscriber_connections()
+    );
+    assert!(waiter.subscriber_connections() > connections, "reconnected");
+    // PING_EVERY (5 s) + the response timeout (2 s) + a reconnect, with slack for a
+    // busy machine; the lease is 20 s.
+    assert!(late < Duration::from_secs(12), "{late:?}");
+    guard.release().await.unwrap();
+    anchored.abort();
+}
+
+/// Calls of EVALSHA so far (every acquire attempt is one).
+async fn evalsha_calls(server: &RedisServer) -> u64 {
+    let mut admin = server.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|l| l.split_once("calls=")?.1.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
