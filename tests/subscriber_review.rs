@@ -313,3 +313,24 @@ async fn evalsha_calls(server: &RedisServer) -> u64 {
         .and_then(|l| l.split_once("calls=")?.1.split(',').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Racing attempts against the deadline must keep the documented "a zero timeout makes
+/// one attempt": `lock_timeout(Duration::ZERO)` takes a free lock, like `try_lock`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_timeout_still_makes_one_attempt() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    for i in 0..20 {
+        let lock = manager.new_lock(&format!("zero-{i}"));
+        let guard = lock
+            .lock_timeout(Duration::ZERO)
+            .await
+            .expect("a free lock is taken by the one attempt");
+        guard.release().await.unwrap();
+    }
+    let run = manager
+        .new_lock("zero-run")
+        .run_timeout(Duration::ZERO, async { 7 })
+        .await;
+    assert_eq!(run.unwrap(), 7);
+}

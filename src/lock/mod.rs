@@ -339,8 +339,10 @@ impl Lock {
 
     /// Like [`lock`](Self::lock), giving up after `timeout`.
     ///
-    /// A zero timeout makes one attempt. A timeout too large to represent waits
-    /// without limit.
+    /// A zero timeout makes one attempt (which, like `try_lock`, may wait up to the
+    /// response timeout for its reply). Any other timeout is kept even while an attempt
+    /// is in flight: the attempt is abandoned and undone by its token. A timeout too
+    /// large to represent waits without limit.
     ///
     /// # Errors
     ///

@@ -56,11 +56,13 @@ impl Lock {
         // it comes later, still wakes this waiter).
         // Every attempt is raced against the caller's deadline: a reply may take the
         // whole response timeout, which can be far longer than the deadline. Dropping an
-        // attempt undoes it by token.
+        // attempt undoes it by token. Except this first one when the deadline has
+        // already passed (a zero timeout): that makes one attempt, as documented.
+        let race = deadline.filter(|deadline| Instant::now() < *deadline);
         let first = tokio::select! {
             biased;
             first = self.attempt(lease_ms) => first,
-            () = past(deadline) => return Err(RdLockError::TimeoutReached),
+            () = past(race) => return Err(RdLockError::TimeoutReached),
         };
         let ready_within = match first {
             Ok(Attempt::Acquired(acquired)) => return Ok(acquired),
