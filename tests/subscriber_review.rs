@@ -1,5 +1,6 @@
-//! Review of the subscriber rewrite (issue 18): defects found by a fresh reader, each
-//! with a test that failed before its fix.
+//! Review of the subscriber rewrite and the response timeout (issue 18): defects found
+//! by a fresh reader, each with a test that failed before its fix, plus one coverage
+//! test of a documented bound (marked as such).
 
 mod support;
 
