@@ -19,7 +19,8 @@ use crate::notifier::Notifier;
 use crate::scripts;
 
 /// Connection attempts after the first one, with jittered exponential backoff: bounds
-/// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds.
+/// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds (three
+/// attempts of the connect timeout: 2 s, or a longer response timeout that was set).
 const CONNECT_RETRIES: usize = 2;
 /// How long [`RdLockConnectionManager::shutdown`] waits for releases and background
 /// tasks to finish.
@@ -94,7 +95,9 @@ impl RdLockConnectionManager {
     ///
     /// - [`RdLockError::InvalidUrl`] when `params` cannot be parsed;
     /// - [`RdLockError::Unreachable`] when the server cannot be reached, after a few
-    ///   attempts (a few seconds in all);
+    ///   attempts (a few seconds in all with the default timeouts; with a response
+    ///   timeout raised on the [`builder`](Self::builder), each attempt may take that
+    ///   long);
     /// - [`RdLockError::RedisError`] when the server refuses the connection's set-up
     ///   (wrong password, unknown database, ...).
     ///

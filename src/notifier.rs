@@ -21,7 +21,10 @@
 //!
 //! [`Watch::ready`] only saves an attempt that would be made before the subscription is
 //! in place; correctness does not depend on it, so it may give up (after the response
-//! timeout) or return at once while the subscriber is disconnected.
+//! timeout) or return at once while the subscriber is disconnected. The wait loop also
+//! gives up on it when the holder's PTTL runs out: a raised response timeout and a
+//! subscriber connection that died silently must not keep a waiter from a lock that
+//! expired.
 //!
 //! # Keeping up
 //!
@@ -135,6 +138,7 @@ impl Notifier {
             timeouts,
             channels: HashMap::new(),
             keyspace_ok: true,
+            backlog: Vec::new(),
         };
         tokio::spawn(async move {
             shutdown.run_until_cancelled(subscriber.run()).await;
@@ -262,6 +266,10 @@ struct Subscriber {
     /// Cleared when the server refuses the keyspace channels (an ACL without them):
     /// waiters then rely on release messages and the holder's PTTL alone.
     keyspace_ok: bool,
+    /// Commands received while a round was in flight: the next round's. The queue is
+    /// read even then, so that the task learns at once that every handle is gone (it
+    /// would otherwise linger, with its connection, until the round's reply or timeout).
+    backlog: Vec<Command>,
 }
 
 /// Why the task left a connection.
@@ -325,7 +333,19 @@ impl Subscriber {
                     confirm: self.entries(),
                     ..Batch::default()
                 };
-                let done = send(sink.clone(), everything, self.timeouts.response).await;
+                let done = {
+                    let sending = send(sink.clone(), everything, self.timeouts.response);
+                    tokio::pin!(sending);
+                    loop {
+                        tokio::select! {
+                            done = &mut sending => break done,
+                            command = self.commands.recv() => match command {
+                                Some(command) => self.backlog.push(command),
+                                None => return,
+                            },
+                        }
+                    }
+                };
                 if let Done::Batch(batch, refused) = done {
                     delay = RECONNECT_MIN;
                     self.status.connected.store(true, Ordering::Release);
@@ -344,7 +364,12 @@ impl Subscriber {
                     }
                 }
             }
-            // Back off before reconnecting, keeping the channel map current meanwhile.
+            // Back off before reconnecting, keeping the channel map current meanwhile:
+            // first with what came in during the round that failed (it is older than
+            // anything still queued).
+            for command in std::mem::take(&mut self.backlog) {
+                self.apply(command, &mut Changes::default());
+            }
             let wait = tokio::time::sleep(delay);
             tokio::pin!(wait);
             loop {
@@ -386,7 +411,8 @@ impl Subscriber {
         mut stream: PubSubStream,
         mut subscribed: HashSet<String>,
     ) -> Leave {
-        let mut pending: Option<Pending> = None;
+        // Whatever came in during the resubscription.
+        let mut pending = self.next_round(&sink, &mut subscribed);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
@@ -398,27 +424,22 @@ impl Subscriber {
                         None => std::future::pending().await,
                     }
                 }, if pending.is_some() => {
-                    pending = None;
                     match done {
                         Done::Batch(batch, refused) => self.settle(batch, refused, &mut subscribed),
                         Done::Ping => {}
                         Done::Failed => return Leave::Failed,
                     }
+                    // What queued meanwhile is the next round.
+                    pending = self.next_round(&sink, &mut subscribed);
                 }
                 // One round in flight at a time; whatever queues meanwhile is the next.
-                command = self.commands.recv(), if pending.is_none() => {
+                // The queue is read even then: its end (every handle gone) stops the task
+                // at once, whatever is in flight.
+                command = self.commands.recv() => {
                     let Some(command) = command else { return Leave::Stop };
-                    let mut changes = Changes::default();
-                    self.apply(command, &mut changes);
-                    let stop = self.drain(&mut changes).is_err();
-                    let batch = self.plan(changes, &subscribed);
-                    if batch.unsubscribe.is_empty() && batch.release.is_empty() && batch.keyspace.is_empty() {
-                        self.settle(batch, None, &mut subscribed);
-                    } else {
-                        pending = Some(Box::pin(send(sink.clone(), batch, self.timeouts.response)));
-                    }
-                    if stop && pending.is_none() {
-                        return Leave::Stop;
+                    self.backlog.push(command);
+                    if pending.is_none() {
+                        pending = self.next_round(&sink, &mut subscribed);
                     }
                 }
                 message = stream.next() => match message {
@@ -439,8 +460,33 @@ impl Subscriber {
         }
     }
 
-    /// Applies every command queued now. `Err` when every handle is gone.
+    /// Plans the commands queued now (the backlog first) against the server's
+    /// subscriptions, and starts sending them; `None` when there is nothing to send
+    /// (the changes, if any, are settled at once). When every handle is gone, the next
+    /// read of the queue says so.
+    fn next_round(
+        &mut self,
+        sink: &PubSubSink,
+        subscribed: &mut HashSet<String>,
+    ) -> Option<Pending> {
+        let mut changes = Changes::default();
+        // A closed queue is seen by the caller's next `recv`.
+        let _ = self.drain(&mut changes);
+        let batch = self.plan(changes, subscribed);
+        if batch.unsubscribe.is_empty() && batch.release.is_empty() && batch.keyspace.is_empty() {
+            self.settle(batch, None, subscribed);
+            None
+        } else {
+            Some(Box::pin(send(sink.clone(), batch, self.timeouts.response)))
+        }
+    }
+
+    /// Applies the backlog and every command queued now. `Err` when every handle is
+    /// gone.
     fn drain(&mut self, changes: &mut Changes) -> Result<(), ()> {
+        for command in std::mem::take(&mut self.backlog) {
+            self.apply(command, changes);
+        }
         loop {
             match self.commands.try_recv() {
                 Ok(command) => self.apply(command, changes),
@@ -656,6 +702,7 @@ mod tests {
             },
             channels: HashMap::new(),
             keyspace_ok: true,
+            backlog: Vec::new(),
         };
         (subscriber, commands)
     }
@@ -758,6 +805,22 @@ mod tests {
         let batch = next_batch(&mut subscriber, &subscribed);
         assert_eq!(batch.release, std::slice::from_ref(&b.release_channel));
         assert!(batch.keyspace.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_backlog_is_applied_before_commands_queued_after_it() {
+        let (mut subscriber, commands) = subscriber();
+        let a = entry("a", false);
+        // Received while a round was in flight; its watcher has left since.
+        subscriber.backlog.push(Command::Subscribe(a.clone()));
+        commands.send(Command::Unsubscribe(a.clone())).unwrap();
+        let batch = next_batch(&mut subscriber, &HashSet::new());
+        assert!(batch.release.is_empty() && batch.confirm.is_empty());
+        assert!(
+            subscriber.channels.is_empty(),
+            "no channel left without a watcher"
+        );
+        assert!(subscriber.backlog.is_empty());
     }
 
     #[test]

@@ -61,20 +61,27 @@ impl Lock {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
         let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
-        match self.bounded_attempt(lease_ms, first_until).await {
+        // How long the first wait for the subscription may take: like every wait, no
+        // longer than the holder's PTTL (the subscription's confirmation, when it comes
+        // later, still wakes this waiter).
+        let ready_within = match self.bounded_attempt(lease_ms, first_until).await {
             Ok(Attempt::Acquired(granted)) => return Ok(granted),
-            Ok(Attempt::Held(_) | Attempt::TooLate) => {}
-            Err(e) if e.is_connection_error() => {}
+            Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
+            Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
+            Ok(Attempt::TooLate) => Some(jitter()),
+            Err(e) if e.is_connection_error() => None,
             Err(e) => return Err(e),
-        }
+        };
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // The first attempt used the whole (short) timeout.
             return Err(RdLockError::TimeoutReached);
         }
         let shutdown = &self.manager().inner().shutdown;
         let watch = self.manager().inner().notifier.watch(self.names());
+        let ready_by = ready_within.map(|within| Instant::now() + within);
         tokio::select! {
             _ = watch.ready() => {}
+            _ = sleep_until(ready_by) => {}
             _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
             _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
         }
