@@ -200,7 +200,29 @@ impl Terminal {
         self.input.flush().unwrap();
     }
 
+    /// The exit code of `script`, which is its command's; on a timeout the panic shows
+    /// the terminal's output and the processes, for the diagnosis.
     pub fn wait(&mut self) -> i32 {
-        wait_child(&mut self.child, PROMPTLY)
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("script exited normally");
+            }
+            if started.elapsed() >= PROMPTLY {
+                let ps = Command::new("ps")
+                    .args(["-eo", "pid,ppid,pgid,sid,tpgid,stat,wchan:24,args"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the command on the terminal did not exit within {PROMPTLY:?}; \
+                     output: {:?}\nprocesses:\n{ps}",
+                    self.output.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

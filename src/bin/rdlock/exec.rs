@@ -147,11 +147,14 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     );
     // Registered before the command starts, so that no exit or stop is missed; SIGTSTP
     // only now: while waiting for the lock, Ctrl-Z stops rdlock as usual.
-    let children = signal(SignalKind::child());
-    let job_signals = signals.add(&[Signal::SIGTSTP, Signal::SIGCONT]);
-    let (mut children, ()) = match (children, job_signals) {
-        (Ok(children), Ok(())) => (children, ()),
-        (Err(e), _) | (_, Err(e)) => {
+    let registered = signal(SignalKind::child()).and_then(|children| {
+        signals
+            .add(&[Signal::SIGTSTP, Signal::SIGCONT])
+            .map(|()| children)
+    });
+    let mut children = match registered {
+        Ok(children) => children,
+        Err(e) => {
             say!("rdlock: cannot handle signals: {e}");
             let _ = guard.release().await;
             return exit::FAILURE;
@@ -184,7 +187,7 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     let mut killed = false;
     let mut said_leftovers = false;
     let leader = loop {
-        if job.reap().is_some() {
+        if job.reap().is_some() || job.part_stopped() {
             job.leader_stopped();
         }
         if let Some(leader) = job.leader_exit() {

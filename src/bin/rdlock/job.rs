@@ -129,7 +129,40 @@ impl Job {
         stopped
     }
 
-    /// The leader stopped. On a terminal (Ctrl-Z reaches the command's group alone),
+    /// Whether, on a terminal, a process of the command's tree (in its group) is stopped
+    /// while the leader is not: a Ctrl-Z that catches a shell between `vfork` and `exec`
+    /// stops only the vfork child, and the shell waits in the kernel for it — a job that
+    /// would never be continued. Linux: the tree is walked through
+    /// `/proc/<pid>/task/<pid>/children` (a few reads every 50 ms, on a terminal only).
+    pub(crate) fn part_stopped(&self) -> bool {
+        if !self.terminal || self.leader.is_some() {
+            return false;
+        }
+        let group = self.pgid.as_raw();
+        let mut stack = vec![group];
+        let mut visited = 0;
+        while let Some(pid) = stack.pop() {
+            visited += 1;
+            if visited > 256 {
+                break;
+            }
+            let path = format!("/proc/{pid}/task/{pid}/children");
+            let Ok(children) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                match state_and_group(child) {
+                    Some(('T', g)) if g == group => return true,
+                    Some((_, g)) if g == group => stack.push(child),
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+
+    /// The leader (or, see `part_stopped`, a process of its tree) stopped. On a
+    /// terminal (Ctrl-Z reaches the command's group alone),
     /// rdlock stops its own job too, so that the shell sees the job stopped and takes
     /// the terminal back; when the job is continued, so is the command. Off a terminal,
     /// whoever stopped the command will continue it: nothing to do.
@@ -207,6 +240,15 @@ fn can_be_continued() -> bool {
         }
     }
     false
+}
+
+/// A process's state letter and process group, from `/proc/<pid>/stat`.
+fn state_and_group(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
 }
 
 fn parent_of(pid: Pid) -> Option<Pid> {
