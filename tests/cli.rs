@@ -436,7 +436,7 @@ async fn redis_dying_during_a_wait_exits_unreachable() {
     let mut server = RedisServer::start();
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let _held = manager.new_lock("down").lock().await.unwrap();
-    let mut child = rdlock(&server, &["exec", "down", "--wait", "3s", "--", "true"])
+    let mut child = rdlock(&server, &["exec", "down", "--wait", "6s", "--", "true"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -158,7 +158,7 @@ async fn the_lock_is_held_until_the_last_process_of_the_group_exits() {
         dir.path(),
         "job.sh",
         &format!(
-            "(sleep 2; echo leftover-done >> {0}) & echo command-done >> {0}",
+            "(sleep 5; echo leftover-done >> {0}) & echo command-done >> {0}",
             log.display()
         ),
     );
