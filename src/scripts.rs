@@ -148,6 +148,25 @@ pub(crate) async fn force_release(conn: &Connection, names: &LockNames) -> Redis
     reply
 }
 
+/// As [`force_release`], only while the owner record names the acquisition with fencing
+/// token `fence` (0: no owner record); `Ok(false)` otherwise.
+pub(crate) async fn force_release_if(
+    conn: &Connection,
+    names: &LockNames,
+    fence: u64,
+) -> RedisResult<bool> {
+    let (_, reply) = invoke(
+        conn,
+        FORCE_RELEASE
+            .key(&names.key)
+            .key(&names.owner)
+            .arg(&names.release_channel)
+            .arg(fence),
+    )
+    .await;
+    reply
+}
+
 /// The owner record and remaining lease of a lock, and its fencing counter, in one
 /// round trip.
 pub(crate) async fn inspect(

@@ -1,70 +1,18 @@
 //! The `rdlock` binary against private redis-servers.
 #![cfg(feature = "cli")]
 
+mod cli_support;
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cli_support::{
+    code, rdlock, read, run, stderr, wait_child, wait_for_file, Captured, Terminal, PROMPTLY,
+    RDLOCK,
+};
 use rdlock::RdLockConnectionManager;
-use support::{get, wait_until, RedisServer};
-
-const RDLOCK: &str = env!("CARGO_BIN_EXE_rdlock");
-
-fn rdlock(server: &RedisServer, args: &[&str]) -> Command {
-    let mut command = Command::new(RDLOCK);
-    command
-        .arg("--url")
-        .arg(server.url())
-        .args(args)
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(server: &RedisServer, args: &[&str]) -> Output {
-    rdlock(server, args).output().expect("run rdlock")
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exited normally")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-async fn wait_for_file(path: &Path, text: &str) {
-    let path = path.to_owned();
-    let text = text.to_owned();
-    wait_until(
-        Duration::from_secs(15),
-        &format!("{text:?} in {path:?}"),
-        || {
-            let found = read(&path).contains(&text);
-            async move { found }
-        },
-    )
-    .await;
-}
-
-fn wait_child(child: &mut Child, bound: Duration) -> i32 {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().expect("exited normally");
-        }
-        assert!(
-            started.elapsed() < bound,
-            "rdlock did not exit within {bound:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use support::{get, RedisServer};
 
 #[tokio::test]
 async fn two_execs_of_one_id_run_one_after_the_other() {
@@ -84,7 +32,7 @@ async fn two_execs_of_one_id_run_one_after_the_other() {
         })
         .collect();
     for mut child in children {
-        assert_eq!(wait_child(&mut child, Duration::from_secs(30)), 0);
+        assert_eq!(wait_child(&mut child, Duration::from_secs(60)), 0);
     }
     let text = read(&log);
     let stamps: Vec<(String, u128)> = text
@@ -153,7 +101,8 @@ async fn no_wait_and_wait_give_up_with_their_exit_code_while_held() {
     let started = Instant::now();
     let out = run(&server, &["exec", "busy", "--no-wait", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // At once: a broken --no-wait would wait for the test's lease, renewed forever.
+    assert!(started.elapsed() < PROMPTLY);
     assert!(
         stderr(&out).contains("the test"),
         "says who holds it: {}",
@@ -180,7 +129,7 @@ async fn a_stolen_lock_makes_exec_stop_its_command_and_exit_lease_lost() {
     );
     let mut child = rdlock(
         &server,
-        &["exec", "stolen", "--lease", "1s", "--", "sh", "-c", &script],
+        &["exec", "stolen", "--lease", "3s", "--", "sh", "-c", &script],
     )
     .stderr(Stdio::null())
     .spawn()
@@ -192,7 +141,7 @@ async fn a_stolen_lock_makes_exec_stop_its_command_and_exit_lease_lost() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(wait_child(&mut child, Duration::from_secs(15)), 79);
+    assert_eq!(wait_child(&mut child, PROMPTLY), 79);
     assert!(read(&log).contains("term"), "the command got SIGTERM");
     assert_eq!(
         get(&mut raw, "rdlock:{stolen}:lock").await.as_deref(),
@@ -213,7 +162,7 @@ async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
     let mut child = rdlock(
         &server,
         &[
-            "exec", "stubborn", "--lease", "1s", "--grace", "500ms", "--", "sh", "-c", &script,
+            "exec", "stubborn", "--lease", "3s", "--grace", "500ms", "--", "sh", "-c", &script,
         ],
     )
     .stderr(Stdio::null())
@@ -225,7 +174,7 @@ async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(wait_child(&mut child, Duration::from_secs(15)), 79);
+    assert_eq!(wait_child(&mut child, PROMPTLY), 79);
 }
 
 #[tokio::test]
@@ -250,7 +199,7 @@ async fn sigterm_to_rdlock_reaches_the_command_and_the_lock_is_released() {
         .unwrap();
     assert!(status.success());
     assert_eq!(
-        wait_child(&mut child, Duration::from_secs(15)),
+        wait_child(&mut child, PROMPTLY),
         0,
         "the command's own exit code"
     );
@@ -300,8 +249,8 @@ async fn status_shows_the_holder() {
     assert!(json.contains(r#""last_fencing_token":1"#), "{json}");
     let text = String::from_utf8_lossy(&run(&server, &["status", "report"]).stdout).into_owned();
     assert!(text.starts_with("report: held by pid"), "{text}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    cli_support::signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    wait_child(&mut child, PROMPTLY);
 }
 
 #[tokio::test]
@@ -311,7 +260,7 @@ async fn force_release_deletes_the_lock_with_yes_and_refuses_without_a_terminal(
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let guard = manager
         .new_lock("stale")
-        .with_lease(Duration::from_secs(1))
+        .with_lease(Duration::from_secs(5))
         .lock()
         .await
         .unwrap();
@@ -323,9 +272,7 @@ async fn force_release_deletes_the_lock_with_yes_and_refuses_without_a_terminal(
     let out = run(&server, &["release", "stale", "--force", "--yes"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(get(&mut raw, "rdlock:{stale}:lock").await, None);
-    tokio::time::timeout(Duration::from_secs(5), guard.lost())
-        .await
-        .unwrap();
+    tokio::time::timeout(PROMPTLY, guard.lost()).await.unwrap();
 }
 
 #[tokio::test]
@@ -379,10 +326,7 @@ async fn on_a_terminal_the_wait_is_one_line_updated_in_place() {
         .lock()
         .await
         .unwrap();
-    let command = format!(
-        "{RDLOCK} --url {} exec tty --wait 2500ms -- true",
-        server.url()
-    );
+    let command = format!("{RDLOCK} --url {} exec tty --wait 4s -- true", server.url());
     let out = Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .stdin(Stdio::null())
@@ -395,4 +339,144 @@ async fn on_a_terminal_the_wait_is_one_line_updated_in_place() {
     assert!(updates >= 2, "one line, rewritten each second: {text:?}");
     assert!(text.contains("the holder"), "{text:?}");
     assert_eq!(code(&out), 75, "{text:?}");
+}
+
+/// `release --force` on a terminal asks about the holder it shows, and deletes the lock
+/// only if that holder still has it: not whoever took the lock while the question was
+/// on the screen.
+#[tokio::test]
+async fn force_release_deletes_only_the_holder_it_asked_about() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let first = manager
+        .new_lock("handover")
+        .with_label("holder A")
+        .lock()
+        .await
+        .unwrap();
+    let mut terminal = Terminal::run(&format!(
+        "exec {RDLOCK} --url {} release --force handover",
+        server.url()
+    ));
+    terminal.output.wait_for("[y/N]");
+    let asked = terminal.output.text();
+    assert!(
+        asked.contains("holder A") && asked.contains("fencing token 1"),
+        "{asked:?}"
+    );
+    // While the question is on the screen, A releases and B takes the lock.
+    first.release().await.unwrap();
+    let second = manager
+        .new_lock("handover")
+        .with_label("holder B")
+        .lock()
+        .await
+        .unwrap();
+    assert_eq!(second.fencing_token(), 2);
+    let owner = get(&mut raw, "rdlock:{handover}:lock").await;
+    terminal.type_in(b"y\n");
+    let exit = terminal.wait();
+    let text = terminal.output.text();
+    assert_eq!(exit, 1, "not released: {text:?}");
+    assert!(text.contains("holder B"), "says who has it now: {text:?}");
+    assert_eq!(
+        get(&mut raw, "rdlock:{handover}:lock").await,
+        owner,
+        "B's lock is untouched"
+    );
+    assert!(second.is_held());
+    // Asked again, about B this time: yes deletes it.
+    let mut terminal = Terminal::run(&format!(
+        "exec {RDLOCK} --url {} release --force handover",
+        server.url()
+    ));
+    terminal.output.wait_for("[y/N]");
+    terminal.type_in(b"y\n");
+    assert_eq!(terminal.wait(), 0, "{:?}", terminal.output.text());
+    assert_eq!(get(&mut raw, "rdlock:{handover}:lock").await, None);
+}
+
+/// `release --force --fence N` (for scripts, after `status --json`): only the
+/// acquisition with that fencing token is deleted.
+#[tokio::test]
+async fn force_release_with_a_fence_deletes_only_that_acquisition() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let first = manager.new_lock("fenced").lock().await.unwrap();
+    first.release().await.unwrap();
+    let _second = manager.new_lock("fenced").lock().await.unwrap();
+    let out = run(
+        &server,
+        &["release", "fenced", "--force", "--fence", "1", "--yes"],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("fencing token 2"), "{}", stderr(&out));
+    assert!(get(&mut raw, "rdlock:{fenced}:lock").await.is_some());
+    let out = run(
+        &server,
+        &["release", "fenced", "--force", "--fence", "2", "--yes"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(get(&mut raw, "rdlock:{fenced}:lock").await, None);
+    // Free: nothing to delete, whatever the fence.
+    let out = run(
+        &server,
+        &["release", "fenced", "--force", "--fence", "2", "--yes"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not held"));
+}
+
+/// Redis dying while `exec --wait` waits is "unreachable" (69), not "busy" (75): a cron
+/// wrapper can tell them apart.
+#[tokio::test]
+async fn redis_dying_during_a_wait_exits_unreachable() {
+    let mut server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let _held = manager.new_lock("down").lock().await.unwrap();
+    let mut child = rdlock(&server, &["exec", "down", "--wait", "6s", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Captured::start(child.stderr.take().unwrap());
+    log.wait_for("waiting for down");
+    server.stop();
+    assert_eq!(wait_child(&mut child, PROMPTLY), 69, "{}", log.text());
+    assert!(log.text().contains("unreachable"), "{}", log.text());
+}
+
+/// `--conflict-exit-code N` (as `flock -E N`): the code for "not obtained", so that it
+/// cannot be mistaken for the command's own 75.
+#[tokio::test]
+async fn the_conflict_exit_code_can_be_chosen() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let _held = manager.new_lock("taken").lock().await.unwrap();
+    let out = run(
+        &server,
+        &[
+            "exec",
+            "taken",
+            "--no-wait",
+            "--conflict-exit-code",
+            "3",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let out = run(
+        &server,
+        &["exec", "taken", "--wait", "200ms", "-E", "0", "--", "false"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(
+        &server,
+        &["exec", "free", "-E", "3", "--", "sh", "-c", "exit 75"],
+    );
+    assert_eq!(code(&out), 75, "the command's own code is passed on");
+    let out = run(&server, &["exec", "x", "-E", "256", "--", "true"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
 }

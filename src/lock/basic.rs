@@ -43,6 +43,11 @@ pub struct BasicLock {
     held: Option<Held>,
 }
 
+/// The last acquisition. It is kept past the local cut-off (`valid_until`): after it
+/// (the drift margin, 1 % of the TTL + 2 ms: 36 s with a TTL of 3600, or longer if the
+/// server's clock runs slow) the key may still hold the token, and `release`, `try_lock`
+/// and `lock` ask Redis — token-checked — instead of colliding with it. Redis, not the
+/// local clock, says when it is gone.
 struct Held {
     token: Arc<str>,
     valid_until: Instant,
@@ -89,7 +94,9 @@ impl BasicLock {
     }
 
     /// Attempts to acquire the lock instantly, fails otherwise. If the `BasicLock` is
-    /// already locked by this instance, returns `Ok(())` instantly.
+    /// already locked by this instance, returns `Ok(())` instantly. In the drift margin
+    /// (`is_locked()` already `false`, the key possibly still this instance's) the key
+    /// is renewed with the full TTL if it still holds this instance's token.
     ///
     /// # Errors
     ///
@@ -110,7 +117,7 @@ impl BasicLock {
     /// # }
     /// ```
     pub async fn try_lock(&mut self) -> Result<(), RdLockError> {
-        if self.is_locked() {
+        if self.is_locked() || self.relock().await? {
             return Ok(());
         }
         let acquired = self.lock.try_acquire_raw().await?;
@@ -139,7 +146,7 @@ impl BasicLock {
     /// # }
     /// ```
     pub async fn lock(&mut self) -> Result<(), RdLockError> {
-        if self.is_locked() {
+        if self.is_locked() || self.relock().await.unwrap_or(false) {
             return Ok(());
         }
         let acquired = self.lock.acquire_raw(None).await?;
@@ -168,7 +175,7 @@ impl BasicLock {
     /// # }
     /// ```
     pub async fn lock_timeout(&mut self, timeout: Duration) -> Result<(), RdLockError> {
-        if self.is_locked() {
+        if self.is_locked() || self.relock().await.unwrap_or(false) {
             return Ok(());
         }
         let deadline = Instant::now().checked_add(timeout);
@@ -183,7 +190,9 @@ impl BasicLock {
     ///
     /// [`RdLockError::LockNotAcquired`] if the lock was not acquired by this instance,
     /// its TTL has passed, or the key no longer holds this instance's token (nothing is
-    /// deleted then). Connection and Redis errors leave the lock marked as held, so
+    /// deleted then). Once [`is_locked`](Self::is_locked) is `false` but before the TTL
+    /// has surely passed (the drift margin), the token-checked release is still sent:
+    /// the key is deleted if it is still this instance's. Connection and Redis errors leave the lock marked as held, so
     /// that `release` can be called again.
     ///
     /// # Cancel safety
@@ -201,9 +210,8 @@ impl BasicLock {
     /// # }
     /// ```
     pub async fn release(&mut self) -> Result<(), RdLockError> {
-        if !self.is_locked() {
-            return Err(RdLockError::LockNotAcquired);
-        }
+        // Past the local cut-off too: in the drift margin the key may still hold our
+        // token, and the script deletes it only if it does.
         let Some(held) = &self.held else {
             return Err(RdLockError::LockNotAcquired);
         };
@@ -220,8 +228,10 @@ impl BasicLock {
     }
 
     /// Returns `true` if the `BasicLock` is locked inside this instance. Also performs
-    /// a local TTL check: once the TTL (less a small margin for clock drift) has passed
-    /// since the lock was acquired, it returns `false`.
+    /// a local TTL check: once the TTL (less a margin for clock drift: 1 % of the TTL +
+    /// 2 ms) has passed since the lock was acquired, it returns `false` — the lock can
+    /// no longer be relied on, though its key may live on for that margin (see
+    /// [`release`](Self::release) and [`try_lock`](Self::try_lock)).
     ///
     /// # Example
     ///
@@ -231,14 +241,37 @@ impl BasicLock {
     /// # }
     /// ```
     pub fn is_locked(&mut self) -> bool {
-        if self
-            .held
+        self.held
             .as_ref()
-            .is_some_and(|held| Instant::now() >= held.valid_until)
-        {
+            .is_some_and(|held| Instant::now() < held.valid_until)
+    }
+
+    /// Past the local cut-off but within the drift margin: if the key still holds our
+    /// token, renew it (token-checked, one round trip) instead of colliding with it;
+    /// `Ok(true)` when it did. Nothing is sent when there was no earlier acquisition.
+    async fn relock(&mut self) -> Result<bool, RdLockError> {
+        let Some(held) = &self.held else {
+            return Ok(false);
+        };
+        let lease_ms = self.lock.validate()?;
+        let conn = &self.lock.manager().inner().conn;
+        let sent = Instant::now();
+        let renewed = scripts::renew(conn, self.lock.names(), &held.token, lease_ms)
+            .await
+            .map_err(RdLockError::from_redis)?;
+        if renewed {
+            let token = held.token.clone();
+            self.keep(Acquired {
+                token,
+                fence: 0,
+                sent,
+                // BasicLock's cut-off is on the monotonic clock alone (`is_locked`).
+                sent_wall: std::time::SystemTime::now(),
+            });
+        } else {
             self.held = None;
         }
-        self.held.is_some()
+        Ok(renewed)
     }
 
     fn keep(&mut self, acquired: Acquired) {

@@ -255,6 +255,48 @@ impl Lock {
             .map_err(RdLockError::from_redis)
     }
 
+    /// As [`force_release`](Self::force_release), but deletes the lock only if it is
+    /// still held by the acquisition with fencing token `expected_fence` — the one a
+    /// [`holder`](Self::holder) call showed — checked and deleted in one script. Use it
+    /// when a person or a script looked at the holder before deciding: if the lock
+    /// changed hands in between, the new holder's lock is left alone. A key without an
+    /// owner record (not written by rdlock) has fencing token 0, as `holder` shows it.
+    /// Returns whether the lock was deleted: `false` when it is free, or held by
+    /// another acquisition.
+    ///
+    /// # Errors
+    ///
+    /// As [`holder`](Self::holder).
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the lock may or may not have been deleted (only if it
+    /// still had that fencing token).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: rdlock::Lock) -> Result<(), rdlock::RdLockError> {
+    /// if let Some(holder) = lock.holder().await? {
+    ///     if holder.pid == 4242 && lock.force_release_if(holder.fencing_token).await? {
+    ///         println!("deleted the lock of the crashed pid 4242");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn force_release_if(&self, expected_fence: u64) -> Result<bool, RdLockError> {
+        if self.id.is_empty() {
+            return Err(RdLockError::InvalidLockId {
+                reason: "the id is empty",
+            });
+        }
+        let conn = &self.manager.inner().conn;
+        scripts::force_release_if(conn, &self.names, expected_fence)
+            .await
+            .map_err(RdLockError::from_redis)
+    }
+
     /// Sets the lease: how long the lock outlives a holder that stops renewing it
     /// (a crash, a pause, a partition). The watchdog renews it every `lease / 3`, so a
     /// live holder keeps the lock however long it runs. Default: [`DEFAULT_LEASE`].

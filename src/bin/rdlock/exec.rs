@@ -1,17 +1,18 @@
 //! `rdlock exec`: run a command while holding a lock.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::pin::pin;
-use std::process::ExitStatus;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rdlock::{LockGuard, RdLockConnectionManager, RdLockError};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::duration;
 use crate::exit;
+use crate::job::{Exit, Job};
+use crate::output::{say, say_partial};
 use crate::status::describe;
 
 /// What to do with the command when the lease is lost.
@@ -38,6 +39,10 @@ pub(crate) struct Exec {
     /// Give up at once (exit 75) if the lock is held.
     #[arg(long)]
     pub(crate) no_wait: bool,
+    /// The exit code when the lock is not obtained (held with --no-wait, or --wait ran
+    /// out), instead of 75: one that the command itself never uses (as `flock -E`).
+    #[arg(long, short = 'E', default_value_t = exit::NOT_OBTAINED, value_name = "N")]
+    pub(crate) conflict_exit_code: u8,
     /// What to do with the command if the lease is lost.
     #[arg(long, value_enum, default_value = "term")]
     pub(crate) on_lost: OnLost,
@@ -55,31 +60,65 @@ pub(crate) struct Exec {
     pub(crate) command: Vec<String>,
 }
 
-/// SIGINT and SIGTERM sent to rdlock.
-struct Interrupts {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
+/// The signals rdlock forwards to the command's process group.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Signals sent to rdlock. One that was ignored when rdlock started (`nohup`, or `&` in
+/// a shell script for SIGINT and SIGQUIT) is left ignored, for the command too: no
+/// handler is installed for it.
+struct Signals {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
 }
 
-impl Interrupts {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
+impl Signals {
+    fn new(signals: &[Signal]) -> std::io::Result<Self> {
+        let mut streams = Vec::new();
+        for &sig in signals {
+            if !ignored(sig) {
+                streams.push((sig, signal(SignalKind::from_raw(sig as i32))?));
+            }
+        }
+        Ok(Self { streams })
+    }
+
+    fn add(&mut self, signals: &[Signal]) -> std::io::Result<()> {
+        self.streams.extend(Self::new(signals)?.streams);
+        Ok(())
     }
 
     async fn recv(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.int.recv() => Signal::SIGINT,
-            _ = self.term.recv() => Signal::SIGTERM,
-        }
+        std::future::poll_fn(|cx| {
+            for (sig, stream) in &mut self.streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return Poll::Ready(*sig);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+fn ignored(sig: Signal) -> bool {
+    // SAFETY: a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: nix::libc::sigaction = std::mem::zeroed();
+        nix::libc::sigaction(sig as i32, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == nix::libc::SIG_IGN
     }
 }
 
 pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     let Some(program) = args.command.first() else {
-        eprintln!("rdlock: exec needs a command after `--`");
+        say!("rdlock: exec needs a command after `--`");
         return exit::USAGE;
     };
     let label = args
@@ -90,14 +129,14 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
-    let mut interrupts = match Interrupts::new() {
-        Ok(interrupts) => interrupts,
+    let mut signals = match Signals::new(&FORWARDED) {
+        Ok(signals) => signals,
         Err(e) => {
-            eprintln!("rdlock: cannot handle signals: {e}");
+            say!("rdlock: cannot handle signals: {e}");
             return exit::FAILURE;
         }
     };
-    let guard = match wait_for_lock(&lock, &args, &mut interrupts).await {
+    let guard = match wait_for_lock(&lock, &args, &mut signals).await {
         Ok(guard) => guard,
         Err(code) => return code,
     };
@@ -106,16 +145,31 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         &args,
         &format!("acquired {} (fencing token {fence})", args.id),
     );
+    // Registered before the command starts, so that no exit or stop is missed; SIGTSTP
+    // only now: while waiting for the lock, Ctrl-Z stops rdlock as usual.
+    let registered = signal(SignalKind::child()).and_then(|children| {
+        signals
+            .add(&[Signal::SIGTSTP, Signal::SIGCONT])
+            .map(|()| children)
+    });
+    let mut children = match registered {
+        Ok(children) => children,
+        Err(e) => {
+            say!("rdlock: cannot handle signals: {e}");
+            let _ = guard.release().await;
+            return exit::FAILURE;
+        }
+    };
 
-    let child = tokio::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    command
         .args(&args.command[1..])
         .env("RDLOCK_ID", &args.id)
-        .env("RDLOCK_FENCING_TOKEN", fence.to_string())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
+        .env("RDLOCK_FENCING_TOKEN", fence.to_string());
+    let mut job = match Job::spawn(&mut command) {
+        Ok(job) => job,
         Err(e) => {
-            eprintln!("rdlock: cannot run {program:?}: {e}");
+            say!("rdlock: cannot run {program:?}: {e}");
             let _ = guard.release().await;
             return if e.kind() == std::io::ErrorKind::NotFound {
                 exit::NOT_FOUND
@@ -124,63 +178,79 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
             };
         }
     };
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
-    let send = |signal: Signal| {
-        if let Some(pid) = pid {
-            let _ = kill(pid, signal);
-        }
-    };
 
+    // Reaping is driven by SIGCHLD; the tick also notices the last process of the group
+    // ending when it was not rdlock's child.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_at: Option<Instant> = None;
     let mut killed = false;
-    let status = loop {
+    let mut said_leftovers = false;
+    let leader = loop {
+        if job.reap().is_some() || job.part_stopped() {
+            job.leader_stopped();
+        }
+        if let Some(leader) = job.leader_exit() {
+            if !job.group_alive() {
+                break leader;
+            }
+            if !said_leftovers {
+                said_leftovers = true;
+                log(
+                    &args,
+                    "the command exited; waiting for the rest of its process group",
+                );
+            }
+        }
         let escalate_at = lost_at.map(|at| at + args.grace).unwrap_or_else(far_future);
         tokio::select! {
-            status = child.wait() => break status,
+            _ = children.recv() => {}
+            _ = tick.tick() => {}
             _ = guard.lost(), if lost_at.is_none() => {
                 lost_at = Some(Instant::now());
-                eprintln!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
                 match args.on_lost {
-                    OnLost::Term => send(Signal::SIGTERM),
+                    OnLost::Term => job.signal(Signal::SIGTERM),
                     OnLost::Kill => {
-                        send(Signal::SIGKILL);
+                        job.signal(Signal::SIGKILL);
                         killed = true;
                     }
                     OnLost::Ignore => {}
                 }
+                say!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
             }
             _ = tokio::time::sleep_until(escalate_at.into()),
                 if args.on_lost == OnLost::Term && lost_at.is_some() && !killed => {
-                eprintln!("rdlock: the command outlived the {:?} grace period: SIGKILL", args.grace);
-                send(Signal::SIGKILL);
+                job.signal(Signal::SIGKILL);
                 killed = true;
+                say!("rdlock: the command outlived the {:?} grace period: SIGKILL", args.grace);
             }
-            signal = interrupts.recv() => {
-                log(&args, &format!("forwarding {signal} to the command"));
-                send(signal);
-            }
+            signal = signals.recv() => match signal {
+                Signal::SIGTSTP => job.suspend(),
+                Signal::SIGCONT => job.resume(),
+                signal => {
+                    // Forward first: logging must never delay (or, before, prevent) it.
+                    job.signal(signal);
+                    if signal != Signal::SIGWINCH {
+                        log(&args, &format!("forwarded {signal} to the command"));
+                    }
+                }
+            },
         }
     };
-    // The command is gone: now the lock can go.
+    job.take_terminal_back();
+    // The command and every process of its group are gone: now the lock can go.
     let released = guard.release().await;
-    let _ = manager.shutdown().await;
     if lost_at.is_some() {
         return exit::LEASE_LOST;
     }
     if let Err(e) = released {
         // The command finished while the lease was still held, but the release failed:
         // the lock frees itself when its lease runs out.
-        eprintln!("rdlock: releasing {}: {e}", args.id);
+        say!("rdlock: releasing {}: {e}", args.id);
     }
-    match status {
-        Ok(status) => exit_code(status),
-        Err(e) => {
-            eprintln!("rdlock: waiting for the command: {e}");
-            exit::FAILURE
-        }
+    match leader {
+        Exit::Code(code) => u8::try_from(code & 0xff).unwrap_or(exit::FAILURE),
+        Exit::Signal(signal) => u8::try_from(128 + signal as i32).unwrap_or(exit::FAILURE),
     }
 }
 
@@ -188,13 +258,13 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
 async fn wait_for_lock(
     lock: &rdlock::Lock,
     args: &Exec,
-    interrupts: &mut Interrupts,
+    signals: &mut Signals,
 ) -> Result<LockGuard, u8> {
     let context = format!("cannot take {}", args.id);
     if args.no_wait {
         return match lock.try_lock().await {
             Ok(guard) => Ok(guard),
-            Err(e) => Err(report_busy(lock, &context, e, args).await),
+            Err(e) => Err(report_busy(lock, &context, e, args, None).await),
         };
     }
     let mut acquire = pin!(async {
@@ -204,73 +274,124 @@ async fn wait_for_lock(
         }
     });
     let tty = std::io::stderr().is_terminal();
-    // Nothing is shown for a lock that is free at once.
+    // Nothing is shown for a lock that is free at once. The look at the holder also
+    // tells whether Redis still answers (shown or not, with --quiet): the wait itself
+    // retries through an outage, and a `--wait` that runs out then is "unreachable",
+    // not "busy".
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_millis(200),
         Duration::from_secs(1),
     );
     let mut shown: Option<Option<u64>> = None; // the holder's fence last shown
+    let mut last_look: Option<RdLockError> = None; // the last look's connection error
     let outcome = loop {
         tokio::select! {
             outcome = &mut acquire => break outcome,
-            _ = ticker.tick(), if !args.quiet => {
-                let Ok(holder) = lock.holder().await else { continue };
+            _ = ticker.tick() => {
+                let holder = match lock.holder().await {
+                    Ok(holder) => {
+                        last_look = None;
+                        holder
+                    }
+                    Err(e) => {
+                        if e.is_connection_error() {
+                            last_look = Some(e);
+                        }
+                        continue;
+                    }
+                };
+                if args.quiet {
+                    continue;
+                }
                 let state = match &holder {
                     Some(holder) => format!("held by {}", describe(holder)),
                     None => "free, taking it".to_owned(),
                 };
                 let identity = holder.as_ref().map(|h| h.fencing_token);
                 if tty {
-                    eprint!("\r\x1b[2Krdlock: waiting for {}: {state}", args.id);
-                    let _ = std::io::stderr().flush();
+                    say_partial!("\r\x1b[2Krdlock: waiting for {}: {state}", args.id);
                     shown = Some(identity);
                 } else if shown != Some(identity) {
-                    eprintln!("rdlock: waiting for {}: {state}", args.id);
+                    say!("rdlock: waiting for {}: {state}", args.id);
                     shown = Some(identity);
                 }
             }
-            signal = interrupts.recv() => {
-                if tty && shown.is_some() {
-                    eprintln!();
+            signal = signals.recv() => {
+                if signal == Signal::SIGWINCH {
+                    continue; // nothing to pass it to yet; its default is to be ignored
                 }
-                eprintln!("rdlock: {signal} while waiting for {}", args.id);
+                if tty && shown.is_some() {
+                    say!("");
+                }
+                say!("rdlock: {signal} while waiting for {}", args.id);
                 return Err(128 + signal as u8);
             }
         }
     };
     if tty && shown.is_some() {
-        eprint!("\r\x1b[2K");
+        say_partial!("\r\x1b[2K");
     }
     match outcome {
         Ok(guard) => Ok(guard),
-        Err(e) => Err(report_busy(lock, &context, e, args).await),
+        Err(e) => Err(report_busy(lock, &context, e, args, last_look).await),
     }
 }
 
-/// Reports a failed acquisition; when the lock was busy, also says who has it.
-async fn report_busy(lock: &rdlock::Lock, context: &str, error: RdLockError, args: &Exec) -> u8 {
-    let code = exit::report(context, &error);
-    if code == exit::NOT_OBTAINED && !args.quiet {
-        let holder = tokio::time::timeout(Duration::from_secs(1), lock.holder()).await;
-        if let Ok(Ok(Some(holder))) = holder {
-            eprintln!("rdlock: {} is held by {}", args.id, describe(&holder));
+/// Reports a failed acquisition; when the lock was busy, also says who has it. A wait
+/// that ran out while Redis did not answer is reported as unreachable.
+async fn report_busy(
+    lock: &rdlock::Lock,
+    context: &str,
+    error: RdLockError,
+    args: &Exec,
+    last_look: Option<RdLockError>,
+) -> u8 {
+    if !error.is_timeout() {
+        let code = exit::report(context, &error);
+        return if code == exit::NOT_OBTAINED {
+            say_holder(lock, args).await;
+            args.conflict_exit_code
+        } else {
+            code
+        };
+    }
+    // The wait ran out: busy, or Redis gone? Look once more (bounded).
+    let look = tokio::time::timeout(Duration::from_secs(2), lock.holder()).await;
+    let unreachable = match look {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.is_connection_error() => Some(e),
+        Ok(Err(_)) => last_look,
+        Err(_) => last_look.or(Some(RdLockError::TimeoutReached)),
+    };
+    match unreachable {
+        Some(cause) => {
+            exit::report(
+                &format!("{context}: Redis unreachable while waiting"),
+                &cause,
+            );
+            exit::UNREACHABLE
+        }
+        None => {
+            exit::report(context, &error);
+            say_holder(lock, args).await;
+            args.conflict_exit_code
         }
     }
-    code
+}
+
+async fn say_holder(lock: &rdlock::Lock, args: &Exec) {
+    if args.quiet {
+        return;
+    }
+    let holder = tokio::time::timeout(Duration::from_secs(1), lock.holder()).await;
+    if let Ok(Ok(Some(holder))) = holder {
+        say!("rdlock: {} is held by {}", args.id, describe(&holder));
+    }
 }
 
 fn log(args: &Exec, line: &str) {
     if !args.quiet {
-        eprintln!("rdlock: {line}");
-    }
-}
-
-fn exit_code(status: ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(exit::FAILURE),
-        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(exit::FAILURE),
-        (None, None) => exit::FAILURE,
+        say!("rdlock: {line}");
     }
 }
 

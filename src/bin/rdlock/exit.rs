@@ -3,6 +3,8 @@
 
 use rdlock::RdLockError;
 
+use crate::output::say;
+
 /// Bad usage: unknown option, bad duration, bad URL, empty id.
 pub(crate) const USAGE: u8 = 64;
 /// Redis could not be reached.
@@ -22,14 +24,15 @@ pub(crate) const NOT_FOUND: u8 = 127;
 pub(crate) const HELP: &str = "\
 Exit codes:
   the command's own  exec: the command ran; its exit code (128+N if killed by signal N)
-  0                  status / release: done
+  0                  status / release: done (release: also when the lock was not held)
+  1                  release: not released (declined, or no longer held by the holder shown / --fence)
   64                 bad usage (unknown option, bad duration, bad URL, empty id)
   69                 Redis unreachable
   70                 other failure (an error reply from Redis)
-  75                 lock not obtained (held with --no-wait, or --wait ran out)
+  75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
   79                 exec: the lease was lost while the command ran
   126 / 127          exec: the command could not be started / was not found
-  130 / 143          interrupted (SIGINT / SIGTERM) while waiting for the lock";
+  128+N              exec: signal N (HUP, INT, QUIT, TERM, USR1, USR2) while waiting for the lock";
 
 /// Prints what went wrong and returns the exit code for it.
 pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
@@ -39,7 +42,7 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
         message.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    eprintln!("{message}");
+    say!("{message}");
     match error {
         RdLockError::InvalidUrl(_)
         | RdLockError::InvalidLockId { .. }

@@ -9,7 +9,9 @@
 mod duration;
 mod exec;
 mod exit;
+mod job;
 mod json;
+mod output;
 mod status;
 
 use std::process::ExitCode;
@@ -41,9 +43,12 @@ struct Cli {
 enum Command {
     /// Take the lock, run a command while holding it, release it when the command exits.
     ///
-    /// The command gets RDLOCK_ID and RDLOCK_FENCING_TOKEN in its environment. SIGINT
-    /// and SIGTERM sent to rdlock are forwarded to it; the lock is released once it is
-    /// gone. rdlock exits with the command's exit code.
+    /// The command gets RDLOCK_ID and RDLOCK_FENCING_TOKEN in its environment and runs
+    /// in a process group of its own (the terminal's foreground job when rdlock is).
+    /// SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 and SIGWINCH sent to rdlock are
+    /// forwarded to that group; SIGTSTP stops it and rdlock. The lock is released once
+    /// the command has exited and no process of its group is left. rdlock exits with the
+    /// command's exit code.
     #[command(after_help = exit::HELP)]
     Exec(exec::Exec),
     /// Show whether a lock is held, by whom and for how long, and its last fencing token.
@@ -55,6 +60,9 @@ enum Command {
         json: bool,
     },
     /// Delete a lock whoever holds it, and wake its waiters (the admin's escape hatch).
+    ///
+    /// On a terminal it shows the holder and asks; the lock is deleted only if that
+    /// holder (its fencing token) still has it when you answer.
     Release {
         /// The lock id.
         id: String,
@@ -64,6 +72,9 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
+        /// Delete only the acquisition with this fencing token (as `status` shows it).
+        #[arg(long, value_name = "TOKEN")]
+        fence: Option<u64>,
     },
 }
 
@@ -83,7 +94,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("rdlock: cannot start: {e}");
+            output::say!("rdlock: cannot start: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -95,9 +106,18 @@ async fn run(cli: Cli) -> u8 {
         Ok(manager) => manager,
         Err(e) => return exit::report(&format!("cannot connect to {}", cli.url), &e),
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Exec(args) => exec::run(&manager, args).await,
         Command::Status { id, json } => status::status(&manager, &id, json).await,
-        Command::Release { id, force: _, yes } => status::force_release(&manager, &id, yes).await,
-    }
+        Command::Release {
+            id,
+            force: _,
+            yes,
+            fence,
+        } => status::force_release(&manager, &id, yes, fence).await,
+    };
+    // On every path, also an interrupted wait: an acquire attempt that was in flight
+    // is undone by a background release, which must run before the runtime goes.
+    let _ = manager.shutdown().await;
+    code
 }

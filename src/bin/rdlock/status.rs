@@ -1,12 +1,13 @@
 //! `rdlock status` and `rdlock release --force`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdlock::{HolderInfo, RdLockConnectionManager};
 
 use crate::exit;
 use crate::json;
+use crate::output::{out, say, say_partial};
 
 pub(crate) async fn status(manager: &RdLockConnectionManager, id: &str, as_json: bool) -> u8 {
     let lock = manager.new_lock(id);
@@ -18,7 +19,7 @@ pub(crate) async fn status(manager: &RdLockConnectionManager, id: &str, as_json:
         let holder_json = holder
             .as_ref()
             .map_or_else(|| "null".to_owned(), holder_to_json);
-        println!(
+        out!(
             "{{\"id\":{},\"key\":{},\"held\":{},\"holder\":{holder_json},\"last_fencing_token\":{last_fence}}}",
             json::string(id),
             json::string(lock.key()),
@@ -26,47 +27,75 @@ pub(crate) async fn status(manager: &RdLockConnectionManager, id: &str, as_json:
         );
     } else {
         match &holder {
-            Some(holder) => println!("{id}: held by {}", describe(holder)),
-            None => println!("{id}: free"),
+            Some(holder) => out!("{id}: held by {}", describe(holder)),
+            None => out!("{id}: free"),
         }
-        println!("last fencing token: {last_fence}");
+        out!("last fencing token: {last_fence}");
     }
     0
 }
 
-pub(crate) async fn force_release(manager: &RdLockConnectionManager, id: &str, yes: bool) -> u8 {
+pub(crate) async fn force_release(
+    manager: &RdLockConnectionManager,
+    id: &str,
+    yes: bool,
+    fence: Option<u64>,
+) -> u8 {
     let lock = manager.new_lock(id);
+    let mut expected = fence;
     if !yes {
         let holder = match lock.holder().await {
             Ok(holder) => holder,
             Err(e) => return exit::report("cannot read the lock", &e),
         };
         let Some(holder) = holder else {
-            println!("{id}: not held");
+            out!("{id}: not held");
             return 0;
         };
         if !std::io::stdin().is_terminal() {
-            eprintln!("rdlock: refusing to release {id} without --yes (no terminal to confirm on)");
+            say!("rdlock: refusing to release {id} without --yes (no terminal to confirm on)");
             return exit::USAGE;
         }
-        eprint!("Delete lock {id}, held by {}? [y/N] ", describe(&holder));
-        let _ = std::io::stderr().flush();
+        if fence.is_some_and(|f| f != holder.fencing_token) {
+            say!(
+                "rdlock: not released: {id} is held by {}",
+                describe(&holder)
+            );
+            return 1;
+        }
+        say_partial!("Delete lock {id}, held by {}? [y/N] ", describe(&holder));
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("rdlock: not released");
+            say!("rdlock: not released");
             return 1;
         }
+        // What was shown is what may be deleted: not whoever took the lock while the
+        // question was on the screen.
+        expected = Some(holder.fencing_token);
     }
-    match lock.force_release().await {
+    let released = match expected {
+        Some(fence) => lock.force_release_if(fence).await,
+        None => lock.force_release().await,
+    };
+    match released {
         Ok(true) => {
-            println!("{id}: released; waiters woken");
+            out!("{id}: released; waiters woken");
             0
         }
-        Ok(false) => {
-            println!("{id}: not held");
-            0
-        }
+        Ok(false) => match (expected, lock.holder().await) {
+            (Some(_), Ok(Some(now))) => {
+                say!(
+                    "rdlock: not released: {id} changed hands, it is now held by {}",
+                    describe(&now)
+                );
+                1
+            }
+            _ => {
+                out!("{id}: not held");
+                0
+            }
+        },
         Err(e) => exit::report("cannot release the lock", &e),
     }
 }
