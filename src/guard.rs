@@ -20,7 +20,9 @@ use crate::scripts;
 ///
 /// Dropping a guard never blocks: it cancels the watchdog at once, then spawns the
 /// release (a token-checked Lua script) on the current tokio runtime. The key is
-/// deleted within a round trip and waiters are woken. Dropped where no runtime is
+/// deleted within a round trip and waiters are woken; if the server answers "retry
+/// later" (`BUSY`, `LOADING`, `READONLY`, ...), the release is retried with backoff
+/// until the server serves again or the lease would have ended. Dropped where no runtime is
 /// running, or while the runtime shuts down, the release cannot run and the lock frees
 /// itself when its lease expires (at most one lease later). Use
 /// [`release`](Self::release) to release explicitly and see errors.
