@@ -244,7 +244,10 @@ impl LockGuard {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), RdLockError> {
-        // Unregistering first also disarms the drop-release.
+        // Counted as a task of the manager *before* leaving the registry: a shutdown on
+        // another thread must see this release in one place or the other.
+        let in_flight = self.lock.manager().inner().tasks.token();
+        // Unregistering also disarms the drop-release.
         if !self.unregister() {
             return Err(RdLockError::ShutDown);
         }
@@ -256,7 +259,7 @@ impl LockGuard {
             lock: &self.lock,
             token: Some(self.token.clone()),
             turn: self.turn.take(),
-            _in_flight: self.lock.manager().inner().tasks.token(),
+            _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
         let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
@@ -306,6 +309,9 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // Synchronous part first: the watchdog must stop even if no release can run.
         self.state.scope().cancel();
+        // Counted as a task of the manager until the release is spawned (and tracked):
+        // a shutdown on another thread between the two steps below still waits for it.
+        let _in_flight = self.lock.manager().inner().tasks.token();
         if !self.unregister() {
             return; // released by `release()` or by shutdown
         }
