@@ -334,7 +334,10 @@ impl Lock {
     /// holder's remaining lease runs out. While Redis is unreachable, or answers that
     /// it cannot serve for now (`LOADING` after a restart, `BUSY`, `READONLY` and the
     /// other failover errors: see [`RdLockError::Unreachable`]), it keeps retrying,
-    /// with backoff up to 2 s.
+    /// with backoff up to 2 s — without limit: a server that never serves (a URL that
+    /// names a replica answers `READONLY` for ever) makes it wait for ever, with a
+    /// warning logged (`tracing`) once attempts have failed for 10 s. Use
+    /// [`lock_timeout`](Self::lock_timeout) where that must not happen.
     ///
     /// # Errors
     ///
@@ -684,9 +687,12 @@ impl Lock {
             .map_err(RdLockError::from_redis)?;
         match reply {
             Acquire::Acquired { fence } => {
-                if Instant::now() >= valid_until(sent, self.lease) {
-                    // The reply took longer than the lease: the lease may already have
-                    // run out on the server. No guard for a lease that may be over;
+                if Instant::now() >= valid_until(sent, self.lease)
+                    || SystemTime::now() >= wall_valid_until(sent_wall, self.lease)
+                {
+                    // The reply took longer than the lease (on either clock: the
+                    // machine may have been suspended meanwhile): the lease may already
+                    // have run out on the server. No guard for a lease that may be over;
                     // `undo` releases it.
                     return Ok(Attempt::TooLate);
                 }
