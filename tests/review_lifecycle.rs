@@ -7,6 +7,47 @@ use std::time::{Duration, Instant};
 use rdlock::RdLockConnectionManager;
 use support::{wait_until, RedisServer, ServerConfig};
 
+/// A server whose scripts are answered `BUSY` after 50 ms.
+fn busy_capable_server() -> RedisServer {
+    RedisServer::start_with(ServerConfig {
+        keyspace_events: None,
+        args: ["--lua-time-limit", "50"].map(String::from).to_vec(),
+    })
+}
+
+/// Starts a script that never ends on its own; returns once the server answers `BUSY`.
+async fn make_busy(server: &RedisServer) -> tokio::task::JoinHandle<redis::RedisResult<()>> {
+    let mut hog = server.conn().await;
+    let busy = tokio::spawn(async move {
+        redis::cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async::<()>(&mut hog)
+            .await
+    });
+    wait_until(Duration::from_secs(10), "the server answers BUSY", || {
+        let reply = server.ping_reply();
+        async move { reply.is_some_and(|r| r.starts_with("BUSY")) }
+    })
+    .await;
+    busy
+}
+
+/// Kills the script (on a fresh connection: the shared ones queue behind it).
+async fn end_busy(server: &RedisServer, busy: tokio::task::JoinHandle<redis::RedisResult<()>>) {
+    let mut conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(busy.await.unwrap().is_err(), "the script was killed");
+}
+
 /// A guard dropped while a script keeps the server `BUSY`: the background release is
 /// answered `BUSY` ("retry later", which `lock()` now waits through). It must not give
 /// up: otherwise the key, whose owner is gone, blocks every waiter for the rest of its
@@ -81,5 +122,63 @@ async fn a_drop_release_answered_busy_is_retried() {
     let guard = got.expect("the dropped guard's key was released once the server served again");
     guard.release().await.unwrap();
     manager.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+}
+
+/// `shutdown()` while the server answers `BUSY`: its release of a live guard is
+/// answered "retry later". Within its 5 s bound it must retry, not leave the key of a
+/// shut-down process held for the rest of its lease (30 s here).
+#[tokio::test]
+async fn shutdown_retries_a_release_answered_busy() {
+    let server = busy_capable_server();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let guard = manager
+        .new_lock("busy-shutdown")
+        .with_lease(lease)
+        .lock()
+        .await
+        .unwrap();
+    let busy = make_busy(&server).await;
+    let shutting = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.shutdown().await })
+    };
+    // Let shutdown's release be answered (BUSY) while the script still runs.
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "shutdown returned, or 1.5 s",
+        || {
+            let done = shutting.is_finished() || started.elapsed() > Duration::from_millis(1500);
+            async move { done }
+        },
+    )
+    .await;
+    end_busy(&server, busy).await;
+    let outcome = shutting.await.unwrap();
+    println!("shutdown: {outcome:?} after {:?}", started.elapsed());
+    assert!(!guard.is_held());
+    drop(guard);
+
+    let waited = Instant::now();
+    let got = other
+        .new_lock("busy-shutdown")
+        .with_lease(lease)
+        .lock_timeout(Duration::from_secs(10))
+        .await;
+    println!(
+        "other manager: {:?} after {:?}",
+        got.as_ref().map(|_| ()),
+        waited.elapsed()
+    );
+    let guard = got.expect("shutdown released the key once the server served again");
+    guard.release().await.unwrap();
+    assert_eq!(
+        outcome,
+        Ok(()),
+        "shutdown released everything within its bound"
+    );
     other.shutdown().await.unwrap();
 }
