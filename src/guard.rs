@@ -221,7 +221,9 @@ impl LockGuard {
     /// - [`RdLockError::LockNotAcquired`] when the key no longer held our token (the
     ///   lease had been lost; nothing was deleted);
     /// - [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when the release
-    ///   could not be sent or failed; the lease then expires by itself;
+    ///   could not be sent or failed; the lease then expires by itself — except after
+    ///   a "retry later" reply (`BUSY`, `LOADING`, `READONLY`, ...), for which the
+    ///   release is also retried in the background, as for a dropped guard;
     /// - [`RdLockError::ShutDown`] when the manager's shutdown has already released it.
     ///
     /// # Cancel safety
@@ -264,7 +266,7 @@ impl LockGuard {
         let conn = &self.lock.manager().inner().conn;
         let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
         // Answered: the turn passes on when this function returns.
-        let _turn = pending.answered();
+        let turn = pending.answered();
         match outcome {
             Ok(true) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released");
@@ -275,7 +277,18 @@ impl LockGuard {
                 tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
                 Err(RdLockError::LockNotAcquired)
             }
-            Err(e) => Err(RdLockError::from_redis(e)),
+            // "Retry later" (BUSY, LOADING, READONLY, ...): the script did not run, and
+            // the caller, who no longer has the guard, cannot try again. Completed in
+            // the background, as for a dropped guard; the error is still reported.
+            Err(e) if crate::errors::is_retry_later_reply(&e) => {
+                tracing::debug!(lock = %self.lock.id(), fence = self.fence, error = %e, "release answered retry-later: retrying in the background");
+                self.lock.release_in_background(self.token.clone(), turn);
+                Err(RdLockError::from_redis(e))
+            }
+            Err(e) => {
+                drop(turn);
+                Err(RdLockError::from_redis(e))
+            }
         }
     }
 }

@@ -182,3 +182,41 @@ async fn shutdown_retries_a_release_answered_busy() {
     );
     other.shutdown().await.unwrap();
 }
+
+/// `guard.release()` answered `BUSY`: it reports the error, but the guard is gone and
+/// its token with it, so the caller cannot try again. The key must not stay held for
+/// the rest of its lease (30 s here) once the server serves again.
+#[tokio::test]
+async fn a_release_answered_busy_is_completed_in_the_background() {
+    let server = busy_capable_server();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let guard = manager
+        .new_lock("busy-release")
+        .with_lease(lease)
+        .lock()
+        .await
+        .unwrap();
+    let busy = make_busy(&server).await;
+    let err = guard.release().await.expect_err("the server is busy");
+    println!("release: {err:?}");
+    assert!(err.is_connection_error(), "{err:?}");
+    end_busy(&server, busy).await;
+
+    let waited = Instant::now();
+    let got = other
+        .new_lock("busy-release")
+        .with_lease(lease)
+        .lock_timeout(Duration::from_secs(10))
+        .await;
+    println!(
+        "other manager: {:?} after {:?}",
+        got.as_ref().map(|_| ()),
+        waited.elapsed()
+    );
+    let guard = got.expect("the key was released once the server served again");
+    guard.release().await.unwrap();
+    manager.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+}
