@@ -682,9 +682,18 @@ impl Lock {
         };
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
-        let reply = scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner)
-            .await
-            .map_err(RdLockError::from_redis)?;
+        let reply =
+            match scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    if crate::errors::is_retry_later_reply(&e) {
+                        // The server refused the script ("retry later"): it did not run,
+                        // there is nothing to undo.
+                        undo.token = None;
+                    }
+                    return Err(RdLockError::from_redis(e));
+                }
+            };
         match reply {
             Acquire::Acquired { fence } => {
                 if Instant::now() >= valid_until(sent, self.lease)
