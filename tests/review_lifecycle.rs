@@ -220,3 +220,40 @@ async fn a_release_answered_busy_is_completed_in_the_background() {
     manager.shutdown().await.unwrap();
     other.shutdown().await.unwrap();
 }
+
+/// A `RunContext` handed to spawned work (as its docs suggest: "spawned work must
+/// check" `is_held()`) must not say the lease is held once `run_with` has released the
+/// lock — least of all while another owner holds it.
+#[tokio::test]
+async fn a_run_context_is_not_held_after_the_run_released_the_lock() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let lock = manager.new_lock("ctx-after-run").with_lease(lease);
+    let ctx = lock
+        .run_with(|ctx| async move { ctx })
+        .await
+        .expect("the run");
+    let successor = other
+        .new_lock("ctx-after-run")
+        .with_lease(lease)
+        .lock_timeout(Duration::from_secs(10))
+        .await
+        .expect("the lock was released by the run");
+    println!(
+        "old ctx {ctx:?}, successor fence {}",
+        successor.fencing_token()
+    );
+    assert!(
+        !ctx.is_held(),
+        "the finished run's context says held while fence {} holds the lock",
+        successor.fencing_token()
+    );
+    tokio::time::timeout(Duration::from_secs(10), ctx.lost())
+        .await
+        .expect("lost() completes once the run has released the lock");
+    successor.release().await.unwrap();
+    manager.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+}
