@@ -54,29 +54,13 @@ async fn end_busy(server: &RedisServer, busy: tokio::task::JoinHandle<redis::Red
 /// lease (30 s here) although the server serves again within a second.
 #[tokio::test]
 async fn a_drop_release_answered_busy_is_retried() {
-    let server = RedisServer::start_with(ServerConfig {
-        keyspace_events: None,
-        args: ["--lua-time-limit", "50"].map(String::from).to_vec(),
-    });
+    let server = busy_capable_server();
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let other = RdLockConnectionManager::new(server.url()).await.unwrap();
     let lease = Duration::from_secs(30);
     let lock = manager.new_lock("busy-drop").with_lease(lease);
     let guard = lock.lock().await.unwrap();
-
-    let mut hog = server.conn().await;
-    let busy = tokio::spawn(async move {
-        redis::cmd("EVAL")
-            .arg("while true do end")
-            .arg(0)
-            .query_async::<()>(&mut hog)
-            .await
-    });
-    wait_until(Duration::from_secs(10), "the server answers BUSY", || {
-        let reply = server.ping_reply();
-        async move { reply.is_some_and(|r| r.starts_with("BUSY")) }
-    })
-    .await;
+    let busy = make_busy(&server).await;
 
     drop(guard);
     // Let the background release be answered (BUSY) while the script still runs: it
@@ -98,14 +82,7 @@ async fn a_drop_release_answered_busy_is_retried() {
         dropped.elapsed()
     );
 
-    let client = server.client();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("SCRIPT")
-        .arg("KILL")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
-    assert!(busy.await.unwrap().is_err(), "the script was killed");
+    end_busy(&server, busy).await;
 
     // The server serves again: the lock must be free long before its 30 s lease ends.
     let started = Instant::now();
