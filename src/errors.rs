@@ -150,6 +150,12 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }
+    is_retry_later_reply(e)
+}
+
+/// The server answered, with one of the "retry later" errors of [`is_transient`]: the
+/// command certainly did not run, and the same command may succeed soon.
+pub(crate) fn is_retry_later_reply(e: &RedisError) -> bool {
     match e.kind() {
         ErrorKind::Server(
             ServerErrorKind::BusyLoading

@@ -20,7 +20,9 @@ use crate::scripts;
 ///
 /// Dropping a guard never blocks: it cancels the watchdog at once, then spawns the
 /// release (a token-checked Lua script) on the current tokio runtime. The key is
-/// deleted within a round trip and waiters are woken. Dropped where no runtime is
+/// deleted within a round trip and waiters are woken; if the server answers "retry
+/// later" (`BUSY`, `LOADING`, `READONLY`, ...), the release is retried with backoff
+/// until the server serves again or the lease would have ended. Dropped where no runtime is
 /// running, or while the runtime shuts down, the release cannot run and the lock frees
 /// itself when its lease expires (at most one lease later). Use
 /// [`release`](Self::release) to release explicitly and see errors.
@@ -219,7 +221,9 @@ impl LockGuard {
     /// - [`RdLockError::LockNotAcquired`] when the key no longer held our token (the
     ///   lease had been lost; nothing was deleted);
     /// - [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when the release
-    ///   could not be sent or failed; the lease then expires by itself;
+    ///   could not be sent or failed; the lease then expires by itself — except after
+    ///   a "retry later" reply (`BUSY`, `LOADING`, `READONLY`, ...), for which the
+    ///   release is also retried in the background, as for a dropped guard;
     /// - [`RdLockError::ShutDown`] when the manager's shutdown has already released it.
     ///
     /// # Cancel safety
@@ -242,7 +246,10 @@ impl LockGuard {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), RdLockError> {
-        // Unregistering first also disarms the drop-release.
+        // Counted as a task of the manager *before* leaving the registry: a shutdown on
+        // another thread must see this release in one place or the other.
+        let in_flight = self.lock.manager().inner().tasks.token();
+        // Unregistering also disarms the drop-release.
         if !self.unregister() {
             return Err(RdLockError::ShutDown);
         }
@@ -254,12 +261,12 @@ impl LockGuard {
             lock: &self.lock,
             token: Some(self.token.clone()),
             turn: self.turn.take(),
-            _in_flight: self.lock.manager().inner().tasks.token(),
+            _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
         let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
         // Answered: the turn passes on when this function returns.
-        let _turn = pending.answered();
+        let turn = pending.answered();
         match outcome {
             Ok(true) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released");
@@ -270,7 +277,18 @@ impl LockGuard {
                 tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
                 Err(RdLockError::LockNotAcquired)
             }
-            Err(e) => Err(RdLockError::from_redis(e)),
+            // "Retry later" (BUSY, LOADING, READONLY, ...): the script did not run, and
+            // the caller, who no longer has the guard, cannot try again. Completed in
+            // the background, as for a dropped guard; the error is still reported.
+            Err(e) if crate::errors::is_retry_later_reply(&e) => {
+                tracing::debug!(lock = %self.lock.id(), fence = self.fence, error = %e, "release answered retry-later: retrying in the background");
+                self.lock.release_in_background(self.token.clone(), turn);
+                Err(RdLockError::from_redis(e))
+            }
+            Err(e) => {
+                drop(turn);
+                Err(RdLockError::from_redis(e))
+            }
         }
     }
 }
@@ -304,6 +322,9 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // Synchronous part first: the watchdog must stop even if no release can run.
         self.state.scope().cancel();
+        // Counted as a task of the manager until the release is spawned (and tracked):
+        // a shutdown on another thread between the two steps below still waits for it.
+        let _in_flight = self.lock.manager().inner().tasks.token();
         if !self.unregister() {
             return; // released by `release()` or by shutdown
         }

@@ -102,10 +102,13 @@ impl LeaseState {
         None
     }
 
-    /// `false` once the lease is lost or its local deadline has passed — even when the
+    /// `false` once the lease is lost, the guard has ended, or its local deadline has
+    /// passed — even when the
     /// watchdog could not run to notice (a starved executor, a suspended machine).
     pub(crate) fn is_held(&self) -> bool {
-        if self.lost.is_cancelled() {
+        // The scope ends with the guard too (released or dropped): a `RunContext` that
+        // outlives its run must not read `true` while a successor holds the lock.
+        if self.lost.is_cancelled() || self.scope.is_cancelled() {
             return false;
         }
         if self.expired().is_some() {
@@ -115,12 +118,13 @@ impl LeaseState {
         true
     }
 
-    /// Completes once the lease is lost.
+    /// Completes once the lease is lost or the guard has ended.
     pub(crate) async fn lost(&self) {
         loop {
             let deadline = self.deadline();
             tokio::select! {
                 _ = self.lost.cancelled() => return,
+                _ = self.scope.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     // The watchdog may have extended the deadline meanwhile.
                     if !self.is_held() {

@@ -29,6 +29,10 @@ const CONNECT_RETRIES: usize = 2;
 /// assert_eq!(rdlock::SHUTDOWN_TIMEOUT, std::time::Duration::from_secs(5));
 /// ```
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first and the longest wait between shutdown's retries of a release answered
+/// "retry later".
+const SHUTDOWN_RETRY_MIN: Duration = Duration::from_millis(50);
+const SHUTDOWN_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// The connection to a Redis server, shared by every lock made from it.
 ///
@@ -350,7 +354,8 @@ impl RdLockConnectionManager {
     ///
     /// [`RdLockError::TimeoutReached`] when background work did not finish in time;
     /// [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when a release could
-    /// not be sent (that lease then expires by itself).
+    /// not be sent (that lease then expires by itself). A release answered "retry
+    /// later" (`BUSY`, `LOADING`, `READONLY`, ...) is retried within the bound first.
     ///
     /// # Cancel safety
     ///
@@ -371,6 +376,7 @@ impl RdLockConnectionManager {
         let inner = &self.inner;
         inner.shutdown.cancel();
         let failure = Arc::new(std::sync::Mutex::new(None));
+        let give_up = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
         // From here on no acquisition becomes a guard: one that completes now is
         // undone by its token, and counts as a task until then, so the wait below
         // covers it.
@@ -379,7 +385,22 @@ impl RdLockConnectionManager {
             let conn = inner.conn.clone();
             let failure = failure.clone();
             inner.tasks.spawn(async move {
-                if let Err(e) = scripts::release(&conn, &held.names, &held.token).await {
+                // A "retry later" reply (BUSY, LOADING, READONLY, ...: the script did
+                // not run) is retried within shutdown's bound.
+                let mut backoff = SHUTDOWN_RETRY_MIN;
+                let outcome = loop {
+                    match scripts::release(&conn, &held.names, &held.token).await {
+                        Err(e)
+                            if crate::errors::is_retry_later_reply(&e)
+                                && tokio::time::Instant::now() + backoff < give_up =>
+                        {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(SHUTDOWN_RETRY_MAX);
+                        }
+                        outcome => break outcome,
+                    }
+                };
+                if let Err(e) = outcome {
                     tracing::warn!(lock = %held.id, fence = held.fence, error = %e, "release on shutdown failed");
                     let mut slot = failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     slot.get_or_insert(RdLockError::from_redis(e));

@@ -188,7 +188,9 @@ impl RunContext {
         self.fence
     }
 
-    /// As [`LockGuard::is_held`](crate::LockGuard::is_held).
+    /// As [`LockGuard::is_held`](crate::LockGuard::is_held); also `false` once the run
+    /// has ended (the lock released or being released), so that spawned work that
+    /// kept a clone does not go on under a successor.
     ///
     /// # Example
     ///
@@ -203,7 +205,7 @@ impl RunContext {
     }
 
     /// As [`LockGuard::lost`](crate::LockGuard::lost): completes once the lease is
-    /// lost.
+    /// lost, or once the run has ended (the lock released or being released).
     ///
     /// # Cancel safety
     ///

@@ -2,11 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Acquired, Lock};
 use crate::errors::RdLockError;
-use crate::lease::valid_until;
+use crate::lease::{valid_until, wall_valid_until};
 use crate::manager::RdLockConnectionManager;
 use crate::scripts;
 
@@ -51,6 +51,15 @@ pub struct BasicLock {
 struct Held {
     token: Arc<str>,
     valid_until: Instant,
+    /// The same deadline on the wall clock, which (unlike `Instant` on Linux and macOS)
+    /// counts a suspend of the machine, as for a `LockGuard`.
+    wall_valid_until: SystemTime,
+}
+
+impl Held {
+    fn expired(&self) -> bool {
+        Instant::now() >= self.valid_until || SystemTime::now() >= self.wall_valid_until
+    }
 }
 
 impl BasicLock {
@@ -231,7 +240,10 @@ impl BasicLock {
     /// a local TTL check: once the TTL (less a margin for clock drift: 1 % of the TTL +
     /// 2 ms) has passed since the lock was acquired, it returns `false` — the lock can
     /// no longer be relied on, though its key may live on for that margin (see
-    /// [`release`](Self::release) and [`try_lock`](Self::try_lock)).
+    /// [`release`](Self::release) and [`try_lock`](Self::try_lock)). The TTL is checked
+    /// on the monotonic clock and on the wall clock, so that a suspend of the machine
+    /// (which the monotonic clock does not count on Linux and macOS) is counted too; a
+    /// wall clock stepped forward can make it `false` early, never `true` late.
     ///
     /// # Example
     ///
@@ -241,9 +253,7 @@ impl BasicLock {
     /// # }
     /// ```
     pub fn is_locked(&mut self) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|held| Instant::now() < held.valid_until)
+        self.held.as_ref().is_some_and(|held| !held.expired())
     }
 
     /// Past the local cut-off but within the drift margin: if the key still holds our
@@ -256,6 +266,7 @@ impl BasicLock {
         let lease_ms = self.lock.validate()?;
         let conn = &self.lock.manager().inner().conn;
         let sent = Instant::now();
+        let sent_wall = SystemTime::now();
         let renewed = scripts::renew(conn, self.lock.names(), &held.token, lease_ms)
             .await
             .map_err(RdLockError::from_redis)?;
@@ -265,8 +276,7 @@ impl BasicLock {
                 token,
                 fence: 0,
                 sent,
-                // BasicLock's cut-off is on the monotonic clock alone (`is_locked`).
-                sent_wall: std::time::SystemTime::now(),
+                sent_wall,
             });
         } else {
             self.held = None;
@@ -277,6 +287,7 @@ impl BasicLock {
     fn keep(&mut self, acquired: Acquired) {
         self.held = Some(Held {
             valid_until: valid_until(acquired.sent, self.lock.lease()),
+            wall_valid_until: wall_valid_until(acquired.sent_wall, self.lock.lease()),
             token: acquired.token,
         });
     }
@@ -289,5 +300,92 @@ impl fmt::Debug for BasicLock {
             .field("ttl", &self.ttl)
             .field("locked", &self.held.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::*;
+
+    /// A private redis-server on a free loopback port, killed when dropped (the
+    /// directory, its working directory, is removed after it).
+    struct Server(Child, u16, #[allow(dead_code)] tempfile::TempDir);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_server() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = std::env::var("RDLOCK_SERVER_BIN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "redis-server".to_owned());
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir.path().to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server(child, port, dir)
+    }
+
+    async fn manager(server: &Server) -> RdLockConnectionManager {
+        let url = format!("redis://127.0.0.1:{}/", server.1);
+        let started = Instant::now();
+        loop {
+            match RdLockConnectionManager::new(url.as_str()).await {
+                Ok(manager) => return manager,
+                Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                    panic!("redis-server did not start: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// What a suspend of the machine right after the acquire looks like: the monotonic
+    /// clock did not count it, the wall clock (and the server's expiry) did. The TTL
+    /// has passed in real time, so `is_locked` must say `false`, as for a `LockGuard`.
+    #[tokio::test]
+    async fn is_locked_is_false_once_the_wall_clock_passed_the_ttl() {
+        let server = start_server();
+        let manager = manager(&server).await;
+        let ttl = 3600;
+        let mut basic = manager.new_basic_lock("suspended-basic", ttl);
+        basic.keep(Acquired {
+            token: Arc::from("not-a-real-token"),
+            fence: 1,
+            sent: Instant::now(),
+            sent_wall: SystemTime::now() - Duration::from_secs(2 * ttl),
+        });
+        assert!(
+            !basic.is_locked(),
+            "a suspend longer than the TTL: the key expired on the server while \
+             is_locked() still says true"
+        );
+        // Without the suspend it is locked.
+        basic.keep(Acquired {
+            token: Arc::from("not-a-real-token"),
+            fence: 1,
+            sent: Instant::now(),
+            sent_wall: SystemTime::now(),
+        });
+        assert!(basic.is_locked());
     }
 }

@@ -376,7 +376,10 @@ impl Lock {
     /// holder's remaining lease runs out. While Redis is unreachable, or answers that
     /// it cannot serve for now (`LOADING` after a restart, `BUSY`, `READONLY` and the
     /// other failover errors: see [`RdLockError::Unreachable`]), it keeps retrying,
-    /// with backoff up to 2 s.
+    /// with backoff up to 2 s — without limit: a server that never serves (a URL that
+    /// names a replica answers `READONLY` for ever) makes it wait for ever, with a
+    /// warning logged (`tracing`) once attempts have failed for 10 s. Use
+    /// [`lock_timeout`](Self::lock_timeout) where that must not happen.
     ///
     /// # Errors
     ///
@@ -721,14 +724,26 @@ impl Lock {
         };
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
-        let reply = scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner)
-            .await
-            .map_err(RdLockError::from_redis)?;
+        let reply =
+            match scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    if crate::errors::is_retry_later_reply(&e) {
+                        // The server refused the script ("retry later"): it did not run,
+                        // there is nothing to undo.
+                        undo.token = None;
+                    }
+                    return Err(RdLockError::from_redis(e));
+                }
+            };
         match reply {
             Acquire::Acquired { fence } => {
-                if Instant::now() >= valid_until(sent, self.lease) {
-                    // The reply took longer than the lease: the lease may already have
-                    // run out on the server. No guard for a lease that may be over;
+                if Instant::now() >= valid_until(sent, self.lease)
+                    || SystemTime::now() >= wall_valid_until(sent_wall, self.lease)
+                {
+                    // The reply took longer than the lease (on either clock: the
+                    // machine may have been suspended meanwhile): the lease may already
+                    // have run out on the server. No guard for a lease that may be over;
                     // `undo` releases it.
                     return Ok(Attempt::TooLate);
                 }
@@ -805,17 +820,41 @@ impl Lock {
 
     /// Spawns the token-checked release on the current runtime, if there is one.
     /// Never blocks; without a runtime the lease expires by itself. The local turn is
-    /// passed on only after the release, so that the next local task's attempt does
-    /// not race it.
+    /// passed on only after the release has been answered, so that the next local
+    /// task's attempt does not race it.
+    ///
+    /// A "retry later" reply (`BUSY`, `LOADING`, `READONLY`, ...: the script did not
+    /// run) is retried with backoff until the lease would have ended anyway: the key
+    /// of an owner that is gone must not block every waiter for a whole lease once the
+    /// server serves again. Every acquire or renewal with this token was sent before
+    /// now, so the key cannot outlive `now + lease`. The turn passes on after the first
+    /// answer (the next local attempt meets the same condition, and the release is
+    /// token-checked, so the two cannot harm each other).
     pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let conn = self.manager.inner().conn.clone();
         let names = self.names.clone();
+        let give_up = Instant::now() + self.lease;
         self.manager.inner().tasks.spawn_on(
             async move {
-                let _ = scripts::release(&conn, &names, &token).await;
+                let mut turn = turn;
+                let mut backoff = RELEASE_RETRY_MIN;
+                loop {
+                    match scripts::release(&conn, &names, &token).await {
+                        Err(e)
+                            if crate::errors::is_retry_later_reply(&e)
+                                && Instant::now() + backoff < give_up =>
+                        {
+                            drop(turn.take());
+                            tracing::debug!(key = %names.key, error = %e, "background release: retrying later");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RELEASE_RETRY_MAX);
+                        }
+                        _ => break,
+                    }
+                }
                 drop(turn);
             },
             &handle,
@@ -856,6 +895,11 @@ impl Drop for Undo {
         }
     }
 }
+
+/// The first and the longest wait between the retries of a background release
+/// answered "retry later".
+const RELEASE_RETRY_MIN: Duration = Duration::from_millis(50);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Completes at `until`, or never.
 async fn sleep_until(until: Option<Instant>) {

@@ -22,6 +22,9 @@ use crate::notifier::Watch;
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
 const UNREACHABLE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long attempts keep failing "unreachable / retry later" before a waiter logs a
+/// warning (once per such streak).
+const REPORT_FAILING_AFTER: Duration = Duration::from_secs(10);
 /// The least time the first attempt is given, whatever the deadline: a timeout shorter
 /// than a round trip still makes one whole attempt on a healthy connection.
 const FIRST_ATTEMPT_MIN: Duration = Duration::from_millis(100);
@@ -86,6 +89,10 @@ impl Lock {
             _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
         }
         let mut backoff = UNREACHABLE_BACKOFF_MIN;
+        // Since when every attempt has failed "unreachable / retry later", and whether
+        // that streak was reported.
+        let mut failing_since: Option<Instant> = None;
+        let mut reported = false;
         let mut woken = false;
         loop {
             let mut notified = pin!(watch.notified());
@@ -104,6 +111,8 @@ impl Lock {
                 Ok(Attempt::Held(pttl)) => {
                     baton.disarm();
                     backoff = UNREACHABLE_BACKOFF_MIN;
+                    failing_since = None;
+                    reported = false;
                     match pttl {
                         Some(pttl) => pttl + jitter(),
                         None => NO_EXPIRY_RECHECK,
@@ -118,6 +127,13 @@ impl Lock {
                 // Unreachable, or not serving for now (LOADING, BUSY, a failover).
                 Err(e) if e.is_connection_error() => {
                     baton.disarm();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if !reported && since.elapsed() >= REPORT_FAILING_AFTER {
+                        // A condition that does not pass (a URL that names a replica
+                        // answers READONLY for ever) must not be a silent hang.
+                        reported = true;
+                        tracing::warn!(lock = %self.id(), error = %e, failing_for = ?since.elapsed(), "Redis is not serving this lock; still retrying");
+                    }
                     let wait = backoff;
                     backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
                     wait
