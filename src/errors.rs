@@ -34,7 +34,7 @@ use redis::RedisError;
 pub enum RdLockError {
     /// Redis answered with an error that rdlock does not map to a more precise variant
     /// (for example `WRONGTYPE` when the lock key holds a non-string value, `NOPERM`
-    /// from an ACL, `OOM`, `READONLY`).
+    /// from an ACL, `OOM`).
     #[error("redis command failed")]
     RedisError(#[from] RedisError),
     /// The lock is held by another owner (`try_lock`).
@@ -127,5 +127,29 @@ impl RdLockError {
 
 /// Failures after which the same command may succeed once the connection is back.
 pub(crate) fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || is_cluster_transient(e)
+}
+
+/// Redis Cluster states that pass (a failover, a slot migration, a node reconnecting):
+/// redirections that redis-rs's retries did not absorb, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`, `READONLY` (a demoted master), `LOADING`, and a node without a
+/// connection. `CROSSSLOT` is not among them: a lock's keys share one slot.
+fn is_cluster_transient(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::BusyLoading
+        ) | ErrorKind::ClusterConnectionNotFound
+    )
 }

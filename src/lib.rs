@@ -88,8 +88,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
+mod backend;
 mod config;
-mod connection;
 pub mod errors;
 mod gate;
 mod guard;

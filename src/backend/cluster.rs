@@ -1,0 +1,228 @@
+//! Redis Cluster: redis-rs's cluster client for commands (each lock's keys share one
+//! hash tag, so each script runs on the master of one slot), and one plain subscriber
+//! connection to any one node, for classic pub/sub.
+//!
+//! Classic `PUBLISH` is broadcast over the cluster bus to every node, so a subscriber on
+//! any node, master or replica, receives every release whatever the slot of its
+//! channel; a failover or a slot migration does not touch its subscriptions. When its
+//! node dies, the notifier reconnects through [`Cluster::subscriber`], which rotates
+//! over the nodes known (the seeds and the nodes of `CLUSTER SLOTS`), resubscribes and
+//! wakes every waiter. Sharded pub/sub (`SPUBLISH`) would need a subscriber per master
+//! and follow every slot move (the server ends sharded subscriptions of a migrated
+//! slot); see the crate docs.
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisResult, ServerErrorKind, Value};
+
+use super::{Replaceable, Ticket};
+use crate::config::Timeouts;
+use crate::errors::RdLockError;
+
+/// Retries of one request inside the cluster client (redirections, `TRYAGAIN`, a
+/// reconnect); rdlock's own retry loops and deadlines decide the rest.
+const RETRIES: u32 = 3;
+/// The cluster client's waits between its retries, in ms.
+const MIN_RETRY_WAIT_MS: u64 = 20;
+const MAX_RETRY_WAIT_MS: u64 = 200;
+/// Per node connection attempt: a silent seed costs this much.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long refreshing the node list (before a subscriber reconnect) may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub(crate) struct Cluster {
+    /// Seeds given by the user, first (its credentials and TLS are everyone's).
+    seeds: Vec<ConnectionInfo>,
+    timeouts: Timeouts,
+    pub(super) conn: Replaceable<ClusterConnection>,
+    /// Every node known: the seeds, then those of the last `CLUSTER SLOTS`.
+    nodes: Mutex<Vec<ConnectionInfo>>,
+    /// A plain connection to the first seed, for
+    /// [`get_connection_manager`](crate::RdLockConnectionManager::get_connection_manager).
+    seed_conn: ConnectionManager,
+}
+
+impl Cluster {
+    /// Connects to the cluster through any of `seeds` and learns its slots.
+    pub(crate) async fn connect(
+        seeds: Vec<ConnectionInfo>,
+        timeouts: Timeouts,
+    ) -> Result<Self, RdLockError> {
+        if seeds.is_empty() {
+            return Err(RdLockError::InvalidConfig {
+                option: "nodes",
+                reason: "no node given: a cluster needs at least one seed node",
+            });
+        }
+        let client = client(&seeds, timeouts).map_err(RdLockError::InvalidUrl)?;
+        let conn = client.get_async_connection().await.map_err(|e| {
+            if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+                && e.to_string().contains("cluster support disabled")
+            {
+                RdLockError::InvalidConfig {
+                    option: "nodes",
+                    reason: "not a Redis Cluster: the server has cluster support disabled \
+                             (use RdLockConnectionManager::new for one server)",
+                }
+            } else {
+                RdLockError::from_redis(e)
+            }
+        })?;
+        let seed_client = redis::Client::open(seeds[0].clone()).map_err(RdLockError::InvalidUrl)?;
+        let seed_conn = ConnectionManager::new_lazy_with_config(
+            seed_client,
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.response)),
+        )
+        .map_err(RdLockError::InvalidUrl)?;
+        let cluster = Self {
+            nodes: Mutex::new(seeds.clone()),
+            seeds,
+            timeouts,
+            conn: Replaceable::new(conn),
+            seed_conn,
+        };
+        cluster.refresh_nodes().await;
+        Ok(cluster)
+    }
+
+    /// A clone of the current cluster connection.
+    pub(crate) fn cluster_connection(&self) -> ClusterConnection {
+        self.conn.get().1
+    }
+
+    /// The plain connection to the first seed.
+    pub(crate) fn seed_connection(&self) -> ConnectionManager {
+        self.seed_conn.clone()
+    }
+
+    /// The first seed's parameters.
+    pub(crate) fn first_seed(&self) -> &ConnectionInfo {
+        &self.seeds[0]
+    }
+
+    pub(super) fn retire(&self, ticket: Ticket) {
+        // From every node known, not only the seeds: the seeds may be the nodes that
+        // died. Lazy: connects on first use.
+        let nodes = self.known_nodes();
+        let timeouts = self.timeouts;
+        self.conn.replace(ticket, || {
+            let client = client(&nodes, timeouts).ok()?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(NODE_CONNECT_TIMEOUT.min(timeouts.connect))
+                .set_response_timeout(timeouts.response);
+            Some(client.get_pending_async_connection_with_config(config))
+        });
+    }
+
+    /// A subscriber connection to one node: the `attempt`-th of those known, after a
+    /// refresh of the list from `CLUSTER SLOTS` on reconnects.
+    pub(super) async fn subscriber(&self, attempt: u64) -> RedisResult<redis::aio::PubSub> {
+        if attempt > 0 {
+            self.refresh_nodes().await;
+        }
+        let nodes = self.known_nodes();
+        let index = usize::try_from(attempt).unwrap_or(0) % nodes.len().max(1);
+        let info = nodes
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| self.seeds[0].clone());
+        redis::Client::open(info)?.get_async_pubsub().await
+    }
+
+    fn known_nodes(&self) -> Vec<ConnectionInfo> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds the nodes of `CLUSTER SLOTS` to the list (best effort, bounded).
+    async fn refresh_nodes(&self) {
+        let mut conn = self.cluster_connection();
+        let reply = tokio::time::timeout(
+            REFRESH_TIMEOUT.min(self.timeouts.response),
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(reply)) = reply else { return };
+        let mut nodes = self.seeds.clone();
+        for (host, port) in slot_nodes(&reply) {
+            let info = self.seeds[0].clone().set_addr(match self.seeds[0].addr() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(host, port),
+            });
+            if !nodes.iter().any(|n| n.addr() == info.addr()) {
+                nodes.push(info);
+            }
+        }
+        *self.nodes.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seeds: Vec<String> = self.seeds.iter().map(|s| s.addr().to_string()).collect();
+        f.debug_struct("Cluster")
+            .field("seeds", &seeds)
+            .field("known_nodes", &self.known_nodes().len())
+            .finish()
+    }
+}
+
+/// A cluster client with rdlock's settings: bounded connects and replies, few retries
+/// with short waits (the caller's deadline decides the rest).
+fn client(nodes: &[ConnectionInfo], timeouts: Timeouts) -> RedisResult<ClusterClient> {
+    ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(NODE_CONNECT_TIMEOUT.min(timeouts.connect))
+        .response_timeout(timeouts.response)
+        .retries(RETRIES)
+        .min_retry_wait(MIN_RETRY_WAIT_MS)
+        .max_retry_wait(MAX_RETRY_WAIT_MS)
+        .build()
+}
+
+/// The `(host, port)` of every node in a `CLUSTER SLOTS` reply:
+/// `[[start, end, [host, port, id, ..], [replica ..] ..] ..]`.
+fn slot_nodes(reply: &Value) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    let Value::Array(ranges) = reply else {
+        return out;
+    };
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(fields) = node else { continue };
+            let host = match fields.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let port = match fields.get(1) {
+                Some(Value::Int(p)) => u16::try_from(*p).ok(),
+                _ => None,
+            };
+            if let Some(port) = port.filter(|_| !host.is_empty() && host != "?") {
+                out.push((host, port));
+            }
+        }
+    }
+    out
+}
