@@ -213,7 +213,7 @@ async fn locks_on_every_shard_exclude_fence_and_wake() {
     b.shutdown().await.expect("shutdown");
 }
 
-/// One fault phase: a holder (30 s lease) and a waiter on `id`, a guard with a short
+/// Each fault phase: a holder (30 s lease) and a waiter on `id`, a guard with a short
 /// lease on `held_id` (same master), `fault` runs while the waiter waits, then the
 /// release must wake the waiter.
 #[tokio::test]
@@ -323,6 +323,74 @@ async fn waiters_and_held_guards_across_failover_migration_and_kill() {
         release_and_wake(&cluster, guard, waiter, "after SIGKILL of the master").await;
     latencies.push(("SIGKILL of the master", latency));
     drop((next, held));
+
+    // 4. SIGSTOP of the lock's master past the node timeout (it answers nothing, its
+    //    connections stay open: commands time out and retire the cluster connection),
+    //    a replica is promoted; then SIGCONT.
+    let mut m = None;
+    for candidate in cluster.masters().await {
+        if !cluster.replicas_of(candidate).await.is_empty() {
+            m = Some(candidate);
+            break;
+        }
+    }
+    let m = m.expect("a master with a running replica");
+    let (id, held_id) = (
+        cluster.id_on_master(m, "pause").await,
+        cluster.id_on_master(m, "pause-held").await,
+    );
+    let waiters = manager(&cluster, masters[0]).await;
+    let guard = holders
+        .new_lock(&id)
+        .with_lease(LONG_LEASE)
+        .lock()
+        .await
+        .expect("lock");
+    let held = holders
+        .new_lock(&held_id)
+        .with_lease(SHORT_LEASE)
+        .lock()
+        .await
+        .expect("lock");
+    let waiter = start_waiter(&waiters, &id).await;
+    replicate(&cluster, &id).await;
+    let slot = support::cluster::lock_slot(&id);
+    let paused_at = Instant::now();
+    let (old, new) = cluster.pause_master_of_slot(slot).await;
+    println!(
+        "pause: master {old} -> {new}, settled after {:?}",
+        paused_at.elapsed()
+    );
+    check_held_across(&held, &waiters, "after SIGSTOP of the master").await;
+    // Both managers' connections still route the slot to the hung master until a
+    // command times out (or is cut short) and the connection is rebuilt: wait for
+    // that (bounded), as a user's retry would, then the release must wake the waiter.
+    for (name, manager) in [("holders", &holders), ("waiters", &waiters)] {
+        let started = Instant::now();
+        loop {
+            match manager.new_lock(&id).holder().await {
+                Ok(Some(_)) => break,
+                outcome => assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{name}: holder() after the pause: {outcome:?} for 30 s\n{}",
+                    cluster.logs()
+                ),
+            }
+        }
+        println!(
+            "pause: {name} manager answered again after {:?}",
+            started.elapsed()
+        );
+    }
+    let (next, latency) =
+        release_and_wake(&cluster, guard, waiter, "after SIGSTOP of the master").await;
+    latencies.push(("SIGSTOP of the master", latency));
+    cluster.resume(old);
+    cluster.wait_settled("the paused master resumed").await;
+    next.release()
+        .await
+        .expect("release after the old master resumed");
+    drop(held);
     println!("wake-up latencies after each fault: {latencies:?}");
 }
 

@@ -12,8 +12,9 @@
 //! slot); see the crate docs.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
@@ -32,6 +33,16 @@ const MIN_RETRY_WAIT_MS: u64 = 20;
 const MAX_RETRY_WAIT_MS: u64 = 200;
 /// Per node connection attempt: a silent seed costs this much.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long building a replacement connection may take before it is abandoned (the
+/// next failure starts another).
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a replacement connection is built again while a master of its map does
+/// not answer, and for how long at most ([`Cluster::retire`]).
+const HEAL_RETRY: Duration = Duration::from_millis(500);
+const HEAL_FOR: Duration = Duration::from_secs(60);
+/// A request dropped unanswered after this long counts as a timeout
+/// ([`Cluster::watch`]): a round trip on a healthy cluster takes a few ms.
+const SLOW: Duration = Duration::from_millis(250);
 /// How long refreshing the node list (before a subscriber reconnect) may take.
 const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -39,7 +50,9 @@ pub(crate) struct Cluster {
     /// Seeds given by the user, first (its credentials and TLS are everyone's).
     seeds: Vec<ConnectionInfo>,
     timeouts: Timeouts,
-    pub(super) conn: Replaceable<ClusterConnection>,
+    pub(super) conn: Arc<Replaceable<ClusterConnection>>,
+    /// A replacement connection is being built ([`Self::retire`]).
+    rebuilding: Arc<AtomicBool>,
     /// Every node known: the seeds, then those of the last `CLUSTER SLOTS`.
     nodes: Mutex<Vec<ConnectionInfo>>,
     /// A plain connection to the first seed, for
@@ -85,7 +98,8 @@ impl Cluster {
             nodes: Mutex::new(seeds.clone()),
             seeds,
             timeouts,
-            conn: Replaceable::new(conn),
+            conn: Arc::new(Replaceable::new(conn)),
+            rebuilding: Arc::new(AtomicBool::new(false)),
             seed_conn,
         };
         cluster.refresh_nodes().await;
@@ -107,18 +121,83 @@ impl Cluster {
         &self.seeds[0]
     }
 
-    pub(super) fn retire(&self, ticket: Ticket) {
-        // From every node known, not only the seeds: the seeds may be the nodes that
-        // died. Lazy: connects on first use.
+    /// Replaces the cluster connection, with one that is connected and knows where
+    /// every slot lives.
+    ///
+    /// redis-rs learns a new topology from `MOVED` replies and errors, never from
+    /// timeouts: a master that hangs (paused, partitioned) keeps its slots in the
+    /// client's map after a replica took them over, and every request for them times
+    /// out. And a lazy connection would spend each first request's response timeout
+    /// on connecting to the hung node, then be retired in turn. So the replacement is
+    /// built in the background (one task at a time), from every node known (the seeds
+    /// may be the nodes that died), swapped in once it has learnt the slots, and built
+    /// again every [`HEAL_RETRY`] until every master of its map answers `PING` (the
+    /// hung master was failed over), for at most [`HEAL_FOR`]. Meanwhile the current
+    /// connection serves; the scripts' token echo still checks every reply.
+    pub(super) fn retire(&self, _ticket: Ticket) {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return; // a replacement is on its way
+        }
         let nodes = self.known_nodes();
         let timeouts = self.timeouts;
-        self.conn.replace(ticket, || {
-            let client = client(&nodes, timeouts).ok()?;
-            let config = ClusterConfig::new()
-                .set_connection_timeout(NODE_CONNECT_TIMEOUT.min(timeouts.connect))
-                .set_response_timeout(timeouts.response);
-            Some(client.get_pending_async_connection_with_config(config))
+        let slot = self.conn.clone();
+        let rebuilding = self.rebuilding.clone();
+        let seed = self.seeds[0].clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (dropped while it shuts down): nothing will use the connection.
+            self.rebuilding.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut was_healthy = false;
+            loop {
+                let connecting = async {
+                    let client = client(&nodes, timeouts)?;
+                    let config = ClusterConfig::new()
+                        .set_connection_timeout(NODE_CONNECT_TIMEOUT.min(timeouts.connect))
+                        .set_response_timeout(timeouts.response);
+                    client.get_async_connection_with_config(config).await
+                };
+                match tokio::time::timeout(REBUILD_TIMEOUT, connecting).await {
+                    Ok(Ok(conn)) => {
+                        let mut probe = conn.clone();
+                        let (ticket, _) = slot.get();
+                        slot.replace(ticket, || Some(conn));
+                        let healthy =
+                            every_master_answers(&mut probe, &seed, timeouts.response).await;
+                        // Done when the connection swapped in was built after the
+                        // topology was already seen healthy: nodes learn a promotion
+                        // by gossip, so the map of a connection built at that moment
+                        // may still name the hung master.
+                        if healthy && was_healthy {
+                            break;
+                        }
+                        was_healthy = healthy;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cluster connection: rebuild failed"),
+                    Err(_) => tracing::warn!("cluster connection: rebuild timed out"),
+                }
+                if started.elapsed() > HEAL_FOR {
+                    tracing::warn!("cluster connection: a master still does not answer");
+                    break;
+                }
+                tokio::time::sleep(HEAL_RETRY).await;
+            }
+            rebuilding.store(false, Ordering::Release);
         });
+    }
+
+    /// Watches one request on `ticket`'s connection: if it is dropped unanswered after
+    /// [`SLOW`] (a watchdog's deadline or a `lock_timeout` cut it short), the master
+    /// may hang, and the connection is healed as after a timeout.
+    pub(super) fn watch(&self, ticket: Ticket) -> InFlight<'_> {
+        InFlight {
+            cluster: self,
+            ticket,
+            started: Instant::now(),
+            answered: false,
+        }
     }
 
     /// A subscriber connection to one node: the `attempt`-th of those known, after a
@@ -155,25 +234,36 @@ impl Cluster {
         .await;
         let Ok(Ok(reply)) = reply else { return };
         let mut nodes = self.seeds.clone();
-        for (host, port) in slot_nodes(&reply) {
-            let info = self.seeds[0].clone().set_addr(match self.seeds[0].addr() {
-                ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure: *insecure,
-                    tls_params: tls_params.clone(),
-                },
-                _ => ConnectionAddr::Tcp(host, port),
-            });
+        for (host, port) in slot_nodes(&reply, false) {
+            let info = node_info(&self.seeds[0], host, port);
             if !nodes.iter().any(|n| n.addr() == info.addr()) {
                 nodes.push(info);
             }
         }
         *self.nodes.lock().unwrap_or_else(PoisonError::into_inner) = nodes;
+    }
+}
+
+/// A request in flight ([`Cluster::watch`]).
+pub(super) struct InFlight<'a> {
+    cluster: &'a Cluster,
+    ticket: Ticket,
+    started: Instant,
+    answered: bool,
+}
+
+impl InFlight<'_> {
+    /// The reply came (whatever it was: the caller checks it).
+    pub(super) fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.started.elapsed() >= SLOW {
+            self.cluster.retire(self.ticket);
+        }
     }
 }
 
@@ -199,16 +289,70 @@ fn client(nodes: &[ConnectionInfo], timeouts: Timeouts) -> RedisResult<ClusterCl
         .build()
 }
 
-/// The `(host, port)` of every node in a `CLUSTER SLOTS` reply:
+/// Whether every master of the slot map (`CLUSTER SLOTS`, as one node sees it) answers
+/// `PING` on a plain connection within `timeout`. (A `PING` through the cluster
+/// connection says nothing of a master it holds no connection to.)
+async fn every_master_answers(
+    conn: &mut ClusterConnection,
+    seed: &ConnectionInfo,
+    timeout: Duration,
+) -> bool {
+    let slots = tokio::time::timeout(
+        timeout,
+        redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(conn),
+    )
+    .await;
+    let Ok(Ok(slots)) = slots else { return false };
+    let mut masters = slot_nodes(&slots, true);
+    masters.sort();
+    masters.dedup();
+    if masters.is_empty() {
+        return false;
+    }
+    for (host, port) in masters {
+        let ping = async {
+            let client = redis::Client::open(node_info(seed, host, port))?;
+            let mut plain = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut plain).await
+        };
+        if !matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The parameters of node `host:port`: the seed's, with its credentials and TLS.
+fn node_info(seed: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match seed.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    seed.clone().set_addr(addr)
+}
+
+/// The `(host, port)` of every node (or every master) in a `CLUSTER SLOTS` reply:
 /// `[[start, end, [host, port, id, ..], [replica ..] ..] ..]`.
-fn slot_nodes(reply: &Value) -> Vec<(String, u16)> {
+fn slot_nodes(reply: &Value, masters_only: bool) -> Vec<(String, u16)> {
     let mut out = Vec::new();
     let Value::Array(ranges) = reply else {
         return out;
     };
     for range in ranges {
         let Value::Array(parts) = range else { continue };
-        for node in parts.iter().skip(2) {
+        let nodes = if masters_only { 1 } else { usize::MAX };
+        for node in parts.iter().skip(2).take(nodes) {
             let Value::Array(fields) = node else { continue };
             let host = match fields.first() {
                 Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),

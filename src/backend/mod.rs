@@ -15,8 +15,10 @@
 //! request; if the connection went silent for good (a NAT that forgot it), every later
 //! command would time out until the kernel gives up, hours later. redis-rs reconnects
 //! on I/O errors but not on timeouts, so rdlock does it: a command that times out, or a
-//! reply that does not echo the request's token, retires the connection (the cluster
-//! connection as a whole on a cluster), and the next command opens a new one.
+//! reply that does not echo the request's token, retires the connection, and the next
+//! command opens a new one. On a cluster the whole cluster connection is rebuilt in
+//! the background, and a request cut short by its caller's deadline counts too
+//! (`cluster::Cluster::retire`): that is how a hung master is noticed.
 
 pub(crate) mod cluster;
 pub(crate) mod single;
@@ -54,7 +56,10 @@ impl Backend {
             }
             Self::Cluster(cluster) => {
                 let (ticket, mut conn) = cluster.conn.get();
-                (ticket, invocation.invoke_async(&mut conn).await)
+                let in_flight = cluster.watch(ticket);
+                let result = invocation.invoke_async(&mut conn).await;
+                in_flight.answered();
+                (ticket, result)
             }
         };
         (ticket, self.check(ticket, result))
@@ -70,7 +75,10 @@ impl Backend {
             }
             Self::Cluster(cluster) => {
                 let (ticket, mut conn) = cluster.conn.get();
-                (ticket, pipe.query_async(&mut conn).await)
+                let in_flight = cluster.watch(ticket);
+                let result = pipe.query_async(&mut conn).await;
+                in_flight.answered();
+                (ticket, result)
             }
         };
         self.check(ticket, result)
