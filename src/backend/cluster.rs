@@ -370,3 +370,63 @@ fn slot_nodes(reply: &Value, masters_only: bool) -> Vec<(String, u16)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::IntoConnectionInfo;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn slot_nodes_reads_masters_and_replicas() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                node("10.0.0.1", 7000),
+                node("10.0.0.2", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(8192),
+                Value::Int(16383),
+                node("10.0.0.3", 7002),
+                node("?", 7003),
+                node("", 7004),
+            ]),
+        ]);
+        assert_eq!(
+            slot_nodes(&reply, false),
+            vec![
+                ("10.0.0.1".to_owned(), 7000),
+                ("10.0.0.2".to_owned(), 7001),
+                ("10.0.0.3".to_owned(), 7002),
+            ]
+        );
+        assert_eq!(
+            slot_nodes(&reply, true),
+            vec![("10.0.0.1".to_owned(), 7000), ("10.0.0.3".to_owned(), 7002)]
+        );
+        assert!(slot_nodes(&Value::Nil, false).is_empty());
+    }
+
+    #[test]
+    fn node_info_keeps_the_seeds_credentials() {
+        let seed = "redis://user:secret@10.0.0.1:7000/"
+            .into_connection_info()
+            .unwrap();
+        let info = node_info(&seed, "10.0.0.9".to_owned(), 7009);
+        assert_eq!(
+            info.addr(),
+            &ConnectionAddr::Tcp("10.0.0.9".to_owned(), 7009)
+        );
+        assert_eq!(info.redis_settings().username(), Some("user"));
+        assert_eq!(info.redis_settings().password(), Some("secret"));
+    }
+}
