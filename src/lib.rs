@@ -125,7 +125,15 @@
 //!   (graceful) and a slot migration keep held locks: renewals reach the new owner
 //!   (tested). When a master dies, renewals fail until a replica is promoted (about
 //!   the node timeout plus a second); a guard whose lease ends first reports the loss
-//!   by its local deadline. The promoted replica may lack the master's last writes: a
+//!   by its local deadline. A master that *hangs* (paused, partitioned, connections
+//!   open) is worse for liveness: redis-rs learns topology from `MOVED` replies and
+//!   errors, never from timeouts, so commands for its slots time out until rdlock
+//!   rebuilds the cluster connection. A command that times out, or that its caller's
+//!   deadline cuts short after 250 ms, starts that rebuild in the background, repeated
+//!   until every master of the new slot map answers; until it lands (measured: 2-4 s
+//!   after the promotion), commands for those slots fail with
+//!   [`RdLockError::Unreachable`] (`lock()` and the watchdog retry, a `release()` is
+//!   reported failed and its lease expires by itself). The promoted replica may lack the master's last writes: a
 //!   lock acquired just before the crash may be gone (another client can then take
 //!   it while the first still believes it holds it until its next renewal fails), and
 //!   the fencing counter may go back, so **fencing tokens can repeat** after a
