@@ -195,6 +195,40 @@ async fn locks_on_every_shard_exclude_fence_and_wake() {
         );
         assert!(b.new_lock(&id).force_release().await.is_ok());
     }
+    // Ids of any bytes: every key of a lock shares one slot (else CROSSSLOT).
+    let long = "x".repeat(1000);
+    for id in [
+        "{",
+        "}",
+        "{}",
+        "a}b{c",
+        "%7D",
+        "日本語",
+        "with space",
+        long.as_str(),
+    ] {
+        let guard = match a.new_lock(id).try_lock().await {
+            Ok(g) => g,
+            Err(e) => panic!("id {id:?}: {e:?}"),
+        };
+        assert_eq!(
+            b.new_lock(id).try_lock().await.err(),
+            Some(RdLockError::LockUnavailable),
+            "id {id:?}"
+        );
+        let holder = b.new_lock(id).holder().await.expect("holder()");
+        assert_eq!(holder.map(|h| h.fencing_token), Some(guard.fencing_token()));
+        guard.release().await.expect("release");
+    }
+    assert_eq!(
+        a.new_lock("")
+            .try_lock()
+            .await
+            .err()
+            .map(|e| matches!(e, RdLockError::InvalidLockId { .. })),
+        Some(true),
+        "the empty id is refused before any command"
+    );
     // NOSCRIPT (a new or flushed primary) is healed on the cluster path too.
     for i in cluster.running() {
         let _: () = cluster.query(i, redis::cmd("SCRIPT").arg("FLUSH")).await;
