@@ -425,6 +425,55 @@ async fn waiters_and_held_guards_across_failover_migration_and_kill() {
         .await
         .expect("release after the old master resumed");
     drop(held);
+
+    // 5. The waiters' subscriber node (a replica) hangs (SIGSTOP, no failover: replicas
+    //    own no slots) while the waiter waits: the release message is lost with it; the
+    //    subscriber's PING check notices, it reconnects to another node and wakes every
+    //    waiter, who then finds the lock free.
+    let mut replica = None;
+    for r in cluster.running() {
+        if !cluster.is_master(r).await {
+            replica = Some(r);
+            break;
+        }
+    }
+    let replica = replica.expect("a running replica");
+    let m = cluster.masters().await[0];
+    let id = cluster.id_on_master(m, "sub-hang").await;
+    let waiters = manager(&cluster, replica).await;
+    let guard = holders
+        .new_lock(&id)
+        .with_lease(LONG_LEASE)
+        .lock()
+        .await
+        .expect("lock");
+    let waiter = start_waiter(&waiters, &id).await;
+    let connections = waiters.subscriber_connections();
+    cluster.pause(replica);
+    let released = Instant::now();
+    guard
+        .release()
+        .await
+        .expect("release while the subscriber's node hangs");
+    let (outcome, at) = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("waiter done within 60 s")
+        .expect("the waiter task");
+    let latency = at.saturating_duration_since(released);
+    println!("subscriber node {replica} hung: waiter got the lock {latency:?} after the release");
+    assert!(outcome.is_ok(), "subscriber node hung: {outcome:?}");
+    assert!(
+        waiters.subscriber_connections() > connections,
+        "the subscriber did not reconnect"
+    );
+    // PING every 5 s, its reply awaited 2 s, then a reconnect: well under the 30 s lease.
+    assert!(
+        latency < Duration::from_secs(15),
+        "subscriber node hung: woken {latency:?} after the release"
+    );
+    latencies.push(("hang of the waiter's subscriber node", latency));
+    cluster.resume(replica);
+    drop(outcome);
     println!("wake-up latencies after each fault: {latencies:?}");
 }
 
