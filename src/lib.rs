@@ -132,8 +132,10 @@
 //!   deadline cuts short after 250 ms, starts that rebuild in the background, repeated
 //!   until every master of the new slot map answers; until it lands (measured: 2-4 s
 //!   after the promotion), commands for those slots fail with
-//!   [`RdLockError::Unreachable`] (`lock()` and the watchdog retry, a `release()` is
-//!   reported failed and its lease expires by itself). The promoted replica may lack the master's last writes: a
+//!   [`RdLockError::Unreachable`]: `lock()` and the watchdog retry, and renewals and
+//!   releases (which act only while the key holds the owner's token, so may run
+//!   twice) are retried once on the rebuilt connection (measured: a release took 3 s,
+//!   its timeout and the rebuild, and succeeded). The promoted replica may lack the master's last writes: a
 //!   lock acquired just before the crash may be gone (another client can then take
 //!   it while the first still believes it holds it until its next renewal fails), and
 //!   the fencing counter may go back, so **fencing tokens can repeat** after a

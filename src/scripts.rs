@@ -40,6 +40,15 @@ async fn invoke<T: FromRedisValue>(
     conn.invoke(invocation).await
 }
 
+/// [`invoke`] for renewals and releases, which may run twice (see
+/// [`Backend::invoke_idempotent`]).
+async fn invoke_idempotent<T: FromRedisValue>(
+    conn: &Backend,
+    invocation: &ScriptInvocation<'_>,
+) -> (Ticket, RedisResult<T>) {
+    conn.invoke_idempotent(invocation).await
+}
+
 /// Checks a script's echo of `token`; a wrong echo retires the connection it came on.
 fn echoed(conn: &Backend, lease: &Ticket, echo: &str, token: &str) -> RedisResult<()> {
     if echo == token {
@@ -93,7 +102,7 @@ pub(crate) async fn renew(
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
-    let (lease, reply) = invoke(
+    let (lease, reply) = invoke_idempotent(
         conn,
         RENEW
             .key(&names.key)
@@ -113,7 +122,7 @@ pub(crate) async fn renew(
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
-    let (lease, reply) = invoke(
+    let (lease, reply) = invoke_idempotent(
         conn,
         RELEASE
             .key(&names.key)

@@ -188,6 +188,21 @@ impl Cluster {
         });
     }
 
+    /// Waits (at most one response timeout) until the connection `ticket` was for has
+    /// been replaced; `true` if it was.
+    pub(super) async fn rebuilt_since(&self, ticket: Ticket) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.conn.get().0.generation != ticket.generation {
+                return true;
+            }
+            if started.elapsed() >= self.timeouts.response {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Watches one request on `ticket`'s connection: if it is dropped unanswered after
     /// [`SLOW`] (a watchdog's deadline or a `lock_timeout` cut it short), the master
     /// may hang, and the connection is healed as after a timeout.

@@ -65,6 +65,28 @@ impl Backend {
         (ticket, self.check(ticket, result))
     }
 
+    /// [`invoke`](Self::invoke) for a script that may safely run twice (a renewal, a
+    /// release: both act only while the key holds the owner's token). On a cluster, a
+    /// timeout is retried once when the connection was rebuilt meanwhile (a hung master
+    /// was failed over: see `cluster::Cluster::retire`), so that the release of a lock
+    /// on it is not left to its lease.
+    pub(crate) async fn invoke_idempotent<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> (Ticket, RedisResult<T>) {
+        let (ticket, result) = self.invoke(invocation).await;
+        match (self, &result) {
+            (Self::Cluster(cluster), Err(e)) if e.is_timeout() => {
+                if cluster.rebuilt_since(ticket).await {
+                    self.invoke(invocation).await
+                } else {
+                    (ticket, result)
+                }
+            }
+            _ => (ticket, result),
+        }
+    }
+
     /// Runs a pipeline on the keys of one lock (one hash tag, so one slot on a
     /// cluster); a timeout retires the connection.
     pub(crate) async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
