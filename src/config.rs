@@ -149,6 +149,40 @@ impl ManagerBuilder {
         RdLockConnectionManager::connect_single(params, timeouts).await
     }
 
+    /// Validates the options, connects to a Redis Cluster through any of `nodes` (one
+    /// reachable node is enough: the others are learnt from it) and starts the shared
+    /// subscriber. See [`RdLockConnectionManager::cluster`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidConfig`] when an option is out of range, when `nodes` is
+    ///   empty, or when the server is not a cluster (`option` is then `"nodes"`);
+    /// - otherwise those of [`RdLockConnectionManager::cluster`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .response_timeout(Duration::from_secs(1))
+    ///     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cluster<T: IntoConnectionInfo>(
+        self,
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<RdLockConnectionManager, RdLockError> {
+        let timeouts = self.timeouts()?;
+        RdLockConnectionManager::connect_cluster(nodes, timeouts).await
+    }
+
     /// Checks the options and resolves their defaults.
     pub(crate) fn timeouts(&self) -> Result<Timeouts, RdLockError> {
         let response = self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);

@@ -150,7 +150,19 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }
-    is_retry_later_reply(e)
+    is_retry_later_reply(e) || is_cluster_transient(e)
+}
+
+/// Redis Cluster states that pass (a failover, a slot migration, a node reconnecting)
+/// beyond the "retry later" replies: redirections that redis-rs's retries did not
+/// absorb, and a node without a connection. `CROSSSLOT` is not among them: a lock's
+/// keys share one slot.
+fn is_cluster_transient(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+            | ErrorKind::ClusterConnectionNotFound
+    )
 }
 
 /// The server answered, with one of the "retry later" errors of [`is_transient`]: the

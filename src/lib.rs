@@ -96,12 +96,72 @@
 //!   Redis 7.0 for short ids): prefer stable lock ids to one id per job.
 //! - The acquire script stores an owner record ([`HolderInfo`]) and reads the server's
 //!   `TIME`; it needs Redis 6.2 or later (tested on 7.0).
+//!
+//! # Redis Cluster
+//!
+//! [`RdLockConnectionManager::cluster`] (or [`ManagerBuilder::cluster`]) connects to a
+//! Redis Cluster through any of the seed nodes given; everything else — [`Lock`],
+//! [`LockGuard`], `run`, `holder`, `force_release`, `shutdown`, fencing, `BasicLock` —
+//! is the same code as on one server (one wait loop, one watchdog, one notifier).
+//!
+//! - **Commands.** Each lock's keys share one hash tag, so each script runs on the
+//!   master of one slot, through redis-rs's cluster client, configured with the
+//!   manager's response timeout (per request, redirections included), 3 retries and
+//!   20-200 ms waits between them; rdlock's own deadlines bound the rest. A command
+//!   that times out, or a reply without the token's echo, replaces the cluster
+//!   connection, rebuilt from every node known (not only the seeds, which may be the
+//!   nodes that died). `NOSCRIPT` on a new or flushed primary is healed by loading the
+//!   script on every node. The cluster's passing states (`MOVED`/`ASK` that the
+//!   retries did not absorb, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`,
+//!   `LOADING`, a node without a connection) count as transient: `lock()` and the
+//!   watchdog keep going, `try_lock()` reports [`RdLockError::Unreachable`].
+//! - **Wake-ups: classic pub/sub, one subscriber.** The release script's classic
+//!   `PUBLISH` is broadcast over the cluster bus to every node, so one plain subscriber
+//!   connection to any one node, master or replica, hears every release whatever the
+//!   slot: a failover or a slot migration does not touch its subscriptions (measured:
+//!   wake-ups 3-30 ms after the release). When its node dies, the subscriber reconnects
+//!   to the next node it knows (the seeds and the nodes of `CLUSTER SLOTS`),
+//!   resubscribes, and wakes every waiter, as on one server. Sharded pub/sub
+//!   (`SSUBSCRIBE`/`SPUBLISH`) was not chosen: it needs one subscriber per master, the
+//!   server pushes an unsolicited `sunsubscribe` when a slot migrates or its primary is
+//!   demoted (to be redone on the new owner), and redis-rs 1.8.1, measured, took that
+//!   push for the reply to another command on the same connection (wrong replies) and
+//!   silently dropped the channel. Its gain, no bus fan-out of each release message to
+//!   every node, does not matter at lock rates. Connections stay O(1) in the number of
+//!   waiters: the cluster client plus one subscriber connection.
+//! - **Keyspace events are not used** on a cluster: they are node-local (a subscriber
+//!   on one node never sees another node's expiries). A waiter whose holder crashed
+//!   wakes when the holder's lease runs out, as on a server without them.
+//!   [`RdLockConnectionManager::keyspace_events`] is `false`.
+//! - **Failovers and held locks.** Replication is asynchronous. A `CLUSTER FAILOVER`
+//!   (graceful) and a slot migration keep held locks: renewals reach the new owner
+//!   (tested). When a master dies, renewals fail until a replica is promoted (about
+//!   the node timeout plus a second); a guard whose lease ends first reports the loss
+//!   by its local deadline. A master that *hangs* (paused, partitioned, connections
+//!   open) is worse for liveness: redis-rs learns topology from `MOVED` replies and
+//!   errors, never from timeouts, so commands for its slots time out until rdlock
+//!   rebuilds the cluster connection. A command that times out, or that its caller's
+//!   deadline cuts short after 250 ms, starts that rebuild in the background, repeated
+//!   until every master of the new slot map answers; until it lands (measured: 2-4 s
+//!   after the promotion), commands for those slots fail with
+//!   [`RdLockError::Unreachable`]: `lock()` and the watchdog retry, and renewals and
+//!   releases (which act only while the key holds the owner's token, so may run
+//!   twice) are retried once on the rebuilt connection (measured: a release took 3 s,
+//!   its timeout and the rebuild, and succeeded). The promoted replica may lack the master's last writes: a
+//!   lock acquired just before the crash may be gone (another client can then take
+//!   it while the first still believes it holds it until its next renewal fails), and
+//!   the fencing counter may go back, so **fencing tokens can repeat** after a
+//!   failover (measured: the last 6-10 tokens handed out before a master was stopped
+//!   were handed out again). A fenced resource that rejects tokens *equal to or
+//!   below* the largest it accepted stays safe. Redis's `WAIT` narrows the window but
+//!   does not close it.
+//!
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]
 
+mod backend;
 mod config;
-mod connection;
 pub mod errors;
 mod gate;
 mod guard;

@@ -4,13 +4,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo};
+use redis::aio::ConnectionManager;
+use redis::IntoConnectionInfo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::cluster::Cluster;
+use crate::backend::single::Single;
+use crate::backend::Backend;
 use crate::config::{ManagerBuilder, Timeouts};
-use crate::connection::Connection;
 use crate::errors::RdLockError;
 use crate::gate::Gates;
 use crate::held::HeldGuards;
@@ -18,10 +20,6 @@ use crate::lock::{BasicLock, Lock};
 use crate::notifier::Notifier;
 use crate::scripts;
 
-/// Connection attempts after the first one, with jittered exponential backoff: bounds
-/// [`RdLockConnectionManager::new`] against an unreachable server to a few seconds (three
-/// attempts of the connect timeout: 2 s, or a longer response timeout that was set).
-const CONNECT_RETRIES: usize = 2;
 /// How long [`RdLockConnectionManager::shutdown`] waits for releases and background
 /// tasks to finish.
 ///
@@ -69,7 +67,8 @@ pub struct RdLockConnectionManager {
 }
 
 pub(crate) struct Inner {
-    pub(crate) conn: Arc<Connection>,
+    /// Where locks live: one server or a cluster.
+    pub(crate) conn: Arc<Backend>,
     pub(crate) info: redis::ConnectionInfo,
     pub(crate) notifier: Notifier,
     /// The database number, when keyspace events are on: the keyspace channel prefix.
@@ -123,6 +122,56 @@ impl RdLockConnectionManager {
         ManagerBuilder::new().connect(params).await
     }
 
+    /// Connects to a Redis Cluster through any of `nodes` and starts the shared
+    /// subscriber, with every option at its default; the same as
+    /// `builder().cluster(nodes)`.
+    ///
+    /// One reachable node is enough: the others, and which master holds which slot, are
+    /// learnt from it and kept current by the cluster client (redis-rs, with a bounded
+    /// response timeout, 3 retries and short waits). Every lock's keys share one hash
+    /// tag, so each lock lives on one master; ids of any bytes spread over every shard.
+    /// Everything else is as on one server, except that keyspace events are not used
+    /// (they are node-local on a cluster) and that a failover can lose a lock or repeat
+    /// fencing tokens: see the crate docs, "Redis Cluster".
+    ///
+    /// [`get_connection_manager`](Self::get_connection_manager) then gives a plain
+    /// connection to the first node, which answers only for its own slots;
+    /// [`get_connection_info`](Self::get_connection_info) gives the first node's
+    /// parameters.
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidUrl`] when a node's parameters cannot be parsed;
+    /// - [`RdLockError::InvalidConfig`] (option `"nodes"`) when `nodes` is empty, or
+    ///   when the server is not a cluster ("cluster support disabled"): not transient;
+    /// - [`RdLockError::Unreachable`] when no node can be reached (within about a
+    ///   second per seed);
+    /// - [`RdLockError::RedisError`] when the servers refuse the set-up (wrong
+    ///   password, an ACL without `cluster|slots`, ...).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// let manager = rdlock::RdLockConnectionManager::cluster([
+    ///     "redis://10.0.0.1:7000",
+    ///     "redis://10.0.0.2:7000",
+    /// ])
+    /// .await?;
+    /// let _guard = manager.new_lock("nightly-report").lock().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RdLockError> {
+        ManagerBuilder::new().cluster(nodes).await
+    }
+
     /// A [`ManagerBuilder`], to set options before connecting; its
     /// [`connect`](ManagerBuilder::connect) gives the manager.
     ///
@@ -152,27 +201,44 @@ impl RdLockConnectionManager {
         let info = params
             .into_connection_info()
             .map_err(RdLockError::InvalidUrl)?;
-        let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.response))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone())
-            .await
-            .map_err(RdLockError::from_redis)?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(RdLockError::from_redis)?;
-        let keyspace_db = keyspace_events_enabled(&mut conn)
-            .await
-            .then_some(info.redis_settings().db());
+        let connected = Single::connect(info.clone(), timeouts).await?;
+        Ok(Self::start(
+            Backend::Single(Box::new(connected.single)),
+            info,
+            connected.keyspace_db,
+            timeouts,
+        ))
+    }
+
+    /// A Redis Cluster, with validated options ([`ManagerBuilder::cluster`]).
+    pub(crate) async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+        timeouts: Timeouts,
+    ) -> Result<Self, RdLockError> {
+        let seeds = nodes
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RdLockError::InvalidUrl)?;
+        let cluster = Cluster::connect(seeds, timeouts).await?;
+        let info = cluster.first_seed().clone();
+        // Keyspace events are node-local on a cluster: not used (see the crate docs).
+        Ok(Self::start(Backend::Cluster(cluster), info, None, timeouts))
+    }
+
+    /// The manager around a connected backend; starts the subscriber.
+    fn start(
+        backend: Backend,
+        info: redis::ConnectionInfo,
+        keyspace_db: Option<i64>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let backend = Arc::new(backend);
         let shutdown = CancellationToken::new();
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
-                notifier: Notifier::start(client.clone(), timeouts, shutdown.clone()),
-                conn: Arc::new(Connection::new(client, config, conn)),
+                notifier: Notifier::start(backend.clone(), timeouts, shutdown.clone()),
+                conn: backend,
                 info,
                 keyspace_db,
                 timeouts,
@@ -181,7 +247,7 @@ impl RdLockConnectionManager {
                 gates: Gates::default(),
                 shutdown,
             }),
-        })
+        }
     }
 
     /// How long one command may wait for its reply before it counts as failed
@@ -253,7 +319,10 @@ impl RdLockConnectionManager {
     /// ```
     #[must_use]
     pub fn get_connection_manager(&self) -> ConnectionManager {
-        self.inner.conn.get().conn
+        match &*self.inner.conn {
+            Backend::Single(single) => single.connection_manager(),
+            Backend::Cluster(cluster) => cluster.seed_connection(),
+        }
     }
 
     /// The connection parameters in use (kept from rdlock 1.x).
@@ -461,28 +530,15 @@ pub struct Footprint {
 
 impl fmt::Debug for RdLockConnectionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RdLockConnectionManager")
-            .field("addr", &self.inner.info.addr())
-            .field("db", &self.inner.info.redis_settings().db())
-            .field("keyspace_events", &self.keyspace_events())
-            .field("response_timeout", &self.inner.timeouts.response)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Reads `notify-keyspace-events`; `false` when it is off or `CONFIG` is not allowed.
-async fn keyspace_events_enabled(conn: &mut ConnectionManager) -> bool {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(conn)
-        .await;
-    match reply {
-        Ok(pair) => pair.get(1).is_some_and(|flags| {
-            // K: keyspace channel; A (all), g (del) or x (expired): events we use.
-            flags.contains('K')
-                && (flags.contains('A') || flags.contains('g') || flags.contains('x'))
-        }),
-        Err(_) => false,
+        let mut f = f.debug_struct("RdLockConnectionManager");
+        match &*self.inner.conn {
+            Backend::Single(_) => f
+                .field("addr", &self.inner.info.addr())
+                .field("db", &self.inner.info.redis_settings().db()),
+            Backend::Cluster(cluster) => f.field("cluster", cluster),
+        }
+        .field("keyspace_events", &self.keyspace_events())
+        .field("response_timeout", &self.inner.timeouts.response)
+        .finish_non_exhaustive()
     }
 }

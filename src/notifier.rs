@@ -48,6 +48,7 @@ use redis::{Msg, RedisError};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
 use crate::config::Timeouts;
 use crate::errors::is_transient;
 use crate::names::LockNames;
@@ -125,14 +126,15 @@ enum Command {
 impl Notifier {
     /// Starts the subscriber task on the current runtime.
     pub(crate) fn start(
-        client: redis::Client,
+        backend: Arc<Backend>,
         timeouts: Timeouts,
         shutdown: CancellationToken,
     ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
         let subscriber = Subscriber {
-            client,
+            backend,
+            attempts: 0,
             commands: receiver,
             status: status.clone(),
             timeouts,
@@ -256,7 +258,10 @@ impl Drop for Watch {
 /// The subscriber task's state: (re)connects, keeps the server's subscriptions in line
 /// with the registry, and routes messages to waiters.
 struct Subscriber {
-    client: redis::Client,
+    /// Where the subscriber connects ([`Backend::subscriber`]).
+    backend: Arc<Backend>,
+    /// Connection attempts so far: a cluster backend rotates nodes by it.
+    attempts: u64,
     commands: mpsc::UnboundedReceiver<Command>,
     status: Arc<Status>,
     timeouts: Timeouts,
@@ -388,9 +393,11 @@ impl Subscriber {
     /// Opens a connection, applying the commands that arrive meanwhile to the channel
     /// map. `None`: every handle is gone; `Some(None)`: the attempt failed.
     async fn connect(&mut self) -> Option<Option<redis::aio::PubSub>> {
-        let client = self.client.clone();
+        let backend = self.backend.clone();
+        let attempt = self.attempts;
+        self.attempts += 1;
         let connecting = tokio::time::timeout(self.timeouts.connect, async move {
-            client.get_async_pubsub().await
+            backend.subscriber(attempt).await
         });
         tokio::pin!(connecting);
         loop {
@@ -692,7 +699,8 @@ mod tests {
     fn subscriber() -> (Subscriber, mpsc::UnboundedSender<Command>) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let subscriber = Subscriber {
-            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            backend: Arc::new(Backend::unconnected("redis://127.0.0.1:1/")),
+            attempts: 0,
             commands: receiver,
             status: Arc::new(Status::default()),
             timeouts: Timeouts {

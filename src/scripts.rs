@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation};
 
-use crate::connection::{mismatch, Connection, Lease};
+use crate::backend::{mismatch, Backend, Ticket};
 use crate::names::LockNames;
 
 static ACQUIRE: LazyLock<Script> =
@@ -31,29 +31,35 @@ pub(crate) enum Acquire {
     Held { pttl: Option<Duration> },
 }
 
-/// Sends one script on the manager's connection, retiring the connection if the
-/// command timed out.
+/// Sends one script where the lock lives, retiring the connection if the command
+/// timed out.
 async fn invoke<T: FromRedisValue>(
-    conn: &Connection,
+    conn: &Backend,
     invocation: &ScriptInvocation<'_>,
-) -> (Lease, RedisResult<T>) {
-    let mut lease = conn.get();
-    let result = invocation.invoke_async(&mut lease.conn).await;
-    let result = conn.check(&lease, result);
-    (lease, result)
+) -> (Ticket, RedisResult<T>) {
+    conn.invoke(invocation).await
+}
+
+/// [`invoke`] for renewals and releases, which may run twice (see
+/// [`Backend::invoke_idempotent`]).
+async fn invoke_idempotent<T: FromRedisValue>(
+    conn: &Backend,
+    invocation: &ScriptInvocation<'_>,
+) -> (Ticket, RedisResult<T>) {
+    conn.invoke_idempotent(invocation).await
 }
 
 /// Checks a script's echo of `token`; a wrong echo retires the connection it came on.
-fn echoed(conn: &Connection, lease: &Lease, echo: &str, token: &str) -> RedisResult<()> {
+fn echoed(conn: &Backend, lease: &Ticket, echo: &str, token: &str) -> RedisResult<()> {
     if echo == token {
         Ok(())
     } else {
-        conn.check(lease, Err(mismatch()))
+        conn.check(*lease, Err(mismatch()))
     }
 }
 
 pub(crate) async fn acquire(
-    conn: &Connection,
+    conn: &Backend,
     names: &LockNames,
     token: &str,
     lease_ms: u64,
@@ -91,12 +97,12 @@ pub(crate) async fn acquire(
 
 /// Extends the lease if the key still holds `token`; `Ok(false)` when it does not.
 pub(crate) async fn renew(
-    conn: &Connection,
+    conn: &Backend,
     names: &LockNames,
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
-    let (lease, reply) = invoke(
+    let (lease, reply) = invoke_idempotent(
         conn,
         RENEW
             .key(&names.key)
@@ -115,12 +121,8 @@ pub(crate) async fn renew(
 
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
-pub(crate) async fn release(
-    conn: &Connection,
-    names: &LockNames,
-    token: &str,
-) -> RedisResult<bool> {
-    let (lease, reply) = invoke(
+pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
+    let (lease, reply) = invoke_idempotent(
         conn,
         RELEASE
             .key(&names.key)
@@ -136,7 +138,7 @@ pub(crate) async fn release(
 }
 
 /// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
-pub(crate) async fn force_release(conn: &Connection, names: &LockNames) -> RedisResult<bool> {
+pub(crate) async fn force_release(conn: &Backend, names: &LockNames) -> RedisResult<bool> {
     let (_, reply) = invoke(
         conn,
         FORCE_RELEASE
@@ -151,7 +153,7 @@ pub(crate) async fn force_release(conn: &Connection, names: &LockNames) -> Redis
 /// As [`force_release`], only while the owner record names the acquisition with fencing
 /// token `fence` (0: no owner record); `Ok(false)` otherwise.
 pub(crate) async fn force_release_if(
-    conn: &Connection,
+    conn: &Backend,
     names: &LockNames,
     fence: u64,
 ) -> RedisResult<bool> {
@@ -170,15 +172,14 @@ pub(crate) async fn force_release_if(
 /// The owner record and remaining lease of a lock, and its fencing counter, in one
 /// round trip.
 pub(crate) async fn inspect(
-    conn: &Connection,
+    conn: &Backend,
     names: &LockNames,
 ) -> RedisResult<(Option<String>, i64, Option<u64>)> {
-    let mut lease = conn.get();
-    let result = redis::pipe()
-        .get(&names.owner)
-        .pttl(&names.key)
-        .get(&names.fence)
-        .query_async(&mut lease.conn)
-        .await;
-    conn.check(&lease, result)
+    conn.query(
+        redis::pipe()
+            .get(&names.owner)
+            .pttl(&names.key)
+            .get(&names.fence),
+    )
+    .await
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::connection::Connection;
+use crate::backend::Backend;
 use crate::lease::{valid_until, wall_valid_until, LeaseState};
 use crate::names::LockNames;
 use crate::scripts;
@@ -16,7 +16,7 @@ const CLOCK_CHECK: Duration = Duration::from_secs(1);
 /// Everything the watchdog needs; it holds no reference to the guard or the manager,
 /// so that it can never keep either alive.
 pub(crate) struct Watchdog {
-    pub(crate) conn: Arc<Connection>,
+    pub(crate) conn: Arc<Backend>,
     pub(crate) names: Arc<LockNames>,
     /// The lock id and fencing token, for diagnostics.
     pub(crate) id: Arc<str>,
