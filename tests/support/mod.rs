@@ -352,7 +352,7 @@ impl RedisServer {
     pub fn start_again_loading(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(server_bin());
         command
             .args(["--bind", "127.0.0.1", "--port", &port])
             .args(["--save", "", "--appendonly", "no"])
