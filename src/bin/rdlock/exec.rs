@@ -60,8 +60,11 @@ pub(crate) struct Exec {
     pub(crate) command: Vec<String>,
 }
 
-/// The signals rdlock forwards to the command's process group.
-const FORWARDED: [Signal; 7] = [
+/// The signals rdlock forwards to the command's process group: every signal that can be
+/// caught and whose default action would end rdlock (and SIGWINCH). One left to its
+/// default would kill rdlock while its command runs on, with a lock nobody renews: once
+/// the lease ran out, another host would run the command beside it.
+const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -69,6 +72,16 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGWINCH,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGIO,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Signal::SIGPWR,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Signal::SIGSTKFLT,
 ];
 
 /// Signals sent to rdlock. One that was ignored when rdlock started (`nohup`, or `&` in
@@ -129,7 +142,7 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
-    let mut signals = match Signals::new(&FORWARDED) {
+    let mut signals = match Signals::new(FORWARDED) {
         Ok(signals) => signals,
         Err(e) => {
             say!("rdlock: cannot handle signals: {e}");

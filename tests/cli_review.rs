@@ -1,0 +1,92 @@
+//! Review of issue 17's `rdlock exec` (review-17): each test is a regression test for a
+//! defect the review proved with it, running the real binary against a private
+//! redis-server.
+#![cfg(feature = "cli")]
+
+mod cli_support;
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use cli_support::{alive, proc_stat, rdlock, read, signal, wait_for_file_blocking, PROMPTLY};
+use nix::sys::signal::Signal;
+use support::{get, RedisServer};
+
+/// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
+fn script(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("ulimit -c 0\n{text}\n")).unwrap();
+    path.display().to_string()
+}
+
+fn pid_in(path: &Path) -> i32 {
+    wait_for_file_blocking(path, "\n");
+    read(path).trim().parse().unwrap()
+}
+
+/// Signals whose default action ends a process, other than the seven of the README
+/// (`timeout -s ALRM`, `kill -PWR`, a CPU or file-size limit, ...): each one killed
+/// rdlock outright, leaving its command running with a lock nobody renews — once the
+/// lease ran out another host ran the command beside it. They are forwarded now, and
+/// rdlock releases only once the command is gone.
+#[tokio::test]
+async fn every_signal_that_would_kill_rdlock_is_forwarded_instead() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, sig) in [
+        Signal::SIGALRM,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGPWR,
+        Signal::SIGIO,
+        Signal::SIGXCPU,
+        Signal::SIGXFSZ,
+        Signal::SIGSTKFLT,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pid_file = dir.path().join(format!("pid{i}"));
+        let command = script(
+            dir.path(),
+            &format!("job{i}.sh"),
+            &format!("echo $$ > {}; exec sleep 300", pid_file.display()),
+        );
+        let id = format!("sig{i}");
+        let mut child = rdlock(
+            &server,
+            &["exec", &id, "--lease", "2s", "--", "sh", &command],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let worker = pid_in(&pid_file);
+        signal(child.id() as i32, sig);
+        let status = {
+            let started = std::time::Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < PROMPTLY,
+                    "rdlock did not exit after {sig}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let still_running = alive(worker);
+        if still_running {
+            signal(worker, Signal::SIGKILL);
+        }
+        assert!(
+            !still_running,
+            "{sig}: rdlock ended ({status:?}) while its command runs: {:?}",
+            proc_stat(worker)
+        );
+        assert_eq!(status.code(), Some(128 + sig as i32), "{sig}");
+        assert_eq!(get(&mut raw, &format!("rdlock:{{{id}}}:lock")).await, None);
+    }
+}
