@@ -9,7 +9,10 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 
-use cli_support::{alive, proc_stat, rdlock, read, signal, wait_for_file_blocking, PROMPTLY};
+use cli_support::{
+    alive, proc_stat, rdlock, read, run, signal, wait_child, wait_for_file_blocking,
+    wait_for_state, PROMPTLY,
+};
 use nix::sys::signal::Signal;
 use support::{get, RedisServer};
 
@@ -89,4 +92,39 @@ async fn every_signal_that_would_kill_rdlock_is_forwarded_instead() {
         assert_eq!(status.code(), Some(128 + sig as i32), "{sig}");
         assert_eq!(get(&mut raw, &format!("rdlock:{{{id}}}:lock")).await, None);
     }
+}
+
+/// A command stopped off a terminal (the README's SIGTTIN of a command that reads
+/// `/dev/tty`, or a `kill -STOP`) never acted on a forwarded SIGTERM or Ctrl-C: the signal
+/// stayed pending, and rdlock held (and renewed) the lock until someone found and
+/// continued the command. rdlock now continues the group after forwarding a signal, as
+/// `timeout(1)` does.
+#[tokio::test]
+async fn a_forwarded_sigterm_ends_a_stopped_command() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let command = script(
+        dir.path(),
+        "job.sh",
+        &format!("echo $$ > {}; exec sleep 300", pid_file.display()),
+    );
+    let mut child = rdlock(&server, &["exec", "stopped", "--", "sh", &command])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = pid_in(&pid_file);
+    signal(-worker, Signal::SIGSTOP);
+    wait_for_state(worker, "stopped", |state| state == Some('T'));
+    signal(child.id() as i32, Signal::SIGTERM);
+    let code = wait_child(&mut child, PROMPTLY);
+    assert_eq!(code, 128 + Signal::SIGTERM as i32);
+    assert!(!alive(worker));
+    assert_eq!(
+        cli_support::code(&run(
+            &server,
+            &["exec", "stopped", "--no-wait", "--", "true"]
+        )),
+        0
+    );
 }

@@ -222,7 +222,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
             _ = guard.lost(), if lost_at.is_none() => {
                 lost_at = Some(Instant::now());
                 match args.on_lost {
-                    OnLost::Term => job.signal(Signal::SIGTERM),
+                    OnLost::Term => {
+                        job.signal(Signal::SIGTERM);
+                        // A stopped process acts on it only once continued.
+                        job.signal(Signal::SIGCONT);
+                    }
                     OnLost::Kill => {
                         job.signal(Signal::SIGKILL);
                         killed = true;
@@ -244,6 +248,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                     // Forward first: logging must never delay (or, before, prevent) it.
                     job.signal(signal);
                     if signal != Signal::SIGWINCH {
+                        // As timeout(1) does: a stopped command (SIGTTIN reading the
+                        // terminal from the background, a `kill -STOP`) would otherwise
+                        // keep the signal pending, and rdlock the lock, until someone
+                        // continued it.
+                        job.signal(Signal::SIGCONT);
                         log(&args, &format!("forwarded {signal} to the command"));
                     }
                 }
