@@ -8,13 +8,15 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use cli_support::{
     alive, proc_stat, rdlock, read, run, signal, wait_child, wait_for_file_blocking,
     wait_for_state, PROMPTLY,
 };
 use nix::sys::signal::Signal;
-use support::{get, RedisServer};
+use support::proxy::{FaultProxy, Mode};
+use support::{get, wait_until, RedisServer};
 
 /// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
 fn script(dir: &Path, name: &str, text: &str) -> String {
@@ -127,4 +129,63 @@ async fn a_forwarded_sigterm_ends_a_stopped_command() {
         )),
         0
     );
+}
+
+/// `--no-wait` did not race its one attempt against signals: a SIGTERM (or Ctrl-C) that
+/// arrived while the attempt was in flight (a slow Redis) was acted on only after it: the
+/// lock was taken, the command started — though the README says a signal received while
+/// still waiting for the lock ends rdlock with 128+N — and got the signal forwarded. Now
+/// the attempt is abandoned (and undone) as with a waiting `exec`.
+#[tokio::test]
+async fn a_signal_during_a_no_wait_attempt_ends_rdlock_before_the_command_runs() {
+    let server = RedisServer::start();
+    let raw = server.conn().await;
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let command = script(
+        dir.path(),
+        "job.sh",
+        &format!("trap '' TERM; echo ran > {}", marker.display()),
+    );
+    // Every chunk is 400 ms away in each direction (more and the connection's handshake
+    // times out): when the attempt's key appears, its reply is 400 ms from rdlock.
+    proxy.set(Mode::Latency(Duration::from_millis(400)));
+    let mut child = cli_support::rdlock_at(
+        &proxy.url(),
+        &["exec", "nowait", "--no-wait", "--", "sh", &command],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let err = cli_support::Captured::start(child.stderr.take().unwrap());
+    let waited = tokio::time::timeout(
+        PROMPTLY,
+        wait_until(PROMPTLY, "the attempt reached Redis", || {
+            let mut raw = raw.clone();
+            async move { get(&mut raw, "rdlock:{nowait}:lock").await.is_some() }
+        }),
+    )
+    .await;
+    assert!(waited.is_ok(), "no attempt reached Redis: {}", err.text());
+    let seen = std::time::Instant::now();
+    signal(child.id() as i32, Signal::SIGTERM);
+    let late = seen.elapsed() > Duration::from_millis(200);
+    let exit = tokio::task::spawn_blocking(move || cli_support::wait_child(&mut child, PROMPTLY))
+        .await
+        .unwrap();
+    let text = err.text();
+    if late {
+        // The machine was too busy to signal while the reply was surely on its way.
+        eprintln!("inconclusive: the signal was sent too late after the attempt");
+        return;
+    }
+    assert!(
+        !text.contains("acquired"),
+        "the command was started after the SIGTERM: {text}"
+    );
+    assert_eq!(exit, 143, "{text}");
+    assert_eq!(read(&marker), "");
+    let mut raw = raw.clone();
+    assert_eq!(get(&mut raw, "rdlock:{nowait}:lock").await, None);
 }

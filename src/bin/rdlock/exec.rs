@@ -283,16 +283,13 @@ async fn wait_for_lock(
     signals: &mut Signals,
 ) -> Result<LockGuard, u8> {
     let context = format!("cannot take {}", args.id);
-    if args.no_wait {
-        return match lock.try_lock().await {
-            Ok(guard) => Ok(guard),
-            Err(e) => Err(report_busy(lock, &context, e, args, None).await),
-        };
-    }
+    // `--no-wait`'s one attempt is raced against signals too: a slow Redis must not turn
+    // a SIGTERM received before the lock was taken into a started command.
     let mut acquire = pin!(async {
-        match args.wait {
-            Some(wait) => lock.lock_timeout(wait).await,
-            None => lock.lock().await,
+        match (args.no_wait, args.wait) {
+            (true, _) => lock.try_lock().await,
+            (false, Some(wait)) => lock.lock_timeout(wait).await,
+            (false, None) => lock.lock().await,
         }
     });
     let tty = std::io::stderr().is_terminal();
@@ -308,8 +305,21 @@ async fn wait_for_lock(
     let mut last_look: Option<RdLockError> = None; // the last look's connection error
     let outcome = loop {
         tokio::select! {
+            // A signal first: when it and the lock arrive together, the lock is not
+            // taken (the attempt is dropped, and undone, before the command starts).
+            biased;
+            signal = signals.recv() => {
+                if signal == Signal::SIGWINCH {
+                    continue; // nothing to pass it to yet; its default is to be ignored
+                }
+                if tty && shown.is_some() {
+                    say!("");
+                }
+                say!("rdlock: {signal} while waiting for {}", args.id);
+                return Err(128 + signal as u8);
+            }
             outcome = &mut acquire => break outcome,
-            _ = ticker.tick() => {
+            _ = ticker.tick(), if !args.no_wait => {
                 let holder = match lock.holder().await {
                     Ok(holder) => {
                         last_look = None;
@@ -337,16 +347,6 @@ async fn wait_for_lock(
                     say!("rdlock: waiting for {}: {state}", args.id);
                     shown = Some(identity);
                 }
-            }
-            signal = signals.recv() => {
-                if signal == Signal::SIGWINCH {
-                    continue; // nothing to pass it to yet; its default is to be ignored
-                }
-                if tty && shown.is_some() {
-                    say!("");
-                }
-                say!("rdlock: {signal} while waiting for {}", args.id);
-                return Err(128 + signal as u8);
             }
         }
     };
