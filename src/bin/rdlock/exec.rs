@@ -60,8 +60,11 @@ pub(crate) struct Exec {
     pub(crate) command: Vec<String>,
 }
 
-/// The signals rdlock forwards to the command's process group.
-const FORWARDED: [Signal; 7] = [
+/// The signals rdlock forwards to the command's process group: every signal that can be
+/// caught and whose default action would end rdlock (and SIGWINCH). One left to its
+/// default would kill rdlock while its command runs on, with a lock nobody renews: once
+/// the lease ran out, another host would run the command beside it.
+const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -69,6 +72,16 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGWINCH,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGIO,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Signal::SIGPWR,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Signal::SIGSTKFLT,
 ];
 
 /// Signals sent to rdlock. One that was ignored when rdlock started (`nohup`, or `&` in
@@ -129,7 +142,7 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
-    let mut signals = match Signals::new(&FORWARDED) {
+    let mut signals = match Signals::new(FORWARDED) {
         Ok(signals) => signals,
         Err(e) => {
             say!("rdlock: cannot handle signals: {e}");
@@ -209,7 +222,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
             _ = guard.lost(), if lost_at.is_none() => {
                 lost_at = Some(Instant::now());
                 match args.on_lost {
-                    OnLost::Term => job.signal(Signal::SIGTERM),
+                    OnLost::Term => {
+                        job.signal(Signal::SIGTERM);
+                        // A stopped process acts on it only once continued.
+                        job.signal(Signal::SIGCONT);
+                    }
                     OnLost::Kill => {
                         job.signal(Signal::SIGKILL);
                         killed = true;
@@ -231,6 +248,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                     // Forward first: logging must never delay (or, before, prevent) it.
                     job.signal(signal);
                     if signal != Signal::SIGWINCH {
+                        // As timeout(1) does: a stopped command (SIGTTIN reading the
+                        // terminal from the background, a `kill -STOP`) would otherwise
+                        // keep the signal pending, and rdlock the lock, until someone
+                        // continued it.
+                        job.signal(Signal::SIGCONT);
                         log(&args, &format!("forwarded {signal} to the command"));
                     }
                 }
@@ -261,16 +283,13 @@ async fn wait_for_lock(
     signals: &mut Signals,
 ) -> Result<LockGuard, u8> {
     let context = format!("cannot take {}", args.id);
-    if args.no_wait {
-        return match lock.try_lock().await {
-            Ok(guard) => Ok(guard),
-            Err(e) => Err(report_busy(lock, &context, e, args, None).await),
-        };
-    }
+    // `--no-wait`'s one attempt is raced against signals too: a slow Redis must not turn
+    // a SIGTERM received before the lock was taken into a started command.
     let mut acquire = pin!(async {
-        match args.wait {
-            Some(wait) => lock.lock_timeout(wait).await,
-            None => lock.lock().await,
+        match (args.no_wait, args.wait) {
+            (true, _) => lock.try_lock().await,
+            (false, Some(wait)) => lock.lock_timeout(wait).await,
+            (false, None) => lock.lock().await,
         }
     });
     let tty = std::io::stderr().is_terminal();
@@ -286,8 +305,21 @@ async fn wait_for_lock(
     let mut last_look: Option<RdLockError> = None; // the last look's connection error
     let outcome = loop {
         tokio::select! {
+            // A signal first: when it and the lock arrive together, the lock is not
+            // taken (the attempt is dropped, and undone, before the command starts).
+            biased;
+            signal = signals.recv() => {
+                if signal == Signal::SIGWINCH {
+                    continue; // nothing to pass it to yet; its default is to be ignored
+                }
+                if tty && shown.is_some() {
+                    say!("");
+                }
+                say!("rdlock: {signal} while waiting for {}", args.id);
+                return Err(128 + signal as u8);
+            }
             outcome = &mut acquire => break outcome,
-            _ = ticker.tick() => {
+            _ = ticker.tick(), if !args.no_wait => {
                 let holder = match lock.holder().await {
                     Ok(holder) => {
                         last_look = None;
@@ -315,16 +347,6 @@ async fn wait_for_lock(
                     say!("rdlock: waiting for {}: {state}", args.id);
                     shown = Some(identity);
                 }
-            }
-            signal = signals.recv() => {
-                if signal == Signal::SIGWINCH {
-                    continue; // nothing to pass it to yet; its default is to be ignored
-                }
-                if tty && shown.is_some() {
-                    say!("");
-                }
-                say!("rdlock: {signal} while waiting for {}", args.id);
-                return Err(128 + signal as u8);
             }
         }
     };

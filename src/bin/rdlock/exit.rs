@@ -32,7 +32,7 @@ Exit codes:
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
   79                 exec: the lease was lost while the command ran
   126 / 127          exec: the command could not be started / was not found
-  128+N              exec: signal N (HUP, INT, QUIT, TERM, USR1, USR2) while waiting for the lock";
+  128+N              exec: signal N (HUP, INT, QUIT, TERM, USR1, USR2, ALRM, ...) while waiting for the lock";
 
 /// Prints what went wrong and returns the exit code for it.
 pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {

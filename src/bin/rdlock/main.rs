@@ -45,8 +45,9 @@ enum Command {
     ///
     /// The command gets RDLOCK_ID and RDLOCK_FENCING_TOKEN in its environment and runs
     /// in a process group of its own (the terminal's foreground job when rdlock is).
-    /// SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 and SIGWINCH sent to rdlock are
-    /// forwarded to that group; SIGTSTP stops it and rdlock. The lock is released once
+    /// SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH and every other
+    /// signal that would end rdlock (SIGALRM, ...) sent to rdlock are forwarded to that
+    /// group, followed by SIGCONT; SIGTSTP stops it and rdlock. The lock is released once
     /// the command has exited and no process of its group is left. rdlock exits with the
     /// command's exit code.
     #[command(after_help = exit::HELP)]
