@@ -295,10 +295,14 @@ async fn a_release_lost_to_a_silently_dead_subscriber_costs_a_ping_not_the_lease
     );
     // The reconnect that found the dead connection (its counter may be read a moment
     // before the task that bumps it runs again).
-    wait_until(Duration::from_secs(10), "the subscriber reconnected", || {
-        let now = waiter.subscriber_connections();
-        async move { now > connections }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the subscriber reconnected",
+        || {
+            let now = waiter.subscriber_connections();
+            async move { now > connections }
+        },
+    )
     .await;
     // PING_EVERY (5 s) + the response timeout (2 s) + a reconnect, with slack for a
     // busy machine; the lease is 20 s.
