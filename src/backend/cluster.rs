@@ -140,7 +140,9 @@ impl Cluster {
         }
         let nodes = self.known_nodes();
         let timeouts = self.timeouts;
-        let slot = self.conn.clone();
+        // Weak: the loop ends with the manager (it would otherwise go on connecting to
+        // every node for up to HEAL_FOR after the manager is gone).
+        let slot = Arc::downgrade(&self.conn);
         let rebuilding = self.rebuilding.clone();
         let seed = self.seeds[0].clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -152,6 +154,9 @@ impl Cluster {
             let started = tokio::time::Instant::now();
             let mut was_healthy = false;
             loop {
+                if slot.strong_count() == 0 {
+                    break;
+                }
                 let connecting = async {
                     let client = client(&nodes, timeouts)?;
                     let config = ClusterConfig::new()
@@ -161,9 +166,11 @@ impl Cluster {
                 };
                 match tokio::time::timeout(REBUILD_TIMEOUT, connecting).await {
                     Ok(Ok(conn)) => {
+                        let Some(current) = slot.upgrade() else { break };
                         let mut probe = conn.clone();
-                        let (ticket, _) = slot.get();
-                        slot.replace(ticket, || Some(conn));
+                        let (ticket, _) = current.get();
+                        current.replace(ticket, || Some(conn));
+                        drop(current);
                         let healthy =
                             every_master_answers(&mut probe, &seed, timeouts.response).await;
                         // Done when the connection swapped in was built after the

@@ -1,0 +1,167 @@
+//! Review of the cluster backend (issue 9) on the real rig (tests/support/cluster.rs):
+//! regressions for defects found by the review.
+//!
+//! - A release retried on a rebuilt connection after its first attempt timed out must
+//!   not report the lock lost when the first attempt did release it (the master was
+//!   only slow: `DEBUG SLEEP`, no failover).
+//! - The background rebuild of the cluster connection (`Cluster::retire`) must end with
+//!   its manager, not keep connecting to the cluster for up to 60 s.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rdlock::{RdLockConnectionManager, RdLockError};
+use support::cluster::RedisCluster;
+
+/// A manager seeded with every running node.
+async fn manager(cluster: &RedisCluster) -> RdLockConnectionManager {
+    let seeds = cluster.urls();
+    match RdLockConnectionManager::cluster(seeds.clone()).await {
+        Ok(m) => m,
+        Err(e) => panic!("cluster({seeds:?}): {e:?}\n{}", cluster.logs()),
+    }
+}
+
+/// Keeps the replicas of `master` from failing it over while it does not answer.
+async fn no_failover(cluster: &RedisCluster, master: usize) {
+    for replica in cluster.replicas_of(master).await {
+        let _: () = cluster
+            .query(
+                replica,
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-replica-no-failover")
+                    .arg("yes"),
+            )
+            .await;
+    }
+}
+
+/// Whether node `i` answers `PING` within 200 ms on a new connection.
+async fn answers(cluster: &RedisCluster, i: usize) -> bool {
+    let ping = async {
+        let client = redis::Client::open(cluster.node(i).url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), ping).await,
+        Ok(Ok(()))
+    )
+}
+
+/// `total_connections_received` of node `i`.
+async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("total_connections_received:"))
+        .and_then(|v| v.parse().ok())
+        .expect("total_connections_received")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_retried_after_a_slow_master_is_not_reported_lost() {
+    let cluster = RedisCluster::start().await;
+    let master = cluster.masters().await[0];
+    no_failover(&cluster, master).await;
+    let id = cluster.id_on_master(master, "slow-release-").await;
+    let manager = manager(&cluster).await;
+    // Loads the scripts on the master (a NOSCRIPT would make the first attempt a no-op).
+    manager
+        .new_lock(&id)
+        .lock()
+        .await
+        .expect("warm-up lock")
+        .release()
+        .await
+        .expect("warm-up release");
+    let guard = manager
+        .new_lock(&id)
+        .with_lease(Duration::from_secs(30))
+        .lock()
+        .await
+        .expect("lock");
+
+    // The master sleeps 3.5 s: the release (response timeout 2 s) times out, the
+    // connection is rebuilt (it completes once the master answers again), and the
+    // retry is sent after the master ran the first attempt, which released the lock:
+    // the retry finds the key gone.
+    let url = cluster.node(master).url();
+    let sleeper = tokio::spawn(async move {
+        let client = redis::Client::open(url).expect("url");
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect");
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("3.5")
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    let started = Instant::now();
+    while answers(&cluster, master).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "DEBUG SLEEP never started"
+        );
+    }
+
+    let t = Instant::now();
+    let outcome = guard.release().await;
+    println!("release took {:?}", t.elapsed());
+    sleeper.await.expect("sleeper").expect("DEBUG SLEEP");
+    let key = format!("rdlock:{{{id}}}");
+    let exists: i64 = cluster.query(master, redis::cmd("EXISTS").arg(&key)).await;
+    assert_eq!(exists, 0, "the lock key is still there");
+    assert!(
+        !matches!(outcome, Err(RdLockError::LockNotAcquired)),
+        "the release did release the lock, yet it reported it lost: {outcome:?}"
+    );
+    println!("release after a 3.5 s stall: {outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_rebuild_ends_with_its_manager() {
+    let mut cluster = RedisCluster::start().await;
+    let masters = cluster.masters().await;
+    let (hung, other) = (masters[0], masters[1]);
+    no_failover(&cluster, hung).await;
+    let id = cluster.id_on_master(hung, "rebuild-").await;
+    let manager = manager(&cluster).await;
+
+    // A request to the hung master times out: the rebuild loop starts, and goes on
+    // while a master of the map does not answer.
+    cluster.pause(hung);
+    // A short lease: the background undo of the timed-out attempt (retried until the
+    // lease would have ended) is over long before the measure below.
+    let attempt = manager
+        .new_lock(&id)
+        .with_lease(Duration::from_secs(4))
+        .lock_timeout(Duration::from_secs(3))
+        .await;
+    assert!(attempt.is_err(), "locked on a paused master: {attempt:?}");
+    drop(manager);
+
+    // Whatever was in flight at the drop (the undo included) has ended well within this.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut conn = cluster.conn(other).await;
+    let before = connections_received(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = connections_received(&mut conn).await;
+    cluster.resume(hung);
+    assert_eq!(
+        after - before,
+        0,
+        "a dropped manager's rebuild loop still connects to the cluster ({} connections \
+         to node {other} in 8 s)",
+        after - before
+    );
+}
