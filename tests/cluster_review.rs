@@ -165,3 +165,55 @@ async fn the_connection_rebuild_ends_with_its_manager() {
         after - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_outside_the_cluster_is_refused_or_never_used_for_wake_ups() {
+    let cluster = RedisCluster::start().await;
+    // A standalone server first among the seeds (a wrong port, a stale address).
+    let stranger = support::RedisServer::start();
+    let mut seeds = vec![stranger.url()];
+    seeds.extend(cluster.urls());
+    let mixed = match RdLockConnectionManager::cluster(seeds.clone()).await {
+        Ok(m) => m,
+        Err(e) => {
+            // A clear refusal is fine too.
+            println!("mixed seeds refused: {e:?}");
+            return;
+        }
+    };
+    let holder = manager(&cluster).await;
+    let id = "mixed-seeds";
+    let guard = holder
+        .new_lock(id)
+        .with_lease(Duration::from_secs(30))
+        .lock()
+        .await
+        .expect("lock");
+    let lock = mixed.new_lock(id).with_lease(Duration::from_secs(30));
+    let waiter = tokio::spawn(async move {
+        let outcome = lock.lock_timeout(Duration::from_secs(60)).await;
+        (outcome, Instant::now())
+    });
+    let started = Instant::now();
+    while mixed.footprint().watched_locks == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the waiter's first wait, bounded by the holder's PTTL, it relies on the
+    // release's message.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let released = Instant::now();
+    guard.release().await.expect("release");
+    let (outcome, at) = waiter.await.expect("waiter task");
+    let woken = at.saturating_duration_since(released);
+    println!(
+        "mixed seeds: waiter got {:?} {woken:?} after the release",
+        outcome.is_ok()
+    );
+    assert!(outcome.is_ok(), "waiter: {outcome:?}");
+    assert!(
+        woken < Duration::from_secs(10),
+        "the waiter slept {woken:?} after the release (its subscriber is on a server \
+         outside the cluster: {seeds:?})"
+    );
+}
