@@ -87,6 +87,10 @@ async fn a_release_retried_after_a_slow_master_is_not_reported_lost() {
         .await
         .expect("lock");
 
+    let key = format!("rdlock:{{{id}}}:lock");
+    let exists: i64 = cluster.query(master, redis::cmd("EXISTS").arg(&key)).await;
+    assert_eq!(exists, 1, "the lock key {key} is not there");
+
     // The master sleeps 3.5 s: the release (response timeout 2 s) times out, the
     // connection is rebuilt (it completes once the master answers again), and the
     // retry is sent after the master ran the first attempt, which released the lock:
@@ -114,11 +118,8 @@ async fn a_release_retried_after_a_slow_master_is_not_reported_lost() {
         );
     }
 
-    let t = Instant::now();
     let outcome = guard.release().await;
-    println!("release took {:?}", t.elapsed());
     sleeper.await.expect("sleeper").expect("DEBUG SLEEP");
-    let key = format!("rdlock:{{{id}}}");
     let exists: i64 = cluster.query(master, redis::cmd("EXISTS").arg(&key)).await;
     assert_eq!(exists, 0, "the lock key is still there");
     assert!(
@@ -216,4 +217,28 @@ async fn a_seed_outside_the_cluster_is_refused_or_never_used_for_wake_ups() {
         "the waiter slept {woken:?} after the release (its subscriber is on a server \
          outside the cluster: {seeds:?})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_seed_is_an_error_within_seconds() {
+    // Accepts connections (the kernel does) but never answers, like a hung server.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "redis://127.0.0.1:{}",
+        silent.local_addr().expect("addr").port()
+    );
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        RdLockConnectionManager::cluster([url.clone(), url]),
+    )
+    .await;
+    let took = started.elapsed();
+    println!(
+        "silent seed: {:?} after {took:?}",
+        outcome.as_ref().map(|o| o.as_ref().err())
+    );
+    let outcome = outcome.expect("cluster() on a silent seed returned within 30 s");
+    assert!(outcome.is_err(), "connected to a silent seed");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
