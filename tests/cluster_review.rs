@@ -242,3 +242,103 @@ async fn a_silent_seed_is_an_error_within_seconds() {
     assert!(outcome.is_err(), "connected to a silent seed");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+/// Coverage (issue 9 asks for it on the rdlock path): locks of one slot taken and
+/// released by 2 managers × 6 tasks while the slot migrates away and back; never two
+/// guards held at once, and work goes on after the migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_two_holders_under_load_during_slot_migrations() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let cluster = RedisCluster::start().await;
+    // Four ids whose keys share one slot.
+    let slot = support::cluster::lock_slot("mig-0");
+    let ids: Vec<String> = (0u32..)
+        .map(|n| format!("mig-{n}"))
+        .filter(|id| support::cluster::lock_slot(id) == slot)
+        .take(4)
+        .collect();
+    let managers = [manager(&cluster).await, manager(&cluster).await];
+    let holders: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..ids.len()).map(|_| AtomicUsize::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicUsize::new(0));
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..12usize {
+        let manager = managers[t % 2].clone();
+        let (ids, holders, stop, violations, cycles) = (
+            ids.clone(),
+            holders.clone(),
+            stop.clone(),
+            violations.clone(),
+            cycles.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut n = t;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let i = n % ids.len();
+                let lock = manager
+                    .new_lock(&ids[i])
+                    .with_lease(Duration::from_secs(10));
+                match lock.lock_timeout(Duration::from_secs(2)).await {
+                    Ok(guard) => {
+                        if holders[i].fetch_add(1, Ordering::AcqRel) != 0 {
+                            violations.fetch_add(1, Ordering::AcqRel);
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        holders[i].fetch_sub(1, Ordering::AcqRel);
+                        if let Err(e) = guard.release().await {
+                            errors.push(format!("release: {e}"));
+                        }
+                        cycles.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(RdLockError::TimeoutReached) => {}
+                    Err(e) => errors.push(format!("lock: {e}")),
+                }
+            }
+            errors
+        }));
+    }
+    let wait_cycles = |target: usize| {
+        let cycles = cycles.clone();
+        async move {
+            let started = Instant::now();
+            while cycles.load(Ordering::Acquire) < target {
+                assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_cycles(50).await;
+    let to = cluster.other_master(slot).await;
+    let from = cluster.migrate_slot(slot, to).await;
+    let after_first = cycles.load(Ordering::Acquire);
+    wait_cycles(after_first + 50).await;
+    cluster.migrate_slot(slot, from).await;
+    let after_second = cycles.load(Ordering::Acquire);
+    wait_cycles(after_second + 50).await;
+    stop.store(true, Ordering::Release);
+    let mut errors = Vec::new();
+    for task in tasks {
+        errors.extend(task.await.expect("task"));
+    }
+    println!(
+        "migrations under load: {} cycles, {} errors: {:?}",
+        cycles.load(Ordering::Acquire),
+        errors.len(),
+        errors.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        violations.load(Ordering::Acquire),
+        0,
+        "two guards held at once"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("did not echo")),
+        "a reply answered another request: {errors:?}"
+    );
+}
