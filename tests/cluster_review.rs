@@ -403,3 +403,63 @@ async fn a_resumed_stale_master_does_not_grant_a_held_lock() {
         "two guards hold {id}: the holder's and one granted by the resumed master"
     );
 }
+
+/// Coverage: `shutdown()` on a cluster manager seeded with duplicate nodes releases a
+/// guard on every master and ends a waiter, within seconds; the keys are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_on_a_cluster_releases_every_shard() {
+    let cluster = RedisCluster::start().await;
+    let mut seeds = cluster.urls();
+    seeds.extend(cluster.urls());
+    let manager = RdLockConnectionManager::cluster(seeds)
+        .await
+        .expect("duplicate seeds");
+    let other = manager.clone();
+    let mut guards = Vec::new();
+    let mut ids = Vec::new();
+    for master in cluster.masters().await {
+        let id = cluster.id_on_master(master, "shutdown-").await;
+        guards.push(
+            manager
+                .new_lock(&id)
+                .with_lease(Duration::from_secs(30))
+                .lock()
+                .await
+                .expect("lock"),
+        );
+        ids.push((master, id));
+    }
+    let lock = other
+        .new_lock(&ids[0].1)
+        .with_lease(Duration::from_secs(30));
+    let waiter = tokio::spawn(async move { lock.lock_timeout(Duration::from_secs(60)).await });
+    // (A waiter of the holding manager waits its local turn; whether it has started or
+    // not, shutdown ends it.)
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), manager.shutdown())
+        .await
+        .expect("shutdown returned");
+    println!("shutdown: {outcome:?} after {:?}", started.elapsed());
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("waiter ended")
+        .expect("waiter task");
+    assert!(
+        matches!(waited, Err(RdLockError::ShutDown)),
+        "waiter: {:?}",
+        waited.map(|g| g.fencing_token())
+    );
+    for guard in &guards {
+        assert!(!guard.is_held());
+    }
+    for (master, id) in &ids {
+        let exists: i64 = cluster
+            .query(
+                *master,
+                redis::cmd("EXISTS").arg(format!("rdlock:{{{id}}}:lock")),
+            )
+            .await;
+        assert_eq!(exists, 0, "{id} still locked after shutdown");
+    }
+}
