@@ -154,7 +154,13 @@
 //!   failover (measured: the last 6-10 tokens handed out before a master was stopped
 //!   were handed out again). A fenced resource that rejects tokens *equal to or
 //!   below* the largest it accepted stays safe. Redis's `WAIT` narrows the window but
-//!   does not close it.
+//!   does not close it. A master that hangs and resumes *after* its replica was
+//!   promoted still takes itself for the master until gossip tells it otherwise: the
+//!   requests that reached it while it hung (a response timeout longer than the hang)
+//!   or that come from a client whose slot map still names it are served, and it can
+//!   grant a lock that another guard holds on the promoted replica, so two guards
+//!   hold at once (reproduced: tests/cluster_review.rs, ignored). Only fencing tokens
+//!   protect the resource then.
 //!
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -45,7 +45,7 @@ async fn invoke<T: FromRedisValue>(
 async fn invoke_idempotent<T: FromRedisValue>(
     conn: &Backend,
     invocation: &ScriptInvocation<'_>,
-) -> (Ticket, RedisResult<T>) {
+) -> (Ticket, RedisResult<T>, Option<redis::RedisError>) {
     conn.invoke_idempotent(invocation).await
 }
 
@@ -102,7 +102,9 @@ pub(crate) async fn renew(
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
-    let (lease, reply) = invoke_idempotent(
+    // A retry that finds the key not ours means it is lost: a first attempt that ran
+    // would have left it ours.
+    let (lease, reply, _) = invoke_idempotent(
         conn,
         RENEW
             .key(&names.key)
@@ -122,7 +124,7 @@ pub(crate) async fn renew(
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
-    let (lease, reply) = invoke_idempotent(
+    let (lease, reply, first_attempt) = invoke_idempotent(
         conn,
         RELEASE
             .key(&names.key)
@@ -132,7 +134,13 @@ pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> R
     )
     .await;
     match reply? {
-        None::<String> => Ok(false),
+        // A retry after a timed-out first attempt: that attempt may have released the
+        // key (its reply lost), so "not ours" is no proof of a loss. Reported as the
+        // first attempt's error, as without the retry (tests/cluster_review.rs).
+        None::<String> => match first_attempt {
+            Some(e) => Err(e),
+            None => Ok(false),
+        },
         Some(echo) => echoed(conn, &lease, &echo, token).map(|()| true),
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisResult, ServerErrorKind, Value};
+use redis::{
+    ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind, Value,
+};
 
 use super::{Replaceable, Ticket};
 use crate::config::Timeouts;
@@ -55,6 +57,9 @@ pub(crate) struct Cluster {
     rebuilding: Arc<AtomicBool>,
     /// Every node known: the seeds, then those of the last `CLUSTER SLOTS`.
     nodes: Mutex<Vec<ConnectionInfo>>,
+    /// The ids of the nodes of the last `CLUSTER SLOTS`: a subscriber connects only to
+    /// one of them ([`Self::subscriber`]).
+    node_ids: Mutex<Vec<String>>,
     /// A plain connection to the first seed, for
     /// [`get_connection_manager`](crate::RdLockConnectionManager::get_connection_manager).
     seed_conn: ConnectionManager,
@@ -96,6 +101,7 @@ impl Cluster {
         .map_err(RdLockError::InvalidUrl)?;
         let cluster = Self {
             nodes: Mutex::new(seeds.clone()),
+            node_ids: Mutex::new(Vec::new()),
             seeds,
             timeouts,
             conn: Arc::new(Replaceable::new(conn)),
@@ -140,7 +146,9 @@ impl Cluster {
         }
         let nodes = self.known_nodes();
         let timeouts = self.timeouts;
-        let slot = self.conn.clone();
+        // Weak: the loop ends with the manager (it would otherwise go on connecting to
+        // every node for up to HEAL_FOR after the manager is gone).
+        let slot = Arc::downgrade(&self.conn);
         let rebuilding = self.rebuilding.clone();
         let seed = self.seeds[0].clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -152,6 +160,9 @@ impl Cluster {
             let started = tokio::time::Instant::now();
             let mut was_healthy = false;
             loop {
+                if slot.strong_count() == 0 {
+                    break;
+                }
                 let connecting = async {
                     let client = client(&nodes, timeouts)?;
                     let config = ClusterConfig::new()
@@ -161,9 +172,11 @@ impl Cluster {
                 };
                 match tokio::time::timeout(REBUILD_TIMEOUT, connecting).await {
                     Ok(Ok(conn)) => {
+                        let Some(current) = slot.upgrade() else { break };
                         let mut probe = conn.clone();
-                        let (ticket, _) = slot.get();
-                        slot.replace(ticket, || Some(conn));
+                        let (ticket, _) = current.get();
+                        current.replace(ticket, || Some(conn));
+                        drop(current);
                         let healthy =
                             every_master_answers(&mut probe, &seed, timeouts.response).await;
                         // Done when the connection swapped in was built after the
@@ -227,7 +240,50 @@ impl Cluster {
             .get(index)
             .cloned()
             .unwrap_or_else(|| self.seeds[0].clone());
-        redis::Client::open(info)?.get_async_pubsub().await
+        let client = redis::Client::open(info)?;
+        if !self.is_member(&client).await? {
+            // A seed outside the cluster (a standalone server, another cluster) never
+            // hears this cluster's releases: waiters would sleep out every lease. The
+            // notifier tries the next node.
+            tracing::warn!(node = %client.get_connection_info().addr(), "subscriber: node is not a member of the cluster; skipped");
+            return Err(RedisError::from((
+                ErrorKind::Client,
+                "not a node of this cluster",
+            )));
+        }
+        client.get_async_pubsub().await
+    }
+
+    /// Whether the node of `client` belongs to this cluster: its `CLUSTER MYID` is among
+    /// the ids of the last `CLUSTER SLOTS`. `true` when that cannot be told (no ids
+    /// known, `CLUSTER MYID` not allowed by an ACL); an error when the node does not
+    /// answer.
+    async fn is_member(&self, client: &redis::Client) -> RedisResult<bool> {
+        let ids = self
+            .node_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        match redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async::<String>(&mut conn)
+            .await
+        {
+            Ok(id) => Ok(ids.contains(&id)),
+            Err(e)
+                if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+                    && e.to_string().contains("cluster support disabled") =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => Ok(true),
+            Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() => Err(e),
+            Err(_) => Ok(true),
+        }
     }
 
     fn known_nodes(&self) -> Vec<ConnectionInfo> {
@@ -248,6 +304,10 @@ impl Cluster {
         )
         .await;
         let Ok(Ok(reply)) = reply else { return };
+        let ids = slot_node_ids(&reply);
+        if !ids.is_empty() {
+            *self.node_ids.lock().unwrap_or_else(PoisonError::into_inner) = ids;
+        }
         let mut nodes = self.seeds.clone();
         for (host, port) in slot_nodes(&reply, false) {
             let info = node_info(&self.seeds[0], host, port);
@@ -357,6 +417,29 @@ fn node_info(seed: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
     seed.clone().set_addr(addr)
 }
 
+/// The id of every node in a `CLUSTER SLOTS` reply.
+fn slot_node_ids(reply: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Value::Array(ranges) = reply else {
+        return out;
+    };
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(fields) = node else { continue };
+            let id = match fields.get(2) {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            if !id.is_empty() && !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
 /// The `(host, port)` of every node (or every master) in a `CLUSTER SLOTS` reply:
 /// `[[start, end, [host, port, id, ..], [replica ..] ..] ..]`.
 fn slot_nodes(reply: &Value, masters_only: bool) -> Vec<(String, u16)> {
@@ -429,6 +512,8 @@ mod tests {
             vec![("10.0.0.1".to_owned(), 7000), ("10.0.0.3".to_owned(), 7002)]
         );
         assert!(slot_nodes(&Value::Nil, false).is_empty());
+        assert_eq!(slot_node_ids(&reply), vec!["id".to_owned()]);
+        assert!(slot_node_ids(&Value::Nil).is_empty());
     }
 
     #[test]

@@ -70,20 +70,25 @@ impl Backend {
     /// timeout is retried once when the connection was rebuilt meanwhile (a hung master
     /// was failed over: see `cluster::Cluster::retire`), so that the release of a lock
     /// on it is not left to its lease.
+    ///
+    /// The third value is the first attempt's error when the reply is the retry's:
+    /// that attempt may have run (only its reply was lost), so a retry that finds the
+    /// key no longer ours cannot tell "lost before" from "released by the first try".
     pub(crate) async fn invoke_idempotent<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
-    ) -> (Ticket, RedisResult<T>) {
+    ) -> (Ticket, RedisResult<T>, Option<RedisError>) {
         let (ticket, result) = self.invoke(invocation).await;
-        match (self, &result) {
+        match (self, result) {
             (Self::Cluster(cluster), Err(e)) if e.is_timeout() => {
                 if cluster.rebuilt_since(ticket).await {
-                    self.invoke(invocation).await
+                    let (ticket, retried) = self.invoke(invocation).await;
+                    (ticket, retried, Some(e))
                 } else {
-                    (ticket, result)
+                    (ticket, Err(e), None)
                 }
             }
-            _ => (ticket, result),
+            (_, result) => (ticket, result, None),
         }
     }
 
