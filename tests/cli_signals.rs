@@ -225,6 +225,7 @@ async fn every_forwarded_signal_reaches_the_command() {
     for (sig, name, log, child) in &mut runs {
         wait_for_file(log, "ready").await;
         signal(child.id() as i32, *sig);
+        println!("{name}: sent to rdlock"); // shown on failure: which signal hung
         let code = wait_child(child, PROMPTLY);
         assert_eq!(code, 0, "{name}: rdlock exits with the command's code");
         assert!(read(log).contains(&format!("got-{name}")), "{name}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,27 @@ pub fn rdlock_at(url: &str, args: &[&str]) -> Command {
         .arg(url)
         .args(args)
         .stdin(Stdio::null());
+    // rdlock leaves a signal that was ignored when it started ignored (as documented):
+    // a test run under `nohup`, or started with `&` from a script, would otherwise pass
+    // SIGHUP / SIGINT / SIGQUIT ignored to every rdlock and make the signal tests fail
+    // for a reason outside the product. Tests of that rule ignore signals themselves.
+    // SAFETY: only async-signal-safe calls (signal(2)) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            for sig in [
+                nix::libc::SIGHUP,
+                nix::libc::SIGINT,
+                nix::libc::SIGQUIT,
+                nix::libc::SIGTERM,
+                nix::libc::SIGUSR1,
+                nix::libc::SIGUSR2,
+                nix::libc::SIGALRM,
+            ] {
+                nix::libc::signal(sig, nix::libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     command
 }
 
