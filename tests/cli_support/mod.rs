@@ -30,10 +30,16 @@ pub fn rdlock_at(url: &str, args: &[&str]) -> Command {
         .arg(url)
         .args(args)
         .stdin(Stdio::null());
-    // rdlock leaves a signal that was ignored when it started ignored (as documented):
-    // a test run under `nohup`, or started with `&` from a script, would otherwise pass
-    // SIGHUP / SIGINT / SIGQUIT ignored to every rdlock and make the signal tests fail
-    // for a reason outside the product. Tests of that rule ignore signals themselves.
+    with_default_signals(&mut command);
+    command
+}
+
+/// Starts `command` with the signals rdlock forwards at their default. rdlock leaves a
+/// signal that was ignored when it started ignored (as documented): a test run under
+/// `nohup`, or started with `&` from a script (SIGINT and SIGQUIT ignored), would
+/// otherwise hand those signals ignored to every rdlock and fail the signal tests for a
+/// reason outside the product. Tests of that rule ignore signals themselves.
+pub fn with_default_signals(command: &mut Command) -> &mut Command {
     // SAFETY: only async-signal-safe calls (signal(2)) between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -49,9 +55,8 @@ pub fn rdlock_at(url: &str, args: &[&str]) -> Command {
                 nix::libc::signal(sig, nix::libc::SIG_DFL);
             }
             Ok(())
-        });
+        })
     }
-    command
 }
 
 pub fn run(server: &RedisServer, args: &[&str]) -> Output {
@@ -199,7 +204,7 @@ pub struct Terminal {
 impl Terminal {
     /// Runs `command` (a line for `/bin/sh -c`) on a new terminal.
     pub fn run(command: &str) -> Self {
-        let mut child = Command::new("script")
+        let mut child = with_default_signals(&mut Command::new("script"))
             .args(["-q", "-e", "-c", command, "/dev/null"])
             .env("SHELL", "/bin/sh")
             .stdin(Stdio::piped())
