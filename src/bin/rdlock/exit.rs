@@ -5,7 +5,8 @@ use rdlock::RdLockError;
 
 use crate::output::say;
 
-/// Bad usage: unknown option, bad duration, bad URL, empty id.
+/// Bad usage: unknown option, bad duration, bad URL, empty id, a wrong --url / --cluster
+/// combination, or --cluster given a server that is not a cluster.
 pub(crate) const USAGE: u8 = 64;
 /// Redis could not be reached.
 pub(crate) const UNREACHABLE: u8 = 69;
@@ -26,7 +27,9 @@ Exit codes:
   the command's own  exec: the command ran; its exit code (128+N if killed by signal N)
   0                  status / release: done (release: also when the lock was not held)
   1                  release: not released (declined, or no longer held by the holder shown / --fence)
-  64                 bad usage (unknown option, bad duration, bad URL, empty id)
+  64                 bad usage (unknown option, bad duration, bad URL, empty id, several
+                     --url without --cluster, --cluster without a URL or on a server
+                     that is not a cluster)
   69                 Redis unreachable
   70                 other failure (an error reply from Redis)
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
@@ -46,7 +49,10 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
     match error {
         RdLockError::InvalidUrl(_)
         | RdLockError::InvalidLockId { .. }
-        | RdLockError::InvalidLease { .. } => USAGE,
+        | RdLockError::InvalidLease { .. }
+        // --cluster on a server that is not a cluster (option "nodes"): the CLI sets
+        // no other option.
+        | RdLockError::InvalidConfig { .. } => USAGE,
         e if e.is_connection_error() => UNREACHABLE,
         RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,
         RdLockError::LeaseLost => LEASE_LOST,

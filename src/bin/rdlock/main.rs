@@ -4,6 +4,7 @@
 //! rdlock exec nightly-backup -- ./backup.sh --full
 //! rdlock status nightly-backup --json
 //! rdlock release --force nightly-backup --yes
+//! rdlock exec --cluster --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 nightly-backup -- ./backup.sh
 //! ```
 
 mod duration;
@@ -27,14 +28,15 @@ use rdlock::RdLockConnectionManager;
     after_help = exit::HELP
 )]
 struct Cli {
-    /// The Redis server.
-    #[arg(
-        long,
-        global = true,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    url: String,
+    /// The Redis server [default: redis://127.0.0.1:6379]. With --cluster: a seed node of
+    /// the cluster; repeat it, or separate several seeds with commas or spaces (also in
+    /// $REDIS_URL).
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
+    url: Vec<String>,
+    /// The server is a Redis Cluster: --url gives seed nodes (any one reachable node is
+    /// enough; the others are learnt from it).
+    #[arg(long, global = true)]
+    cluster: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,10 +104,81 @@ fn main() -> ExitCode {
     ExitCode::from(runtime.block_on(run(cli)))
 }
 
+/// The default server when neither --url nor $REDIS_URL gives one (not with --cluster:
+/// a cluster has no default address).
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// Where to connect: one server, or the seed nodes of a Redis Cluster.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+/// Checks the --url / --cluster combination; `Err` is the message of a usage error.
+fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
+    if cluster {
+        // Seeds may also come several to a value, as $REDIS_URL can hold only one
+        // string: separated by commas or white space (which a URL never holds unencoded).
+        let seeds: Vec<String> = urls
+            .iter()
+            .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
+            .filter(|seed| !seed.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if seeds.is_empty() {
+            return Err(
+                "--cluster needs at least one seed node: give --url URL (repeatable) \
+                        or set REDIS_URL"
+                    .to_owned(),
+            );
+        }
+        return Ok(Target::Cluster(seeds));
+    }
+    let mut urls = urls.into_iter();
+    match (urls.next(), urls.next()) {
+        (None, _) => Ok(Target::Single(DEFAULT_URL.to_owned())),
+        (Some(url), None) => Ok(Target::Single(url)),
+        (Some(_), Some(_)) => Err(
+            "several --url given: add --cluster to reach a Redis Cluster through these \
+             seed nodes (one server takes one --url)"
+                .to_owned(),
+        ),
+    }
+}
+
+async fn connect(target: &Target) -> Result<RdLockConnectionManager, u8> {
+    match target {
+        Target::Single(url) => RdLockConnectionManager::new(url.as_str())
+            .await
+            .map_err(|e| exit::report(&format!("cannot connect to {url}"), &e)),
+        Target::Cluster(seeds) => {
+            RdLockConnectionManager::cluster(seeds.iter().map(String::as_str))
+                .await
+                .map_err(|e| {
+                    exit::report(
+                        &format!(
+                            "cannot connect to the Redis Cluster at {}",
+                            seeds.join(", ")
+                        ),
+                        &e,
+                    )
+                })
+        }
+    }
+}
+
 async fn run(cli: Cli) -> u8 {
-    let manager = match RdLockConnectionManager::new(cli.url.as_str()).await {
+    let target = match target(cli.url, cli.cluster) {
+        Ok(target) => target,
+        Err(message) => {
+            output::say!("rdlock: {message}");
+            return exit::USAGE;
+        }
+    };
+    let manager = match connect(&target).await {
         Ok(manager) => manager,
-        Err(e) => return exit::report(&format!("cannot connect to {}", cli.url), &e),
+        Err(code) => return code,
     };
     let code = match cli.command {
         Command::Exec(args) => exec::run(&manager, args).await,
