@@ -25,7 +25,12 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
 fn kill_raw(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { nix::libc::kill(pid as i32, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The real-time signals the test sends: the first, one inside, and the last.
@@ -109,7 +114,13 @@ async fn a_real_time_signal_while_waiting_ends_rdlock() {
     for (name, sig) in rt_signals() {
         let mut waiter = rdlock(
             &server,
-            &["exec", "busy", "--", "touch", &started.display().to_string()],
+            &[
+                "exec",
+                "busy",
+                "--",
+                "touch",
+                &started.display().to_string(),
+            ],
         )
         .stderr(Stdio::null())
         .spawn()
@@ -123,4 +134,36 @@ async fn a_real_time_signal_while_waiting_ends_rdlock() {
     }
     std::fs::write(&stop, "").unwrap();
     assert_eq!(wait_child(&mut holder, PROMPTLY), 0);
+}
+
+/// A command that a forwarded real-time signal ends (no trap: the default action) is
+/// seen to end: rdlock exits with 128+N and releases the lock, instead of waiting on
+/// forever for a leader whose status was lost.
+#[tokio::test]
+async fn a_command_ended_by_a_real_time_signal_ends_rdlock() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sig) in rt_signals() {
+        let log = dir.path().join(format!("plain-{name}"));
+        let command = script(
+            dir.path(),
+            &format!("plain-{name}.sh"),
+            &format!(
+                "echo ready >> {0}\nwhile :; do sleep 0.05; done",
+                log.display()
+            ),
+        );
+        let id = format!("plain-{name}");
+        let mut child = rdlock(&server, &["exec", &id, "--", "sh", &command])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_file(&log, "ready").await;
+        kill_raw(child.id(), sig);
+        let code = wait_child(&mut child, PROMPTLY);
+        assert_eq!(code, 128 + sig, "{name}: rdlock exits as its command did");
+        let key = format!("rdlock:{{{id}}}:lock");
+        assert_eq!(get(&mut raw, &key).await, None, "{name}: released");
+    }
 }
