@@ -63,7 +63,8 @@ pub(crate) struct Exec {
 /// The signals rdlock forwards to the command's process group: every signal that can be
 /// caught and whose default action would end rdlock (and SIGWINCH). One left to its
 /// default would kill rdlock while its command runs on, with a lock nobody renews: once
-/// the lease ran out, another host would run the command beside it.
+/// the lease ran out, another host would run the command beside it. The real-time
+/// signals are added to these at run time ([`real_time`]).
 const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -84,30 +85,72 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGSTKFLT,
 ];
 
-/// Signals sent to rdlock. One that was ignored when rdlock started (`nohup`, or `&` in
-/// a shell script for SIGINT and SIGQUIT) is left ignored, for the command too: no
-/// handler is installed for it.
+/// The real-time signals, SIGRTMIN..=SIGRTMAX: none has a fixed meaning, and each one's
+/// default action ends the process, so rdlock forwards them all. The range is asked of
+/// libc at run time: glibc keeps the first kernel ones (32 and 33) for its threads, and
+/// they must not be touched.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn real_time() -> std::ops::RangeInclusive<i32> {
+    nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn real_time() -> std::ops::RangeInclusive<i32> {
+    #[allow(clippy::reversed_empty_ranges)]
+    {
+        1..=0
+    }
+}
+
+/// A signal's name for messages: `SIGTERM`, `SIGRTMIN+3`, `SIGRTMAX`.
+fn name(sig: i32) -> String {
+    if let Ok(known) = Signal::try_from(sig) {
+        return known.to_string();
+    }
+    let rt = real_time();
+    if sig == *rt.end() {
+        "SIGRTMAX".to_string()
+    } else if sig == *rt.start() {
+        "SIGRTMIN".to_string()
+    } else if rt.contains(&sig) {
+        format!("SIGRTMIN+{}", sig - rt.start())
+    } else {
+        format!("signal {sig}")
+    }
+}
+
+/// Signals sent to rdlock, by number (nix's `Signal` has no real-time ones). One that
+/// was ignored when rdlock started (`nohup`, or `&` in a shell script for SIGINT and
+/// SIGQUIT) is left ignored, for the command too: no handler is installed for it.
 struct Signals {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    streams: Vec<(i32, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
-    fn new(signals: &[Signal]) -> std::io::Result<Self> {
+    /// [`FORWARDED`], and every real-time signal.
+    fn forwarded() -> std::io::Result<Self> {
+        let mut all: Vec<i32> = FORWARDED.iter().map(|&sig| sig as i32).collect();
+        all.extend(real_time());
+        Self::new(&all)
+    }
+
+    fn new(signals: &[i32]) -> std::io::Result<Self> {
         let mut streams = Vec::new();
         for &sig in signals {
             if !ignored(sig) {
-                streams.push((sig, signal(SignalKind::from_raw(sig as i32))?));
+                streams.push((sig, signal(SignalKind::from_raw(sig))?));
             }
         }
         Ok(Self { streams })
     }
 
     fn add(&mut self, signals: &[Signal]) -> std::io::Result<()> {
-        self.streams.extend(Self::new(signals)?.streams);
+        let raw: Vec<i32> = signals.iter().map(|&sig| sig as i32).collect();
+        self.streams.extend(Self::new(&raw)?.streams);
         Ok(())
     }
 
-    async fn recv(&mut self) -> Signal {
+    async fn recv(&mut self) -> i32 {
         std::future::poll_fn(|cx| {
             for (sig, stream) in &mut self.streams {
                 if stream.poll_recv(cx).is_ready() {
@@ -120,11 +163,11 @@ impl Signals {
     }
 }
 
-fn ignored(sig: Signal) -> bool {
+fn ignored(sig: i32) -> bool {
     // SAFETY: a null new action only reads the current one into `old`.
     unsafe {
         let mut old: nix::libc::sigaction = std::mem::zeroed();
-        nix::libc::sigaction(sig as i32, std::ptr::null(), &mut old) == 0
+        nix::libc::sigaction(sig, std::ptr::null(), &mut old) == 0
             && old.sa_sigaction == nix::libc::SIG_IGN
     }
 }
@@ -142,7 +185,7 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
-    let mut signals = match Signals::new(FORWARDED) {
+    let mut signals = match Signals::forwarded() {
         Ok(signals) => signals,
         Err(e) => {
             say!("rdlock: cannot handle signals: {e}");
@@ -242,18 +285,18 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                 say!("rdlock: the command outlived the {:?} grace period: SIGKILL", args.grace);
             }
             signal = signals.recv() => match signal {
-                Signal::SIGTSTP => job.suspend(),
-                Signal::SIGCONT => job.resume(),
+                nix::libc::SIGTSTP => job.suspend(),
+                nix::libc::SIGCONT => job.resume(),
                 signal => {
                     // Forward first: logging must never delay (or, before, prevent) it.
-                    job.signal(signal);
-                    if signal != Signal::SIGWINCH {
+                    job.signal_raw(signal);
+                    if signal != nix::libc::SIGWINCH {
                         // As timeout(1) does: a stopped command (SIGTTIN reading the
                         // terminal from the background, a `kill -STOP`) would otherwise
                         // keep the signal pending, and rdlock the lock, until someone
                         // continued it.
                         job.signal(Signal::SIGCONT);
-                        log(&args, &format!("forwarded {signal} to the command"));
+                        log(&args, &format!("forwarded {} to the command", name(signal)));
                     }
                 }
             },
@@ -272,7 +315,7 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     }
     match leader {
         Exit::Code(code) => u8::try_from(code & 0xff).unwrap_or(exit::FAILURE),
-        Exit::Signal(signal) => u8::try_from(128 + signal as i32).unwrap_or(exit::FAILURE),
+        Exit::Signal(signal) => u8::try_from(128 + signal).unwrap_or(exit::FAILURE),
     }
 }
 
@@ -309,14 +352,14 @@ async fn wait_for_lock(
             // taken (the attempt is dropped, and undone, before the command starts).
             biased;
             signal = signals.recv() => {
-                if signal == Signal::SIGWINCH {
+                if signal == nix::libc::SIGWINCH {
                     continue; // nothing to pass it to yet; its default is to be ignored
                 }
                 if tty && shown.is_some() {
                     say!("");
                 }
-                say!("rdlock: {signal} while waiting for {}", args.id);
-                return Err(128 + signal as u8);
+                say!("rdlock: {} while waiting for {}", name(signal), args.id);
+                return Err(u8::try_from(128 + signal).unwrap_or(exit::FAILURE));
             }
             outcome = &mut acquire => break outcome,
             _ = ticker.tick(), if !args.no_wait => {

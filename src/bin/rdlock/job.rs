@@ -14,14 +14,14 @@ use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, signal, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgid, getpgrp, getpid, getppid, getsid, setpgid, tcgetpgrp, tcsetpgrp, Pid};
 
 /// How the command's first process (the group leader) ended.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Exit {
     Code(i32),
-    Signal(Signal),
+    /// By number: a real-time signal has no nix `Signal`.
+    Signal(i32),
 }
 
 pub(crate) struct Job {
@@ -98,6 +98,12 @@ impl Job {
         let _ = killpg(self.pgid, signal);
     }
 
+    /// `signal` by number: for the real-time signals, which nix's `Signal` lacks.
+    pub(crate) fn signal_raw(&self, signal: nix::libc::c_int) {
+        // SAFETY: killpg(2) has no memory-safety preconditions.
+        let _ = unsafe { nix::libc::killpg(self.pgid.as_raw(), signal) };
+    }
+
     /// Whether any process of the group is left (a zombie of rdlock's counts until it
     /// is reaped; `reap` first).
     pub(crate) fn group_alive(&self) -> bool {
@@ -108,32 +114,39 @@ impl Job {
     /// Reaps every child that has exited (the leader, and orphans of the group adopted
     /// as subreaper); returns the signal that stopped the leader, if it stopped.
     pub(crate) fn reap(&mut self) -> Option<Signal> {
+        // waitpid(2) itself, not nix's: nix turns the status of a process that a
+        // real-time signal ended into EINVAL after reaping it, and the leader's end
+        // would be lost (rdlock waiting on forever).
         let mut stopped = None;
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
-                Ok(WaitStatus::StillAlive) => break,
-                Err(Errno::EINTR) => {}
-                Err(_) => break, // ECHILD: no child left
-                Ok(WaitStatus::Exited(pid, code)) if pid == self.pgid => {
-                    self.leader = Some(Exit::Code(code));
+            let mut status: nix::libc::c_int = 0;
+            // SAFETY: `status` is a valid, writable int.
+            let pid = unsafe {
+                nix::libc::waitpid(-1, &mut status, nix::libc::WNOHANG | nix::libc::WUNTRACED)
+            };
+            if pid == 0 {
+                break; // children left, none changed
+            }
+            if pid < 0 {
+                if Errno::last() == Errno::EINTR {
+                    continue;
                 }
-                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == self.pgid => {
-                    self.leader = Some(Exit::Signal(signal));
-                }
-                Ok(WaitStatus::Stopped(pid, signal)) if pid == self.pgid => {
-                    stopped = Some(signal);
-                }
-                Ok(_) => {} // an adopted orphan, reaped; or its stop
+                break; // ECHILD: no child left
+            }
+            if pid != self.pgid.as_raw() {
+                continue; // an adopted orphan, reaped; or its stop
+            }
+            if nix::libc::WIFEXITED(status) {
+                self.leader = Some(Exit::Code(nix::libc::WEXITSTATUS(status)));
+            } else if nix::libc::WIFSIGNALED(status) {
+                self.leader = Some(Exit::Signal(nix::libc::WTERMSIG(status)));
+            } else if nix::libc::WIFSTOPPED(status) {
+                stopped = Signal::try_from(nix::libc::WSTOPSIG(status)).ok();
             }
         }
         stopped
     }
 
-    /// Whether, on a terminal, a process of the command's tree (in its group) is stopped
-    /// while the leader is not: a Ctrl-Z that catches a shell between `vfork` and `exec`
-    /// stops only the vfork child, and the shell waits in the kernel for it — a job that
-    /// would never be continued. Linux: the tree is walked through
-    /// `/proc/<pid>/task/<pid>/children` (a few reads every 50 ms, on a terminal only).
     pub(crate) fn part_stopped(&self) -> bool {
         if !self.terminal || self.leader.is_some() {
             return false;
