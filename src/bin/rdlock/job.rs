@@ -147,6 +147,11 @@ impl Job {
         stopped
     }
 
+    /// Whether, on a terminal, a process of the command's tree (in its group) is stopped
+    /// while the leader is not: a Ctrl-Z that catches a shell between `vfork` and `exec`
+    /// stops only the vfork child, and the shell waits in the kernel for it — a job that
+    /// would never be continued. Linux: the tree is walked through
+    /// `/proc/<pid>/task/<pid>/children` (a few reads every 50 ms, on a terminal only).
     pub(crate) fn part_stopped(&self) -> bool {
         if !self.terminal || self.leader.is_some() {
             return false;
