@@ -6,29 +6,16 @@
 mod cli_support;
 mod support;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use cli_support::{
-    alive, proc_stat, rdlock, read, run, signal, wait_child, wait_for_file_blocking,
-    wait_for_state, PROMPTLY,
+    alive, pid_in, proc_stat, rdlock, read, run, script, signal, wait_child, wait_for_state,
+    PROMPTLY,
 };
 use nix::sys::signal::Signal;
 use support::proxy::{FaultProxy, Mode};
 use support::{get, wait_until, RedisServer};
-
-/// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("ulimit -c 0\n{text}\n")).unwrap();
-    path.display().to_string()
-}
-
-fn pid_in(path: &Path) -> i32 {
-    wait_for_file_blocking(path, "\n");
-    read(path).trim().parse().unwrap()
-}
 
 /// Signals whose default action ends a process, other than the seven of the README
 /// (`timeout -s ALRM`, `kill -PWR`, a CPU or file-size limit, ...): each one killed

@@ -7,19 +7,11 @@
 mod cli_support;
 mod support;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cli_support::{rdlock, read, wait_child, wait_for_file, PROMPTLY};
+use cli_support::{rdlock, read, script, wait_child, wait_for_file, PROMPTLY};
 use support::{get, RedisServer};
-
-/// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{text}\n")).unwrap();
-    path.display().to_string()
-}
 
 /// Sends the raw signal number `sig` to `pid` (nix's `Signal` has no real-time ones).
 fn kill_raw(pid: u32, sig: i32) {

@@ -8,30 +8,16 @@ mod cli_support;
 mod support;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::{
-    alive, proc_stat, rdlock, rdlock_at, read, signal, wait_child, wait_for_file,
-    wait_for_file_blocking, wait_for_state, Captured, Terminal, PROMPTLY, RDLOCK,
+    alive, pid_in, proc_stat, rdlock, rdlock_at, read, script, signal, wait_child, wait_for_file,
+    wait_for_state, Captured, Terminal, PROMPTLY, RDLOCK,
 };
 use nix::sys::signal::Signal;
 use support::proxy::{FaultProxy, Mode};
 use support::{get, wait_until, RedisServer};
-
-/// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    // No core files from the processes that SIGQUIT kills.
-    std::fs::write(&path, format!("ulimit -c 0\n{text}\n")).unwrap();
-    path.display().to_string()
-}
-
-fn pid_in(path: &Path) -> i32 {
-    wait_for_file_blocking(path, "\n");
-    read(path).trim().parse().unwrap()
-}
 
 /// The reproduction: the command's real work is a background process. When the
 /// lease is lost, `--on-lost kill` kills it too, and rdlock exits only once it is gone.

@@ -253,3 +253,17 @@ impl Terminal {
         }
     }
 }
+
+/// Writes a shell script to run as the command (`sh <file>`): no quoting to get wrong.
+/// No core files from the processes that a forwarded SIGQUIT kills.
+pub fn script(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("ulimit -c 0\n{text}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// The pid a command wrote to `path` (its first line).
+pub fn pid_in(path: &Path) -> i32 {
+    wait_for_file_blocking(path, "\n");
+    read(path).trim().parse().unwrap()
+}
