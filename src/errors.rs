@@ -101,6 +101,16 @@ pub enum RdLockError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// rdlock 1.x compatibility ([`Lock::with_v1_compat`](crate::Lock::with_v1_compat))
+    /// was asked of a manager that cannot provide it: on a Redis Cluster the 1.x key
+    /// `/rdlock/<id>/.lock` lies outside the lock's hash tag, so one script cannot take
+    /// both keys. Reported by every method of the lock that would touch Redis, before
+    /// anything is sent.
+    #[error("rdlock 1.x compatibility is not available: {reason}")]
+    V1CompatUnsupported {
+        /// Why it was refused.
+        reason: &'static str,
+    },
 }
 
 impl RdLockError {

@@ -18,6 +18,21 @@ pub(crate) struct LockNames {
     pub(crate) release_channel: String,
     /// `__keyspace@<db>__:rdlock:{id}:lock`, when the server has keyspace events on.
     pub(crate) keyspace_channel: Option<String>,
+    /// The rdlock 1.x key and its keyspace channel, for a lock with 1.x compatibility
+    /// ([`Lock::with_v1_compat`](crate::Lock::with_v1_compat)); `None` otherwise, and
+    /// then no script touches a `/rdlock/` key.
+    pub(crate) v1: Option<V1Names>,
+}
+
+/// The names rdlock 1.x used for a lock id (its `get_redis_lock_location`): the key is
+/// the raw id, not escaped, outside any hash tag.
+#[derive(Debug)]
+pub(crate) struct V1Names {
+    /// `/rdlock/<id>/.lock`.
+    pub(crate) key: String,
+    /// `__keyspace@<db>__:/rdlock/<id>/.lock`, when the server has keyspace events on:
+    /// a 1.x holder releases with a plain `DEL`, which only this channel announces.
+    pub(crate) keyspace_channel: Option<String>,
 }
 
 impl LockNames {
@@ -30,7 +45,18 @@ impl LockNames {
             release_channel: format!("rdlock:{{{tag}}}:release"),
             keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
             key,
+            v1: None,
         }
+    }
+
+    /// The same names, plus the rdlock 1.x key of `id`.
+    pub(crate) fn with_v1(mut self, id: &str, keyspace_db: Option<i64>) -> Self {
+        let key = format!("/rdlock/{id}/.lock");
+        self.v1 = Some(V1Names {
+            keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
+            key,
+        });
+        self
     }
 }
 
@@ -85,5 +111,21 @@ mod tests {
             LockNames::new("job", Some(2)).keyspace_channel.as_deref(),
             Some("__keyspace@2__:rdlock:{job}:lock")
         );
+    }
+
+    #[test]
+    fn v1_names_are_those_of_rdlock_1x() {
+        assert!(LockNames::new("a{b}", Some(0)).v1.is_none());
+        let names = LockNames::new("a{b}", Some(3)).with_v1("a{b}", Some(3));
+        let v1 = names.v1.expect("v1 names");
+        // rdlock 1.0.3, utils::get_redis_lock_location: the raw id.
+        assert_eq!(v1.key, "/rdlock/a{b}/.lock");
+        assert_eq!(
+            v1.keyspace_channel.as_deref(),
+            Some("__keyspace@3__:/rdlock/a{b}/.lock")
+        );
+        assert_eq!(names.key, "rdlock:{a%7Bb%7D}:lock");
+        let quiet = LockNames::new("x", None).with_v1("x", None);
+        assert!(quiet.v1.expect("v1 names").keyspace_channel.is_none());
     }
 }

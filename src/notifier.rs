@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
@@ -103,11 +103,19 @@ struct Entry {
     /// A keyspace `del` woke a waiter and the release message of the same release is
     /// still to come: it must not wake a second one.
     del_seen: AtomicBool,
+    /// The keyspace channel of the rdlock 1.x key, set by the first waiter with 1.x
+    /// compatibility (`Lock::with_v1_compat`) and kept while the entry lives: a 1.x
+    /// holder releases with a plain `DEL` and publishes nothing.
+    v1_channel: OnceLock<String>,
 }
 
 impl Entry {
     fn channels(&self) -> impl Iterator<Item = &String> {
-        std::iter::once(&self.release_channel).chain(self.keyspace_channel.as_ref())
+        std::iter::once(&self.release_channel).chain(self.keyspace_channels())
+    }
+
+    fn keyspace_channels(&self) -> impl Iterator<Item = &String> {
+        self.keyspace_channel.iter().chain(self.v1_channel.get())
     }
 
     /// The subscription is in place on the server (its reply came): every waiter
@@ -159,6 +167,10 @@ impl Notifier {
     /// keeps the subscription alive; call [`Watch::ready`] before the first attempt
     /// that it must not miss the release of.
     pub(crate) fn watch(&self, names: &LockNames) -> Watch {
+        let v1_channel = names
+            .v1
+            .as_ref()
+            .and_then(|v1| v1.keyspace_channel.as_ref());
         let mut registry = self.shared.registry();
         let registered = registry
             .entry(names.release_channel.clone())
@@ -169,12 +181,25 @@ impl Notifier {
                     notify: Notify::new(),
                     confirmed: watch::Sender::new(false),
                     del_seen: AtomicBool::new(false),
+                    v1_channel: v1_channel.cloned().map(OnceLock::from).unwrap_or_default(),
                 });
                 // A send error means the task is gone (runtime shutting down): waiters
                 // then fall back to the holder's PTTL.
                 let _ = self.shared.commands.send(Command::Subscribe(entry.clone()));
                 Registered { entry, watchers: 0 }
             });
+        if let Some(channel) = v1_channel {
+            // The first 1.x-compatible waiter of an entry made by waiters without it:
+            // subscribe the 1.x channel too. Its confirmation wakes every waiter, as a
+            // first subscription does, so this waiter misses no 1.x release either
+            // (`ready` returns at once, the entry being confirmed already).
+            if registered.entry.v1_channel.set(channel.clone()).is_ok() {
+                let _ = self
+                    .shared
+                    .commands
+                    .send(Command::Subscribe(registered.entry.clone()));
+            }
+        }
         registered.watchers += 1;
         Watch {
             shared: self.shared.clone(),
@@ -507,7 +532,7 @@ impl Subscriber {
     fn apply(&mut self, command: Command, changes: &mut Changes) {
         match command {
             Command::Subscribe(entry) => {
-                let keyspace = entry.keyspace_channel.iter().filter(|_| self.keyspace_ok);
+                let keyspace = entry.keyspace_channels().filter(|_| self.keyspace_ok);
                 for name in std::iter::once(&entry.release_channel).chain(keyspace) {
                     self.channels.insert(name.clone(), entry.clone());
                     changes.touched.insert(name.clone());
@@ -626,6 +651,13 @@ impl Subscriber {
             return;
         }
         match message.get_payload_bytes() {
+            // The 1.x key's `del` (a 1.x release) comes with no release message, so
+            // it does not mark one as expected. A 2.x release of a 1.x-compatible lock
+            // deletes both keys and so wakes two local waiters: one attempt too many,
+            // never a wake-up too few.
+            b"del" if entry.v1_channel.get().is_some_and(|c| c == name) => {
+                entry.notify.notify_one();
+            }
             b"del" => {
                 entry.del_seen.store(true, Ordering::Relaxed);
                 entry.notify.notify_one();
@@ -723,6 +755,7 @@ mod tests {
             notify: Notify::new(),
             confirmed: watch::Sender::new(false),
             del_seen: AtomicBool::new(false),
+            v1_channel: OnceLock::new(),
         })
     }
 

@@ -21,6 +21,34 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 static FORCE_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/force_release.lua")));
+// The variants for a lock with rdlock 1.x compatibility: the same scripts plus the 1.x
+// key as the last `KEYS` entry. Separate scripts, so that a lock without it sends
+// exactly what it did before and never touches a `/rdlock/` key.
+static ACQUIRE_V1: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire_v1.lua")));
+static RENEW_V1: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/renew_v1.lua")));
+static RELEASE_V1: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release_v1.lua")));
+static FORCE_RELEASE_V1: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/force_release_v1.lua")));
+
+/// `plain`, or its 1.x variant `v1` when the lock has 1.x compatibility; the 1.x key
+/// is added as the last key by [`v1_key`].
+fn pick(names: &LockNames, plain: &'static Script, v1: &'static Script) -> &'static Script {
+    if names.v1.is_some() {
+        v1
+    } else {
+        plain
+    }
+}
+
+/// Appends the 1.x key, when the lock has one, after the other keys.
+fn v1_key(invocation: &mut ScriptInvocation<'_>, names: &LockNames) {
+    if let Some(v1) = &names.v1 {
+        invocation.key(&v1.key);
+    }
+}
 
 /// What one acquire attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,17 +93,14 @@ pub(crate) async fn acquire(
     lease_ms: u64,
     owner: &str,
 ) -> RedisResult<Acquire> {
-    let (lease, reply) = invoke(
-        conn,
-        ACQUIRE
-            .key(&names.key)
-            .key(&names.fence)
-            .key(&names.owner)
-            .arg(token)
-            .arg(lease_ms)
-            .arg(owner),
-    )
-    .await;
+    let mut invocation = pick(names, &ACQUIRE, &ACQUIRE_V1).prepare_invoke();
+    invocation
+        .key(&names.key)
+        .key(&names.fence)
+        .key(&names.owner);
+    v1_key(&mut invocation, names);
+    invocation.arg(token).arg(lease_ms).arg(owner);
+    let (lease, reply) = invoke(conn, &invocation).await;
     let (ok, value, echo): (i64, i64, String) = reply?;
     echoed(conn, &lease, &echo, token)?;
     Ok(if ok == 1 {
@@ -104,15 +129,11 @@ pub(crate) async fn renew(
 ) -> RedisResult<bool> {
     // A retry that finds the key not ours means it is lost: a first attempt that ran
     // would have left it ours.
-    let (lease, reply, _) = invoke_idempotent(
-        conn,
-        RENEW
-            .key(&names.key)
-            .key(&names.owner)
-            .arg(token)
-            .arg(lease_ms),
-    )
-    .await;
+    let mut invocation = pick(names, &RENEW, &RENEW_V1).prepare_invoke();
+    invocation.key(&names.key).key(&names.owner);
+    v1_key(&mut invocation, names);
+    invocation.arg(token).arg(lease_ms);
+    let (lease, reply, _) = invoke_idempotent(conn, &invocation).await;
     // A nil reply means "not ours": if it was meant for another request, the guard
     // reports a loss it did not have, which is safe.
     match reply? {
@@ -124,15 +145,11 @@ pub(crate) async fn renew(
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
-    let (lease, reply, first_attempt) = invoke_idempotent(
-        conn,
-        RELEASE
-            .key(&names.key)
-            .key(&names.owner)
-            .arg(token)
-            .arg(&names.release_channel),
-    )
-    .await;
+    let mut invocation = pick(names, &RELEASE, &RELEASE_V1).prepare_invoke();
+    invocation.key(&names.key).key(&names.owner);
+    v1_key(&mut invocation, names);
+    invocation.arg(token).arg(&names.release_channel);
+    let (lease, reply, first_attempt) = invoke_idempotent(conn, &invocation).await;
     match reply? {
         // A retry after a timed-out first attempt: that attempt may have released the
         // key (its reply lost), so "not ours" is no proof of a loss. Reported as the
@@ -147,14 +164,11 @@ pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> R
 
 /// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
 pub(crate) async fn force_release(conn: &Backend, names: &LockNames) -> RedisResult<bool> {
-    let (_, reply) = invoke(
-        conn,
-        FORCE_RELEASE
-            .key(&names.key)
-            .key(&names.owner)
-            .arg(&names.release_channel),
-    )
-    .await;
+    let mut invocation = pick(names, &FORCE_RELEASE, &FORCE_RELEASE_V1).prepare_invoke();
+    invocation.key(&names.key).key(&names.owner);
+    v1_key(&mut invocation, names);
+    invocation.arg(&names.release_channel);
+    let (_, reply) = invoke(conn, &invocation).await;
     reply
 }
 
@@ -165,29 +179,31 @@ pub(crate) async fn force_release_if(
     names: &LockNames,
     fence: u64,
 ) -> RedisResult<bool> {
-    let (_, reply) = invoke(
-        conn,
-        FORCE_RELEASE
-            .key(&names.key)
-            .key(&names.owner)
-            .arg(&names.release_channel)
-            .arg(fence),
-    )
-    .await;
+    let mut invocation = pick(names, &FORCE_RELEASE, &FORCE_RELEASE_V1).prepare_invoke();
+    invocation.key(&names.key).key(&names.owner);
+    v1_key(&mut invocation, names);
+    invocation.arg(&names.release_channel).arg(fence);
+    let (_, reply) = invoke(conn, &invocation).await;
     reply
 }
 
 /// The owner record and remaining lease of a lock, and its fencing counter, in one
-/// round trip.
+/// round trip; with 1.x compatibility, also the PTTL of the 1.x key (`None` without).
 pub(crate) async fn inspect(
     conn: &Backend,
     names: &LockNames,
-) -> RedisResult<(Option<String>, i64, Option<u64>)> {
-    conn.query(
-        redis::pipe()
-            .get(&names.owner)
-            .pttl(&names.key)
-            .get(&names.fence),
-    )
-    .await
+) -> RedisResult<(Option<String>, i64, Option<u64>, Option<i64>)> {
+    let mut pipe = redis::pipe();
+    pipe.get(&names.owner).pttl(&names.key).get(&names.fence);
+    match &names.v1 {
+        None => {
+            let (record, pttl, fence) = conn.query(&pipe).await?;
+            Ok((record, pttl, fence, None))
+        }
+        Some(v1) => {
+            pipe.pttl(&v1.key);
+            let (record, pttl, fence, v1_pttl) = conn.query(&pipe).await?;
+            Ok((record, pttl, fence, Some(v1_pttl)))
+        }
+    }
 }

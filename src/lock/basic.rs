@@ -23,8 +23,22 @@ use crate::scripts;
 /// shared subscriber instead of opening a connection per call.
 ///
 /// It uses the same keys as [`Lock`] (`rdlock:{id}:lock`): a `BasicLock` and a `Lock`
-/// with the same id exclude each other. rdlock 1.x used `/rdlock/<id>/.lock`; 1.x
-/// and 2.x processes do not exclude each other, so upgrade all of them together.
+/// with the same id exclude each other.
+///
+/// # rdlock 1.x processes
+///
+/// On one server (or Sentinel), a `BasicLock` also takes the rdlock 1.x key
+/// `/rdlock/<id>/.lock`, as [`Lock::with_v1_compat`] does: 1.x processes still running
+/// `new_basic_lock` with the same id exclude it and are excluded by it, so a fleet can
+/// be upgraded one process at a time (README, "Rolling upgrade from 1.x"). It costs one
+/// more key written per acquisition and read per release, in the same script. Once
+/// no 1.x process is left, turn it off with
+/// [`without_v1_compat`](Self::without_v1_compat) (a `BasicLock` without it and one
+/// with it still exclude each other, through `rdlock:{id}:lock`). The limits are those
+/// of [`Lock::with_v1_compat`]: as safe as 1.x with 1.x (a 1.x process's unconditional
+/// `DEL` can still delete the 1.x key), fencing tokens are ours only. On a Redis
+/// Cluster it is off: the 1.x key is outside the lock's hash tag, and 1.x never ran on
+/// a cluster.
 ///
 /// # Example
 ///
@@ -64,14 +78,54 @@ impl Held {
 
 impl BasicLock {
     pub(crate) fn new(manager: RdLockConnectionManager, lock_id: &str, ttl: u64) -> Self {
+        let mut lock = manager
+            .new_lock(lock_id)
+            .with_lease(Duration::from_secs(ttl))
+            .without_watchdog();
+        // 1.x compatibility by default where it can work (see the type docs).
+        let cluster = matches!(*manager.inner().conn, crate::backend::Backend::Cluster(_));
+        lock.set_v1_compat(!cluster);
         Self {
-            lock: manager
-                .new_lock(lock_id)
-                .with_lease(Duration::from_secs(ttl))
-                .without_watchdog(),
+            lock,
             ttl,
             held: None,
         }
+    }
+
+    /// Stops taking the rdlock 1.x key `/rdlock/<id>/.lock` (see the type docs,
+    /// "rdlock 1.x processes"): for when no 1.x process uses this Redis any more. Call
+    /// it before the first acquisition.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// let lock = manager.new_basic_lock("dog", 60).without_v1_compat();
+    /// assert_eq!(lock.v1_key(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn without_v1_compat(mut self) -> Self {
+        // The acquisition held (if any) keeps the names it was taken with only in
+        // Redis: a release would no longer delete its 1.x key, which then expires
+        // with its TTL. Hence "before the first acquisition".
+        self.lock.set_v1_compat(false);
+        self
+    }
+
+    /// The rdlock 1.x key this lock also takes, or `None` when it does not (after
+    /// [`without_v1_compat`](Self::without_v1_compat), or on a cluster).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_basic_lock("dog", 60).v1_key(), Some("/rdlock/dog/.lock"));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn v1_key(&self) -> Option<&str> {
+        self.lock.v1_key()
     }
 
     /// The lock id.
@@ -298,6 +352,7 @@ impl fmt::Debug for BasicLock {
         f.debug_struct("BasicLock")
             .field("key", &self.lock.key())
             .field("ttl", &self.ttl)
+            .field("v1_key", &self.lock.v1_key())
             .field("locked", &self.held.is_some())
             .finish()
     }

@@ -87,6 +87,10 @@ pub struct Lock {
     owner: Arc<str>,
 }
 
+/// Why a lock with 1.x compatibility is refused on a Redis Cluster.
+const V1_CLUSTER: &str = "the 1.x key `/rdlock/<id>/.lock` lies outside the lock's hash tag, \
+     so it needs a single server (or Sentinel), not a Redis Cluster";
+
 /// An acquisition, before it is wrapped in a guard.
 pub(crate) struct Acquired {
     pub(crate) token: Arc<str>,
@@ -152,6 +156,96 @@ impl Lock {
         self
     }
 
+    /// Makes this lock also take the rdlock 1.x key, `/rdlock/<id>/.lock`, so that
+    /// rdlock 1.x processes using the same id and the same Redis exclude it and are
+    /// excluded by it: for a rolling upgrade from 1.x (README, "Rolling upgrade from
+    /// 1.x"). Default: off.
+    ///
+    /// With it, the acquire script takes `rdlock:{<id>}:lock` and the 1.x key together
+    /// (the latter as 1.x does, a string with an expiry, here with our token and our
+    /// lease), and only when both are free; a 1.x holder is waited for like any holder.
+    /// The watchdog renews both, only while both still hold our token (a 1.x key
+    /// deleted under us is taken back; one taken over by a 1.x process ends the lease:
+    /// [`LockGuard::lost`] completes); every release path deletes both (each only if
+    /// it still holds our token). Waiters are woken by a 1.x release through the 1.x
+    /// key's keyspace `del`/`expired` events when the server has keyspace events on
+    /// (which 1.x requires), and otherwise when the 1.x key's TTL runs out; 1.x
+    /// waiters are woken by our release through the same events, which they already
+    /// listen to. [`holder`](Self::holder) shows a 1.x holder (pid 0, no host, fencing
+    /// token 0) and [`force_release`](Self::force_release) deletes the 1.x key too.
+    ///
+    /// Cost: one more key written per acquisition and one more key read per renewal
+    /// and release, in the same scripts (no extra round trip), and one more channel
+    /// per waited-for lock on the subscriber. A lock without it creates no `/rdlock/`
+    /// key and sends exactly what it did before.
+    ///
+    /// Limits:
+    /// - it is as safe as 1.x with 1.x, not safer: 1.x releases with an unconditional
+    ///   `DEL`, so a 1.x process whose TTL ran out can still delete the 1.x key while
+    ///   we hold the lock, and another 1.x process can then take it before our next
+    ///   renewal notices (the lease is then reported lost, at most `lease / 3` later);
+    /// - fencing tokens are ours only: 1.x holders do not take one, so a resource that
+    ///   checks them cannot tell a 1.x holder's writes from anyone's;
+    /// - it needs one server (or Sentinel): on a Redis Cluster the 1.x key is outside
+    ///   the lock's hash tag, and every method of the lock that talks to Redis returns
+    ///   [`RdLockError::V1CompatUnsupported`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// // While 1.x processes still run `new_basic_lock("report", ttl)` on the same Redis:
+    /// let lock = manager.new_lock("report").with_v1_compat();
+    /// assert_eq!(lock.v1_key(), Some("/rdlock/report/.lock"));
+    /// let _guard = lock.lock().await?; // excludes 1.x holders too
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_v1_compat(mut self) -> Self {
+        self.set_v1_compat(true);
+        self
+    }
+
+    /// Turns 1.x compatibility on or off (for `BasicLock`, on by default there).
+    pub(crate) fn set_v1_compat(&mut self, on: bool) {
+        let db = self.manager.inner().keyspace_db;
+        let names = LockNames::new(&self.id, db);
+        self.names = Arc::new(if on {
+            names.with_v1(&self.id, db)
+        } else {
+            names
+        });
+    }
+
+    /// The rdlock 1.x key this lock also takes, `/rdlock/<id>/.lock` (the raw id), or
+    /// `None` without [`with_v1_compat`](Self::with_v1_compat).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_lock("job").v1_key(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn v1_key(&self) -> Option<&str> {
+        self.names.v1.as_ref().map(|v1| v1.key.as_str())
+    }
+
+    /// Refuses 1.x compatibility on a cluster, before anything is sent.
+    fn check_v1(&self) -> Result<(), RdLockError> {
+        if self.names.v1.is_some()
+            && matches!(
+                *self.manager.inner().conn,
+                crate::backend::Backend::Cluster(_)
+            )
+        {
+            return Err(RdLockError::V1CompatUnsupported { reason: V1_CLUSTER });
+        }
+        Ok(())
+    }
+
     /// Who holds the lock now, or `None` when it is free. One round trip.
     ///
     /// # Errors
@@ -206,12 +300,22 @@ impl Lock {
                 reason: "the id is empty",
             });
         }
+        self.check_v1()?;
         let conn = &self.manager.inner().conn;
-        let (record, pttl, fence) = scripts::inspect(conn, &self.names)
+        let (record, pttl, fence, v1_pttl) = scripts::inspect(conn, &self.names)
             .await
             .map_err(RdLockError::from_redis)?;
         let holder = match pttl {
-            -2 => None, // no lock key: free
+            // No lock key, but a 1.x key (1.x compatibility): a 1.x holder, which
+            // leaves no owner record.
+            -2 => match v1_pttl {
+                None | Some(-2) => None, // free
+                Some(-1) => Some(HolderInfo::parse(None, None)),
+                Some(ms) => Some(HolderInfo::parse(
+                    None,
+                    Some(Duration::from_millis(ms.unsigned_abs())),
+                )),
+            },
             -1 => Some(HolderInfo::parse(record.as_deref(), None)),
             ms => Some(HolderInfo::parse(
                 record.as_deref(),
@@ -249,6 +353,7 @@ impl Lock {
                 reason: "the id is empty",
             });
         }
+        self.check_v1()?;
         let conn = &self.manager.inner().conn;
         scripts::force_release(conn, &self.names)
             .await
@@ -291,6 +396,7 @@ impl Lock {
                 reason: "the id is empty",
             });
         }
+        self.check_v1()?;
         let conn = &self.manager.inner().conn;
         scripts::force_release_if(conn, &self.names, expected_fence)
             .await
@@ -682,6 +788,7 @@ impl Lock {
         if self.watchdog {
             self.manager.inner().timeouts.check_lease(self.lease)?;
         }
+        self.check_v1()?;
         Ok(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
     }
 
@@ -946,6 +1053,7 @@ impl fmt::Debug for Lock {
             .field("key", &self.names.key)
             .field("lease", &self.lease)
             .field("watchdog", &self.watchdog)
+            .field("v1_key", &self.v1_key())
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,22 @@
+-- release.lua for a lock with rdlock 1.x compatibility.
+-- KEYS[1] lock key, KEYS[2] owner key, KEYS[3] the 1.x key; ARGV[1] owner token,
+-- ARGV[2] release channel.
+-- Deletes each key that still holds our token and wakes waiters: 2.x waiters by the
+-- message, 1.x waiters by the keyspace `del` of the 1.x key (they listen for nothing
+-- else). Returns the token when the lock key was ours, else nil.
+local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+-- pcall: a 1.x key of another type (written by hand) must not keep us from releasing.
+local v1 = redis.pcall('GET', KEYS[3]) == ARGV[1]
+if v1 then
+  redis.call('DEL', KEYS[3])
+end
+if ours then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+if ours or v1 then
+  redis.call('PUBLISH', ARGV[2], 'released')
+end
+if ours then
+  return ARGV[1]
+end
+return false

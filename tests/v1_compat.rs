@@ -1,0 +1,518 @@
+//! Rolling upgrade from rdlock 1.x (issue 15): 2.x locks with 1.x compatibility and the
+//! published rdlock 1.0.3 (`rdlock_v1`) exclude each other on one id, both ways, and
+//! each wakes the other's waiters on release.
+//!
+//! Each test starts its own server with `notify-keyspace-events KA` (1.x refuses to
+//! start without it), except the one that shows the fallback without keyspace events.
+//! "Within a couple of seconds" is checked against 1.x TTLs of an hour: only a wake-up
+//! can explain it, never a TTL running out.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rdlock::{RdLockConnectionManager, RdLockError};
+use rdlock_v1::errors::RdLockError as V1Error;
+use support::{get, wait_until, RedisServer, ServerConfig};
+
+/// A 1.x TTL that never runs out during a test.
+const V1_TTL: u64 = 3600;
+/// How soon after a release the other side's waiter must hold the lock.
+const WAKE_BOUND: Duration = Duration::from_secs(3);
+/// Bound for conditions that should hold within milliseconds.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn v1_key(id: &str) -> String {
+    format!("/rdlock/{id}/.lock")
+}
+
+async fn managers(
+    server: &RedisServer,
+) -> (RdLockConnectionManager, rdlock_v1::RdLockConnectionManager) {
+    let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
+    assert!(v2.keyspace_events());
+    let v1 = rdlock_v1::RdLockConnectionManager::new(server.url())
+        .await
+        .unwrap();
+    (v2, v1)
+}
+
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
+async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until some client is subscribed to `channel` (a 2.x waiter's subscriber).
+async fn wait_subscribed(server: &RedisServer, channel: &str) {
+    let conn = server.conn().await;
+    wait_until(BOUND, &format!("a subscriber on {channel}"), || {
+        let mut conn = conn.clone();
+        let channel = channel.to_owned();
+        async move {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            counts.first().is_some_and(|(_, n)| *n > 0)
+        }
+    })
+    .await;
+}
+
+/// Waits until a 1.x waiter has its pattern subscription (`PSUBSCRIBE *<key>*`).
+async fn wait_v1_waiter(server: &RedisServer) {
+    let conn = server.conn().await;
+    wait_until(BOUND, "a 1.x waiter's pattern subscription", || {
+        let mut conn = conn.clone();
+        async move {
+            let n: i64 = redis::cmd("PUBSUB")
+                .arg("NUMPAT")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n > 0
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// Lock::with_v1_compat against 1.x BasicLock
+
+#[tokio::test]
+async fn a_v1_holder_blocks_a_compat_lock_whose_waiter_gets_it_after_the_v1_release() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut holder = v1.new_basic_lock("job", V1_TTL);
+    holder.try_lock().await.unwrap();
+
+    let lock = v2.new_lock("job").with_v1_compat();
+    assert_eq!(lock.v1_key(), Some("/rdlock/job/.lock"));
+    assert_eq!(
+        lock.try_lock().await.unwrap_err(),
+        RdLockError::LockUnavailable
+    );
+    let info = lock
+        .holder()
+        .await
+        .unwrap()
+        .expect("the 1.x holder is shown");
+    assert_eq!((info.pid, info.fencing_token), (0, 0));
+    assert!(info.remaining_lease.unwrap() > Duration::from_secs(V1_TTL - 60));
+
+    let waiter = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let guard = lock.lock_timeout(Duration::from_secs(120)).await;
+            (guard, Instant::now())
+        })
+    };
+    wait_subscribed(&server, "__keyspace@0__:/rdlock/job/.lock").await;
+    let released = Instant::now();
+    holder.release().await.unwrap();
+    let (guard, acquired) = waiter.await.unwrap();
+    let guard = guard.unwrap();
+    let after = acquired.duration_since(released);
+    println!("compat waiter acquired {after:?} after the 1.x release");
+    assert!(
+        after < WAKE_BOUND,
+        "acquired {after:?} after the 1.x release"
+    );
+
+    // Now ours, in both keys: 1.x is shut out.
+    let mut other = v1.new_basic_lock("job", V1_TTL);
+    assert_eq!(other.try_lock().await, Err(V1Error::LockUnavailable));
+    guard.release().await.unwrap();
+    let mut conn = server.conn().await;
+    assert!(keys(&mut conn, "*")
+        .await
+        .iter()
+        .all(|k| !k.ends_with(":lock") && !k.starts_with("/rdlock/")));
+}
+
+#[tokio::test]
+async fn a_compat_holder_blocks_v1_across_its_renewals_and_a_v1_waiter_gets_it_after_release() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let lease = Duration::from_millis(600);
+    let lock = v2.new_lock("job").with_v1_compat().with_lease(lease);
+    let guard = lock.try_lock().await.unwrap();
+    let mut conn = server.conn().await;
+
+    // Held for five leases: without renewals of both keys, the 1.x key would have
+    // expired four times over.
+    let mut v1_lock = v1.new_basic_lock("job", V1_TTL);
+    let held_since = Instant::now();
+    let mut tries = 0;
+    while held_since.elapsed() < lease * 5 {
+        assert_eq!(v1_lock.try_lock().await, Err(V1Error::LockUnavailable));
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(guard.is_held());
+    let left = pttl(&mut conn, &v1_key("job")).await;
+    assert!(left > 0 && left <= 600, "1.x key's PTTL {left}");
+    println!(
+        "1.x refused {tries} times over {:?} (lease {lease:?})",
+        held_since.elapsed()
+    );
+
+    let waiter = tokio::spawn(async move {
+        let mut waiting = v1_lock;
+        let outcome = waiting.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), waiting)
+    });
+    wait_v1_waiter(&server).await;
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let (outcome, acquired, mut v1_lock) = waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(released);
+    println!("1.x waiter acquired {after:?} after our release");
+    assert!(after < WAKE_BOUND, "acquired {after:?} after our release");
+    assert_eq!(get(&mut conn, &v1_key("job")).await.as_deref(), Some("V1"));
+    // And 1.x now blocks us.
+    assert_eq!(
+        lock.try_lock().await.unwrap_err(),
+        RdLockError::LockUnavailable
+    );
+    v1_lock.release().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// 2.x BasicLock (compatible by default) against 1.x BasicLock
+
+#[tokio::test]
+async fn a_v1_basic_lock_blocks_a_v2_basic_lock_whose_waiter_gets_it_after_the_v1_release() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut holder = v1.new_basic_lock("basic", V1_TTL);
+    holder.try_lock().await.unwrap();
+
+    let mut basic = v2.new_basic_lock("basic", V1_TTL);
+    assert_eq!(basic.v1_key(), Some("/rdlock/basic/.lock"));
+    assert_eq!(basic.try_lock().await, Err(RdLockError::LockUnavailable));
+
+    let waiter = tokio::spawn(async move {
+        let outcome = basic.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), basic)
+    });
+    wait_subscribed(&server, "__keyspace@0__:/rdlock/basic/.lock").await;
+    let released = Instant::now();
+    holder.release().await.unwrap();
+    let (outcome, acquired, mut basic) = waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(released);
+    println!("2.x BasicLock acquired {after:?} after the 1.x release");
+    assert!(
+        after < WAKE_BOUND,
+        "acquired {after:?} after the 1.x release"
+    );
+    assert!(basic.is_locked());
+    assert_eq!(holder.try_lock().await, Err(V1Error::LockUnavailable));
+    basic.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_v2_basic_lock_blocks_v1_and_a_v1_waiter_gets_it_after_the_v2_release() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut basic = v2.new_basic_lock("basic", V1_TTL);
+    basic.try_lock().await.unwrap();
+
+    let mut v1_lock = v1.new_basic_lock("basic", V1_TTL);
+    assert_eq!(v1_lock.try_lock().await, Err(V1Error::LockUnavailable));
+    let waiter = tokio::spawn(async move {
+        let outcome = v1_lock.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), v1_lock)
+    });
+    wait_v1_waiter(&server).await;
+    let released = Instant::now();
+    basic.release().await.unwrap();
+    let (outcome, acquired, mut v1_lock) = waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(released);
+    println!("1.x waiter acquired {after:?} after the 2.x BasicLock release");
+    assert!(after < WAKE_BOUND, "acquired {after:?} after our release");
+    assert_eq!(basic.try_lock().await, Err(RdLockError::LockUnavailable));
+    v1_lock.release().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// Without compatibility, and where it cannot work
+
+#[tokio::test]
+async fn a_lock_without_compat_creates_no_v1_key() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut conn = server.conn().await;
+    let lock = v2.new_lock("plain").with_lease(Duration::from_millis(300));
+    assert_eq!(lock.v1_key(), None);
+    let guard = lock.lock().await.unwrap();
+    // A waiter, renewals and a release: every path that sends a script.
+    let waiter = {
+        let lock = lock.clone();
+        tokio::spawn(async move { lock.lock_timeout(Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    drop(guard);
+    let second = waiter.await.unwrap().unwrap();
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    second.release().await.unwrap();
+    let mut basic = v2.new_basic_lock("plain-basic", 60).without_v1_compat();
+    assert_eq!(basic.v1_key(), None);
+    basic.lock().await.unwrap();
+    basic.release().await.unwrap();
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    assert!(lock.force_release().await.is_ok());
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    // What a fleet without compatibility gets: 1.x and 2.x do not exclude each other.
+    let v1 = rdlock_v1::RdLockConnectionManager::new(server.url())
+        .await
+        .unwrap();
+    let mut v1_lock = v1.new_basic_lock("plain", V1_TTL);
+    v1_lock.try_lock().await.unwrap();
+    let _both = lock.try_lock().await.unwrap();
+}
+
+/// A one-node Redis Cluster owning every slot (as in tests/fuzz_inputs.rs).
+async fn one_node_cluster() -> RedisServer {
+    let server = RedisServer::start_with(ServerConfig {
+        keyspace_events: None,
+        args: [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    let conn = server.conn().await;
+    let () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    wait_until(BOUND, "cluster_state:ok", || {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            info.contains("cluster_state:ok")
+        }
+    })
+    .await;
+    server
+}
+
+#[tokio::test]
+async fn compat_on_a_cluster_manager_is_a_clear_error() {
+    let server = one_node_cluster().await;
+    let manager = RdLockConnectionManager::cluster([server.url()])
+        .await
+        .unwrap();
+    let lock = manager.new_lock("job").with_v1_compat();
+    let refused = |e: RdLockError| {
+        assert!(
+            matches!(e, RdLockError::V1CompatUnsupported { .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("1.x"), "{e}");
+    };
+    refused(lock.try_lock().await.unwrap_err());
+    refused(lock.lock().await.unwrap_err());
+    refused(lock.lock_timeout(Duration::from_secs(1)).await.unwrap_err());
+    refused(lock.holder().await.unwrap_err());
+    refused(lock.force_release().await.unwrap_err());
+    refused(lock.force_release_if(1).await.unwrap_err());
+    refused(lock.run(async {}).await.unwrap_err());
+    // Nothing was written.
+    let mut conn = server.conn().await;
+    assert!(keys(&mut conn, "*").await.is_empty());
+    // A BasicLock on a cluster works, without the 1.x key.
+    let mut basic = manager.new_basic_lock("job", 60);
+    assert_eq!(basic.v1_key(), None);
+    basic.try_lock().await.unwrap();
+    basic.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_keyspace_events_a_compat_waiter_gets_the_lock_at_the_v1_pttl() {
+    let server = RedisServer::start();
+    let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
+    assert!(!v2.keyspace_events());
+    // 1.x refuses such a server; its write, as 1.0.3 makes it (a value, NX, a TTL).
+    let mut conn = server.conn().await;
+    let ttl_ms = 1500;
+    let set: Option<String> = redis::cmd("SET")
+        .arg(v1_key("quiet"))
+        .arg("V1")
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(set.is_some());
+    let started = Instant::now();
+    let lock = v2.new_lock("quiet").with_v1_compat();
+    let guard = lock.lock_timeout(Duration::from_secs(30)).await.unwrap();
+    let waited = started.elapsed();
+    println!("acquired after {waited:?} (1.x key PTTL {ttl_ms} ms)");
+    assert!(waited >= Duration::from_millis(ttl_ms - 100), "{waited:?}");
+    assert!(
+        waited < Duration::from_millis(ttl_ms) + WAKE_BOUND,
+        "{waited:?}"
+    );
+    assert_eq!(
+        get(&mut conn, &v1_key("quiet"))
+            .await
+            .as_deref()
+            .map(str::len),
+        Some(32)
+    );
+    guard.release().await.unwrap();
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------
+// The watchdog and the release paths with the 1.x key
+
+#[tokio::test]
+async fn renewals_take_back_a_deleted_v1_key_and_a_v1_takeover_ends_the_lease() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut conn = server.conn().await;
+    let lock = v2
+        .new_lock("stale")
+        .with_v1_compat()
+        .with_lease(Duration::from_millis(600));
+    let guard = lock.lock().await.unwrap();
+    let ours = get(&mut conn, &v1_key("stale")).await.expect("our 1.x key");
+
+    // A 1.x process whose TTL ran out releases with a plain DEL.
+    let () = redis::cmd("DEL")
+        .arg(v1_key("stale"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_until(BOUND, "the renewal to take the 1.x key back", || {
+        let mut conn = conn.clone();
+        let ours = ours.clone();
+        async move { get(&mut conn, &v1_key("stale")).await == Some(ours) }
+    })
+    .await;
+    assert!(guard.is_held());
+
+    // Deleted and taken by a 1.x process before our renewal: not ours alone any more.
+    let () = redis::pipe()
+        .atomic()
+        .del(v1_key("stale"))
+        .set_options(
+            v1_key("stale"),
+            "V1",
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::EX(V1_TTL)),
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::timeout(BOUND, guard.lost())
+        .await
+        .expect("the lease is reported lost");
+    assert!(!guard.is_held());
+    // The drop-release deletes our lock key and leaves the 1.x holder's key alone.
+    drop(guard);
+    wait_until(BOUND, "the lock key to be released", || {
+        let mut conn = conn.clone();
+        async move { support::lock_keys(&mut conn).await.is_empty() }
+    })
+    .await;
+    assert_eq!(
+        get(&mut conn, &v1_key("stale")).await.as_deref(),
+        Some("V1")
+    );
+    // force_release of a compatible lock deletes the 1.x key too.
+    assert!(lock.force_release().await.unwrap());
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_compat_guard_deletes_both_keys() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut conn = server.conn().await;
+    let lock = v2.new_lock("dropped").with_v1_compat();
+    let guard = lock.lock().await.unwrap();
+    assert_eq!(keys(&mut conn, "/rdlock/*").await, [v1_key("dropped")]);
+    drop(guard);
+    wait_until(BOUND, "both keys to be released", || {
+        let mut conn = conn.clone();
+        async move {
+            support::lock_keys(&mut conn).await.is_empty()
+                && keys(&mut conn, "/rdlock/*").await.is_empty()
+        }
+    })
+    .await;
+    v2.shutdown().await.unwrap();
+}
+
+/// A waiter with compatibility joins, in the same manager, a subscription made by a
+/// waiter without it: the 1.x key's channel is added, and a 1.x release wakes it.
+#[tokio::test]
+async fn a_compat_waiter_joining_a_plain_waiters_subscription_is_woken_by_a_v1_release() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    // A 2.x holder without compatibility and a 1.x holder, on the same id.
+    let holder = other.new_lock("mixed").try_lock().await.unwrap();
+    let mut v1_holder = v1.new_basic_lock("mixed", V1_TTL);
+    v1_holder.try_lock().await.unwrap();
+
+    let mut plain = v2.new_basic_lock("mixed", V1_TTL).without_v1_compat();
+    let plain_waiter = tokio::spawn(async move {
+        let outcome = plain.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, plain)
+    });
+    wait_subscribed(&server, "__keyspace@0__:rdlock:{mixed}:lock").await;
+    let mut compat = v2.new_basic_lock("mixed", V1_TTL);
+    let compat_waiter = tokio::spawn(async move {
+        let outcome = compat.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), compat)
+    });
+    wait_subscribed(&server, "__keyspace@0__:/rdlock/mixed/.lock").await;
+
+    // The plain waiter gets the 2.x lock (it ignores the 1.x key), then lets it go.
+    holder.release().await.unwrap();
+    let (outcome, mut plain) = plain_waiter.await.unwrap();
+    outcome.unwrap();
+    plain.release().await.unwrap();
+    // The compat waiter still waits for the 1.x holder (an hour of TTL left).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!compat_waiter.is_finished());
+    let released = Instant::now();
+    v1_holder.release().await.unwrap();
+    let (outcome, acquired, mut compat) = compat_waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(released);
+    assert!(
+        after < WAKE_BOUND,
+        "acquired {after:?} after the 1.x release"
+    );
+    compat.release().await.unwrap();
+}
