@@ -72,6 +72,13 @@
 //!   one reply at most the command timeout (2 s).
 //! - The rdlock 1.x API ([`RdLockConnectionManager::new_basic_lock`],
 //!   [`lock::BasicLock`], [`errors::RdLockError`]) is kept.
+//! - Rolling upgrades from 1.x: [`Lock::with_v1_compat`] also takes the 1.x key
+//!   `/rdlock/<id>/.lock` in the same script, so 1.x and 2.x processes exclude each
+//!   other; [`lock::BasicLock`] does so by default on one server
+//!   ([`BasicLock::without_v1_compat`](lock::BasicLock::without_v1_compat) turns it
+//!   off). [`Lock::force_release`] of such a lock deletes the 1.x key too (the
+//!   administrator's intent: the lock is free afterwards). On a cluster it is refused
+//!   ([`RdLockError::V1CompatUnsupported`]).
 //! - Tasks of one manager waiting for the same lock queue locally in arrival order;
 //!   only the head contends in Redis (see [`Lock`]).
 //! - A command that times out retires the manager's command connection (redis-rs

@@ -196,7 +196,12 @@ async fn workload(
         .lock_timeout(Duration::from_secs(5))
         .await?;
     fresh.release().await?;
-    let mut basic = a.new_basic_lock(&format!("{id}-basic"), 1);
+    // Without the 1.x key (`/rdlock/<id>/.lock`, outside `~rdlock:*`): the minimal user
+    // is for a fleet without rdlock 1.x processes (tests/v1_compat.rs has the user
+    // for a rolling upgrade).
+    let mut basic = a
+        .new_basic_lock(&format!("{id}-basic"), 1)
+        .without_v1_compat();
     basic.lock().await?;
     basic.release().await?;
     // The inspection and administration calls.

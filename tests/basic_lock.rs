@@ -57,10 +57,13 @@ async fn release_never_deletes_the_next_owners_lock() {
     // TTL check must still say "locked", on however busy a machine.
     let mut first = manager.new_basic_lock("handover", 60);
     first.lock().await.unwrap();
-    // Its key expires (a pause longer than the TTL), the next owner takes the lock...
-    let _: () = redis::cmd("PEXPIRE")
-        .arg("rdlock:{handover}:lock")
-        .arg(1)
+    // Its keys expire (a pause longer than the TTL: the lock key and the 1.x key that
+    // a BasicLock also takes by default), the next owner takes the lock...
+    let _: () = redis::pipe()
+        .pexpire("rdlock:{handover}:lock", 1)
+        .ignore()
+        .pexpire("/rdlock/handover/.lock", 1)
+        .ignore()
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -72,6 +75,7 @@ async fn release_never_deletes_the_next_owners_lock() {
     assert!(first.is_locked(), "its local TTL has not passed");
     assert_eq!(first.release().await, Err(RdLockError::LockNotAcquired));
     assert_eq!(get(&mut raw, "rdlock:{handover}:lock").await, owner);
+    assert_eq!(get(&mut raw, "/rdlock/handover/.lock").await, owner);
     assert!(second.is_locked());
 }
 

@@ -516,3 +516,81 @@ async fn a_compat_waiter_joining_a_plain_waiters_subscription_is_woken_by_a_v1_r
     );
     compat.release().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------
+// A least-privilege ACL user during a rolling upgrade
+
+/// The README's minimal ACL user (tests/acl.rs), with what 1.x compatibility adds: the
+/// 1.x keys, and (for keyspace wake-ups) their keyspace channels.
+async fn acl_user(server: &RedisServer, keys: &[&str], channels: &[&str]) -> String {
+    let mut admin = server.conn().await;
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg("locker")
+        .arg("reset")
+        .arg("on")
+        .arg(">secret")
+        .arg("resetkeys")
+        .arg(keys)
+        .arg("resetchannels")
+        .arg(channels)
+        .arg("-@all")
+        .arg(
+            "+evalsha +script|load +get +set +pexpire +pttl +incr +del +publish +time \
+             +ping +subscribe +unsubscribe +config|get"
+                .split(' ')
+                .collect::<Vec<_>>(),
+        );
+    let () = cmd.query_async(&mut admin).await.expect("ACL SETUSER");
+    format!("redis://locker:secret@127.0.0.1:{}/", server.port())
+}
+
+#[tokio::test]
+async fn a_least_privilege_user_needs_the_v1_keys_for_compat() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let v1 = rdlock_v1::RdLockConnectionManager::new(server.url())
+        .await
+        .unwrap();
+
+    // Without the 1.x keys: a typed ACL refusal, not a hang; turned off, it works.
+    let url = acl_user(&server, &["~rdlock:*"], &["&rdlock:*"]).await;
+    let narrow = RdLockConnectionManager::new(url).await.unwrap();
+    let mut basic = narrow.new_basic_lock("acl", 60);
+    let refused = tokio::time::timeout(BOUND, basic.try_lock()).await.unwrap();
+    assert!(
+        matches!(refused, Err(RdLockError::RedisError(_))),
+        "{refused:?}"
+    );
+    let mut basic = narrow.new_basic_lock("acl", 60).without_v1_compat();
+    basic.try_lock().await.unwrap();
+    basic.release().await.unwrap();
+
+    // With them, a compat waiter is woken by a 1.x release.
+    let url = acl_user(
+        &server,
+        &["~rdlock:*", "~/rdlock/*"],
+        &[
+            "&rdlock:*",
+            "&__keyspace@*__:rdlock:*",
+            "&__keyspace@*__:/rdlock/*",
+        ],
+    )
+    .await;
+    let manager = RdLockConnectionManager::new(url).await.unwrap();
+    assert!(manager.keyspace_events());
+    let mut holder = v1.new_basic_lock("acl", V1_TTL);
+    holder.try_lock().await.unwrap();
+    let mut basic = manager.new_basic_lock("acl", 60);
+    let waiter = tokio::spawn(async move {
+        let outcome = basic.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), basic)
+    });
+    wait_subscribed(&server, "__keyspace@0__:/rdlock/acl/.lock").await;
+    let released = Instant::now();
+    holder.release().await.unwrap();
+    let (outcome, acquired, mut basic) = waiter.await.unwrap();
+    outcome.unwrap();
+    assert!(acquired.duration_since(released) < WAKE_BOUND);
+    assert_eq!(holder.try_lock().await, Err(V1Error::LockUnavailable));
+    basic.release().await.unwrap();
+}

@@ -248,10 +248,15 @@ impl Lock {
 
     /// Who holds the lock now, or `None` when it is free. One round trip.
     ///
+    /// With [1.x compatibility](Self::with_v1_compat), a rdlock 1.x holder (the 1.x key
+    /// without the lock key) is shown with pid 0, no host, fencing token 0 and the 1.x
+    /// key's remaining TTL.
+    ///
     /// # Errors
     ///
     /// [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when Redis cannot
-    /// answer; [`RdLockError::InvalidLockId`] for an empty id.
+    /// answer; [`RdLockError::InvalidLockId`] for an empty id;
+    /// [`RdLockError::V1CompatUnsupported`] for 1.x compatibility on a cluster.
     ///
     /// # Cancel safety
     ///
@@ -329,6 +334,10 @@ impl Lock {
     /// escape hatch for a lock whose holder is known to be gone. The holder, if alive,
     /// learns at its next renewal that its lease is lost. Returns whether it was held.
     ///
+    /// With [1.x compatibility](Self::with_v1_compat) it deletes the 1.x key too,
+    /// whoever holds it (a 1.x process included): the lock is free afterwards, which
+    /// is what the escape hatch is for. A 1.x holder learns nothing (1.x never checks).
+    ///
     /// # Errors
     ///
     /// As [`holder`](Self::holder).
@@ -367,7 +376,10 @@ impl Lock {
     /// changed hands in between, the new holder's lock is left alone. A key without an
     /// owner record (not written by rdlock) has fencing token 0, as `holder` shows it.
     /// Returns whether the lock was deleted: `false` when it is free, or held by
-    /// another acquisition.
+    /// another acquisition. With [1.x compatibility](Self::with_v1_compat), the 1.x key
+    /// of that acquisition is deleted with it, and a 1.x holder alone counts as
+    /// fencing token 0 (1.x stores a constant: one 1.x holder cannot be told from the
+    /// next).
     ///
     /// # Errors
     ///
