@@ -6,6 +6,14 @@
 //! start without it), except the one that shows the fallback without keyspace events.
 //! "Within a couple of seconds" is checked against 1.x TTLs of an hour: only a wake-up
 //! can explain it, never a TTL running out.
+//!
+//! Also: a lock without compatibility writes no `/rdlock/` key and runs exactly the
+//! commands it ran before (`INFO commandstats`); compatibility costs no round trip;
+//! compatibility on a cluster is a typed error; the least-privilege ACL user for an
+//! upgrade; and a mixed fleet (1.x `BasicLock`, 2.x `Lock` with renewals, 2.x
+//! `BasicLock`) on one id with no overlapping critical section (an in-process
+//! exclusion count, without faults: not the multi-process safety checker). The fleet
+//! run's seed is printed (`RDLOCK_SEED`).
 
 mod support;
 
@@ -593,4 +601,207 @@ async fn a_least_privilege_user_needs_the_v1_keys_for_compat() {
     assert!(acquired.duration_since(released) < WAKE_BOUND);
     assert_eq!(holder.try_lock().await, Err(V1Error::LockUnavailable));
     basic.release().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// Cost: a lock without compatibility sends exactly what it did before
+
+/// `INFO commandstats` as `name -> calls` (commands run inside scripts included).
+async fn command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let calls = rest
+                .split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        // The measurement's own commands (`config|resetstat`, `info`).
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+#[tokio::test]
+async fn an_acquire_and_release_cost_the_same_round_trips_with_compat_and_no_more_without() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut conn = server.conn().await;
+    let expect = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+        pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+    };
+    // Warm the script cache, so that no SCRIPT LOAD / NOSCRIPT round trip is counted.
+    for lock in [
+        manager.new_lock("warm"),
+        manager.new_lock("warm").with_v1_compat(),
+    ] {
+        lock.try_lock().await.unwrap().release().await.unwrap();
+    }
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let guard = manager.new_lock("cost").try_lock().await.unwrap();
+    guard.release().await.unwrap();
+    // acquire.lua: PTTL, SET, INCR, TIME, SET; release.lua: GET, DEL, PUBLISH.
+    assert_eq!(
+        command_calls(&mut conn).await,
+        expect(&[
+            ("evalsha", 2),
+            ("pttl", 1),
+            ("set", 2),
+            ("incr", 1),
+            ("time", 1),
+            ("get", 1),
+            ("del", 1),
+            ("publish", 1),
+        ])
+    );
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let guard = manager
+        .new_lock("cost")
+        .with_v1_compat()
+        .try_lock()
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    // Still one script call each way; inside, the 1.x key's PTTL, SET, GET and DEL.
+    assert_eq!(
+        command_calls(&mut conn).await,
+        expect(&[
+            ("evalsha", 2),
+            ("pttl", 2),
+            ("set", 3),
+            ("incr", 1),
+            ("time", 1),
+            ("get", 2),
+            ("del", 2),
+            ("publish", 1),
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// A mixed fleet on one id
+
+/// 1.x `BasicLock`s, 2.x `Lock`s with compatibility (some holds outlast the lease, so
+/// the watchdog renews both keys) and 2.x `BasicLock`s, each with its own manager(s),
+/// contend for one id; every holder marks its critical section in a shared counter.
+/// No 1.x TTL runs out (60 s, holds of at most 20 ms), no fault is injected: the count
+/// of overlaps must be 0, and every worker completes its rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fleet_never_overlaps() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const ROUNDS: usize = 12;
+    let seed = support::seed();
+    println!("seed {seed} (RDLOCK_SEED replays the schedule, not the timing)");
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let enter = {
+        let (inside, overlaps) = (inside.clone(), overlaps.clone());
+        move || {
+            if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let leave = {
+        let inside = inside.clone();
+        move || {
+            inside.fetch_sub(1, Ordering::SeqCst);
+        }
+    };
+    let hold = |rng: &mut u64| {
+        *rng = support::xorshift(*rng);
+        Duration::from_millis(*rng % 21)
+    };
+    let mut workers = Vec::new();
+    for w in 0..6u64 {
+        let url = server.url();
+        let (enter, leave) = (enter.clone(), leave.clone());
+        let mut rng = support::xorshift(seed ^ (w + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        workers.push(tokio::spawn(async move {
+            match w % 3 {
+                0 => {
+                    let v1 = rdlock_v1::RdLockConnectionManager::new(url).await.unwrap();
+                    let mut lock = v1.new_basic_lock("fleet", 60);
+                    for _ in 0..ROUNDS {
+                        while lock.lock_timeout(Duration::from_secs(20)).await.is_err() {}
+                        enter();
+                        tokio::time::sleep(hold(&mut rng)).await;
+                        leave();
+                        lock.release().await.unwrap();
+                    }
+                }
+                1 => {
+                    let v2 = RdLockConnectionManager::new(url).await.unwrap();
+                    let lease = Duration::from_millis(1000);
+                    let lock = v2.new_lock("fleet").with_v1_compat().with_lease(lease);
+                    for round in 0..ROUNDS {
+                        let guard = lock.lock().await.unwrap();
+                        enter();
+                        // Every fourth hold lasts 1.5 leases: renewals of both keys.
+                        let held = if round % 4 == 3 {
+                            lease * 3 / 2
+                        } else {
+                            hold(&mut rng)
+                        };
+                        tokio::time::sleep(held).await;
+                        assert!(guard.is_held(), "no fault is injected: the lease holds");
+                        leave();
+                        guard.release().await.unwrap();
+                    }
+                }
+                _ => {
+                    let v2 = RdLockConnectionManager::new(url).await.unwrap();
+                    let mut lock = v2.new_basic_lock("fleet", 60);
+                    for _ in 0..ROUNDS {
+                        lock.lock().await.unwrap();
+                        enter();
+                        tokio::time::sleep(hold(&mut rng)).await;
+                        leave();
+                        lock.release().await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(120), worker)
+            .await
+            .expect("every worker completes its rounds")
+            .unwrap();
+    }
+    println!(
+        "{} acquisitions (1.x, 2.x Lock, 2.x BasicLock) in {:?}, {} overlaps",
+        6 * ROUNDS,
+        started.elapsed(),
+        overlaps.load(Ordering::SeqCst)
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    let mut conn = server.conn().await;
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    assert!(support::lock_keys(&mut conn).await.is_empty());
 }
