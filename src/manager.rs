@@ -291,6 +291,10 @@ impl RdLockConnectionManager {
     /// A rdlock 1.x [`BasicLock`] on `lock_id` whose key expires `ttl` seconds after
     /// each acquisition (no watchdog), released early by [`BasicLock::release`].
     ///
+    /// On a single server it also takes the rdlock 1.x key `/rdlock/<id>/.lock`, so
+    /// that it excludes 1.x processes during a rolling upgrade; turn that off with
+    /// [`BasicLock::without_v1_compat`] once none is left (see [`BasicLock`]).
+    ///
     /// # Example
     ///
     /// ```no_run
