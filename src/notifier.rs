@@ -3,7 +3,8 @@
 //! Waiters register interest in a lock ([`Notifier::watch`]); the first watcher of a lock
 //! subscribes its channels, the last one to leave unsubscribes them. A release message
 //! (or a keyspace `del`/`expired`/`evicted` event) wakes **one** local waiter of that
-//! lock: only one task per process needs to race for the lock in Redis.
+//! lock: only one task per process needs to race for the lock in Redis. (Every local
+//! waiter, once a waiter with rdlock 1.x compatibility has joined: see `Entry::wake`.)
 //!
 //! # No wake-up lost to the subscriber
 //!
@@ -116,6 +117,24 @@ impl Entry {
 
     fn keyspace_channels(&self) -> impl Iterator<Item = &String> {
         self.keyspace_channel.iter().chain(self.v1_channel.get())
+    }
+
+    /// Wakes one local waiter for a release; every local waiter once a 1.x-compatible
+    /// waiter has joined the entry. Waiters with and without 1.x compatibility can be
+    /// blocked by different keys (a 1.x holder blocks only the former), so the one
+    /// waiter a wake-up would go to may be unable to use it while another could: it
+    /// fails its attempt and the wake-up is spent (measured: a plain waiter left for
+    /// its holder's whole 30 s lease, tests/v1_compat.rs). Waking all costs one attempt
+    /// per local waiter, only during a rolling upgrade. Every waiter's wake-up future
+    /// exists before each attempt (lock/wait.rs), so `notify_waiters` (which stores
+    /// no permit) misses no waiter: one not registered yet has its attempt still to
+    /// come, after the release.
+    fn wake(&self) {
+        if self.v1_channel.get().is_some() {
+            self.notify.notify_waiters();
+        } else {
+            self.notify.notify_one();
+        }
     }
 
     /// The subscription is in place on the server (its reply came): every waiter
@@ -646,23 +665,19 @@ impl Subscriber {
         };
         if *name == entry.release_channel {
             if !entry.del_seen.swap(false, Ordering::Relaxed) {
-                entry.notify.notify_one();
+                entry.wake();
             }
             return;
         }
         match message.get_payload_bytes() {
             // The 1.x key's `del` (a 1.x release) comes with no release message, so
-            // it does not mark one as expected. A 2.x release of a 1.x-compatible lock
-            // deletes both keys and so wakes two local waiters: one attempt too many,
-            // never a wake-up too few.
-            b"del" if entry.v1_channel.get().is_some_and(|c| c == name) => {
-                entry.notify.notify_one();
-            }
+            // it does not mark one as expected.
+            b"del" if entry.v1_channel.get().is_some_and(|c| c == name) => entry.wake(),
             b"del" => {
                 entry.del_seen.store(true, Ordering::Relaxed);
-                entry.notify.notify_one();
+                entry.wake();
             }
-            b"expired" | b"evicted" => entry.notify.notify_one(),
+            b"expired" | b"evicted" => entry.wake(),
             _ => {}
         }
     }

@@ -480,14 +480,19 @@ async fn a_dropped_compat_guard_deletes_both_keys() {
     v2.shutdown().await.unwrap();
 }
 
-/// A waiter with compatibility joins, in the same manager, a subscription made by a
-/// waiter without it: the 1.x key's channel is added, and a 1.x release wakes it.
+/// Waiters with compatibility join, in the same manager, a subscription made by a
+/// waiter without it: the 1.x key's channel is added, and a 1.x release wakes them.
+/// The two kinds are blocked by different keys, so a release must reach a waiter that
+/// can use it: a second waiter without compatibility queues behind the compatible
+/// ones, so that a wake-up given to the longest-waiting waiter only (tokio's
+/// `notify_one`) goes to a compatible one, which the 1.x holder blocks (found so: a
+/// plain waiter was left for its holder's whole lease).
 #[tokio::test]
-async fn a_compat_waiter_joining_a_plain_waiters_subscription_is_woken_by_a_v1_release() {
+async fn compat_waiters_joining_a_plain_waiters_subscription_are_woken_by_the_right_release() {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
     let (v2, v1) = managers(&server).await;
     let other = RdLockConnectionManager::new(server.url()).await.unwrap();
-    // A 2.x holder without compatibility and a 1.x holder, on the same id.
+    // A 2.x holder without compatibility (30 s lease) and a 1.x holder, on one id.
     let holder = other.new_lock("mixed").try_lock().await.unwrap();
     let mut v1_holder = v1.new_basic_lock("mixed", V1_TTL);
     v1_holder.try_lock().await.unwrap();
@@ -495,34 +500,62 @@ async fn a_compat_waiter_joining_a_plain_waiters_subscription_is_woken_by_a_v1_r
     let mut plain = v2.new_basic_lock("mixed", V1_TTL).without_v1_compat();
     let plain_waiter = tokio::spawn(async move {
         let outcome = plain.lock_timeout(Duration::from_secs(120)).await;
-        (outcome, plain)
+        (outcome, Instant::now(), plain)
     });
     wait_subscribed(&server, "__keyspace@0__:rdlock:{mixed}:lock").await;
-    let mut compat = v2.new_basic_lock("mixed", V1_TTL);
-    let compat_waiter = tokio::spawn(async move {
-        let outcome = compat.lock_timeout(Duration::from_secs(120)).await;
-        (outcome, Instant::now(), compat)
-    });
+    let compat_waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let mut compat = v2.new_basic_lock("mixed", V1_TTL);
+            tokio::spawn(async move {
+                compat.lock_timeout(Duration::from_secs(60)).await.unwrap();
+                let acquired = Instant::now();
+                compat.release().await.unwrap();
+                acquired
+            })
+        })
+        .collect();
     wait_subscribed(&server, "__keyspace@0__:/rdlock/mixed/.lock").await;
+    let mut plain2 = v2.new_basic_lock("mixed", V1_TTL).without_v1_compat();
+    let plain2_waiter = tokio::spawn(async move {
+        let outcome = plain2.lock_timeout(Duration::from_secs(60)).await;
+        (outcome, Instant::now(), plain2)
+    });
 
-    // The plain waiter gets the 2.x lock (it ignores the 1.x key), then lets it go.
-    holder.release().await.unwrap();
-    let (outcome, mut plain) = plain_waiter.await.unwrap();
-    outcome.unwrap();
-    plain.release().await.unwrap();
-    // The compat waiter still waits for the 1.x holder (an hour of TTL left).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!compat_waiter.is_finished());
+    // The plain waiter (blind to the 1.x key) must get the 2.x holder's release.
     let released = Instant::now();
-    v1_holder.release().await.unwrap();
-    let (outcome, acquired, mut compat) = compat_waiter.await.unwrap();
+    holder.release().await.unwrap();
+    let (outcome, acquired, mut plain) = plain_waiter.await.unwrap();
     outcome.unwrap();
     let after = acquired.duration_since(released);
+    println!("plain waiter acquired {after:?} after the 2.x release");
     assert!(
         after < WAKE_BOUND,
-        "acquired {after:?} after the 1.x release"
+        "acquired {after:?} after the 2.x release"
     );
-    compat.release().await.unwrap();
+    // And the second plain waiter the first one's release (its TTL is an hour).
+    let released = Instant::now();
+    plain.release().await.unwrap();
+    let (outcome, acquired, mut plain) = plain2_waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(released);
+    println!("second plain waiter acquired {after:?} after the first one's release");
+    assert!(
+        after < WAKE_BOUND,
+        "acquired {after:?} after the plain release"
+    );
+    plain.release().await.unwrap();
+    // The compatible waiters still wait for the 1.x holder (an hour of TTL left).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(compat_waiters.iter().all(|w| !w.is_finished()));
+    let released = Instant::now();
+    v1_holder.release().await.unwrap();
+    for waiter in compat_waiters {
+        let after = waiter.await.unwrap().duration_since(released);
+        assert!(
+            after < WAKE_BOUND * 3,
+            "acquired {after:?} after the 1.x release"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -176,8 +176,11 @@ impl Lock {
     ///
     /// Cost: one more key written per acquisition and one more key read per renewal
     /// and release, in the same scripts (no extra round trip), and one more channel
-    /// per waited-for lock on the subscriber. A lock without it creates no `/rdlock/`
-    /// key and sends exactly what it did before.
+    /// per waited-for lock on the subscriber. While a compatible waiter waits in a
+    /// manager, a release wakes every waiter of that manager for the id, not one
+    /// (waiters with and without compatibility can be blocked by different keys): one
+    /// attempt per local waiter. A lock without it creates no `/rdlock/` key and sends
+    /// exactly what it did before.
     ///
     /// Limits:
     /// - it is as safe as 1.x with 1.x, not safer: 1.x releases with an unconditional
