@@ -108,6 +108,9 @@ struct Entry {
     /// compatibility (`Lock::with_v1_compat`) and kept while the entry lives: a 1.x
     /// holder releases with a plain `DEL` and publishes nothing.
     v1_channel: OnceLock<String>,
+    /// A waiter with 1.x compatibility has joined (with or without keyspace events):
+    /// releases wake every waiter (see [`wake`](Self::wake)).
+    v1_waiters: AtomicBool,
 }
 
 impl Entry {
@@ -130,7 +133,7 @@ impl Entry {
     /// no permit) misses no waiter: one not registered yet has its attempt still to
     /// come, after the release.
     fn wake(&self) {
-        if self.v1_channel.get().is_some() {
+        if self.v1_waiters.load(Ordering::SeqCst) {
             self.notify.notify_waiters();
         } else {
             self.notify.notify_one();
@@ -201,12 +204,17 @@ impl Notifier {
                     confirmed: watch::Sender::new(false),
                     del_seen: AtomicBool::new(false),
                     v1_channel: v1_channel.cloned().map(OnceLock::from).unwrap_or_default(),
+                    v1_waiters: AtomicBool::new(false),
                 });
                 // A send error means the task is gone (runtime shutting down): waiters
                 // then fall back to the holder's PTTL.
                 let _ = self.shared.commands.send(Command::Subscribe(entry.clone()));
                 Registered { entry, watchers: 0 }
             });
+        if names.v1.is_some() {
+            // Before this waiter's first attempt: every later release wakes it.
+            registered.entry.v1_waiters.store(true, Ordering::SeqCst);
+        }
         if let Some(channel) = v1_channel {
             // The first 1.x-compatible waiter of an entry made by waiters without it:
             // subscribe the 1.x channel too. Its confirmation wakes every waiter, as a
@@ -771,6 +779,7 @@ mod tests {
             confirmed: watch::Sender::new(false),
             del_seen: AtomicBool::new(false),
             v1_channel: OnceLock::new(),
+            v1_waiters: AtomicBool::new(false),
         })
     }
 
