@@ -403,7 +403,7 @@ async fn without_keyspace_events_a_compat_waiter_gets_the_lock_at_the_v1_pttl() 
 // The watchdog and the release paths with the 1.x key
 
 #[tokio::test]
-async fn renewals_take_back_a_deleted_v1_key_and_a_v1_takeover_ends_the_lease() {
+async fn a_v1_takeover_ends_the_lease_and_the_release_leaves_the_v1_key_alone() {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
     let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
     let mut conn = server.conn().await;
@@ -412,23 +412,11 @@ async fn renewals_take_back_a_deleted_v1_key_and_a_v1_takeover_ends_the_lease() 
         .with_v1_compat()
         .with_lease(Duration::from_millis(600));
     let guard = lock.lock().await.unwrap();
-    let ours = get(&mut conn, &v1_key("stale")).await.expect("our 1.x key");
+    assert!(get(&mut conn, &v1_key("stale")).await.is_some());
 
-    // A 1.x process whose TTL ran out releases with a plain DEL.
-    let () = redis::cmd("DEL")
-        .arg(v1_key("stale"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    wait_until(BOUND, "the renewal to take the 1.x key back", || {
-        let mut conn = conn.clone();
-        let ours = ours.clone();
-        async move { get(&mut conn, &v1_key("stale")).await == Some(ours) }
-    })
-    .await;
-    assert!(guard.is_held());
-
-    // Deleted and taken by a 1.x process before our renewal: not ours alone any more.
+    // A 1.x process whose TTL ran out deletes it (a plain DEL) and another takes it
+    // before our renewal: not ours alone any more. (Deleted only: see
+    // `a_v1_key_deleted_under_a_holder_ends_its_lease`.)
     let () = redis::pipe()
         .atomic()
         .del(v1_key("stale"))
@@ -458,6 +446,97 @@ async fn renewals_take_back_a_deleted_v1_key_and_a_v1_takeover_ends_the_lease() 
     // force_release of a compatible lock deletes the 1.x key too.
     assert!(lock.force_release().await.unwrap());
     assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+}
+
+/// Review of issue 15: a 1.x process whose TTL ran out releases with a plain `DEL`
+/// (the documented limit), and another 1.x process takes the 1.x key, runs its whole
+/// critical section and releases it, all between two of our renewals. The 1.x key was
+/// not ours for a while: the lease must be reported lost, not silently taken back
+/// (found so: the renewal re-created the 1.x key and the guard never learnt of the
+/// overlap, although the README promised the loss would be reported).
+#[tokio::test]
+async fn a_v1_key_deleted_under_a_holder_ends_its_lease() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut conn = server.conn().await;
+    let lock = v2
+        .new_lock("deleted")
+        .with_v1_compat()
+        .with_lease(Duration::from_millis(900));
+    let guard = lock.lock().await.unwrap();
+    // The stale 1.x release, then a whole 1.x critical section before our renewal.
+    let () = redis::cmd("DEL")
+        .arg(v1_key("deleted"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut other = v1.new_basic_lock("deleted", V1_TTL);
+    other.try_lock().await.unwrap();
+    other.release().await.unwrap();
+    tokio::time::timeout(BOUND, guard.lost())
+        .await
+        .expect("the lease is reported lost: a 1.x process held the lock meanwhile");
+    assert!(!guard.is_held());
+    // Nothing was taken back: the drop-release deletes our lock key, and 1.x can lock.
+    drop(guard);
+    wait_until(BOUND, "the lock key to be released", || {
+        let mut conn = conn.clone();
+        async move { support::lock_keys(&mut conn).await.is_empty() }
+    })
+    .await;
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    other.try_lock().await.unwrap();
+    other.release().await.unwrap();
+}
+
+/// Review of issue 15: a 1.x process takes the 1.x key after a stale 1.x `DEL` and still
+/// holds it when we release, before any renewal noticed. The release must say the lock
+/// was no longer ours (found so: `LockGuard::release` and `BasicLock::release` returned
+/// `Ok`, since only the 2.x key was checked) — and must leave the 1.x holder's key alone.
+#[tokio::test]
+async fn a_release_after_a_v1_takeover_reports_that_the_lock_was_not_ours() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut conn = server.conn().await;
+
+    // A Lock (30 s lease: no renewal during the test).
+    let guard = v2
+        .new_lock("taken")
+        .with_v1_compat()
+        .try_lock()
+        .await
+        .unwrap();
+    let () = redis::cmd("DEL")
+        .arg(v1_key("taken"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut other = v1.new_basic_lock("taken", V1_TTL);
+    other.try_lock().await.unwrap();
+    assert_eq!(guard.release().await, Err(RdLockError::LockNotAcquired));
+    assert!(support::lock_keys(&mut conn).await.is_empty());
+    assert_eq!(
+        get(&mut conn, &v1_key("taken")).await.as_deref(),
+        Some("V1")
+    );
+    other.release().await.unwrap();
+
+    // A 2.x BasicLock (compatible by default).
+    let mut basic = v2.new_basic_lock("taken", V1_TTL);
+    basic.try_lock().await.unwrap();
+    let () = redis::cmd("DEL")
+        .arg(v1_key("taken"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    other.try_lock().await.unwrap();
+    assert_eq!(basic.release().await, Err(RdLockError::LockNotAcquired));
+    assert!(support::lock_keys(&mut conn).await.is_empty());
+    assert_eq!(
+        get(&mut conn, &v1_key("taken")).await.as_deref(),
+        Some("V1")
+    );
+    other.release().await.unwrap();
 }
 
 #[tokio::test]

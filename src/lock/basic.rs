@@ -36,7 +36,9 @@ use crate::scripts;
 /// [`without_v1_compat`](Self::without_v1_compat) (a `BasicLock` without it and one
 /// with it still exclude each other, through `rdlock:{id}:lock`). The limits are those
 /// of [`Lock::with_v1_compat`]: as safe as 1.x with 1.x (a 1.x process's unconditional
-/// `DEL` can still delete the 1.x key), fencing tokens are ours only. On a Redis
+/// `DEL` can still delete the 1.x key, and a `BasicLock`, having no watchdog, does not
+/// notice a 1.x process that takes it then before [`release`](Self::release), which
+/// reports [`RdLockError::LockNotAcquired`]), fencing tokens are ours only. On a Redis
 /// Cluster it is off: the 1.x key is outside the lock's hash tag, and 1.x never ran on
 /// a cluster.
 ///

@@ -164,10 +164,12 @@ impl Lock {
     /// With it, the acquire script takes `rdlock:{<id>}:lock` and the 1.x key together
     /// (the latter as 1.x does, a string with an expiry, here with our token and our
     /// lease), and only when both are free; a 1.x holder is waited for like any holder.
-    /// The watchdog renews both, only while both still hold our token (a 1.x key
-    /// deleted under us is taken back; one taken over by a 1.x process ends the lease:
-    /// [`LockGuard::lost`] completes); every release path deletes both (each only if
-    /// it still holds our token). Waiters are woken by a 1.x release through the 1.x
+    /// The watchdog renews both, only while both still hold our token: a 1.x key
+    /// deleted under us (a 1.x process's unconditional `DEL`) or taken over by a 1.x
+    /// process ends the lease ([`LockGuard::lost`] completes), since a 1.x process may
+    /// have run meanwhile. Every release path deletes both (each only if it still
+    /// holds our token), and [`LockGuard::release`] reports
+    /// [`RdLockError::LockNotAcquired`] unless both were still ours. Waiters are woken by a 1.x release through the 1.x
     /// key's keyspace `del`/`expired` events when the server has keyspace events on
     /// (which 1.x requires), and otherwise when the 1.x key's TTL runs out; 1.x
     /// waiters are woken by our release through the same events, which they already
@@ -185,8 +187,9 @@ impl Lock {
     /// Limits:
     /// - it is as safe as 1.x with 1.x, not safer: 1.x releases with an unconditional
     ///   `DEL`, so a 1.x process whose TTL ran out can still delete the 1.x key while
-    ///   we hold the lock, and another 1.x process can then take it before our next
-    ///   renewal notices (the lease is then reported lost, at most `lease / 3` later);
+    ///   we hold the lock, and another 1.x process can then take it: both run until
+    ///   our next renewal, at most `lease / 3` later, which reports the lease lost
+    ///   (also when that 1.x process has already released it again);
     /// - fencing tokens are ours only: 1.x holders do not take one, so a resource that
     ///   checks them cannot tell a 1.x holder's writes from anyone's;
     /// - it needs one server (or Sentinel): on a Redis Cluster the 1.x key is outside

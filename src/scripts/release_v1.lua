@@ -3,7 +3,10 @@
 -- ARGV[2] release channel.
 -- Deletes each key that still holds our token and wakes waiters: 2.x waiters by the
 -- message, 1.x waiters by the keyspace `del` of the 1.x key (they listen for nothing
--- else). Returns the token when the lock key was ours, else nil.
+-- else). Returns the token only when both keys were ours, else nil: a 1.x key that
+-- another process holds, or that is gone (a 1.x process's unconditional DEL, after
+-- which another 1.x process may have run), means the lock was not ours alone, and the
+-- caller is told so, as a renewal would have told it.
 local ours = redis.call('GET', KEYS[1]) == ARGV[1]
 -- pcall: a 1.x key of another type (written by hand) must not keep us from releasing.
 local v1 = redis.pcall('GET', KEYS[3]) == ARGV[1]
@@ -16,7 +19,7 @@ end
 if ours or v1 then
   redis.call('PUBLISH', ARGV[2], 'released')
 end
-if ours then
+if ours and v1 then
   return ARGV[1]
 end
 return false
