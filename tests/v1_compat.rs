@@ -539,6 +539,59 @@ async fn a_release_after_a_v1_takeover_reports_that_the_lock_was_not_ours() {
     other.release().await.unwrap();
 }
 
+/// Review of issue 15: a compatible acquire (a `Lock` and a `BasicLock`) that reaches
+/// Redis after its caller gave up is undone by its token, the 1.x key included, so a
+/// 1.x process can lock at once (as tests/cancellation.rs for a plain lock).
+#[tokio::test]
+async fn a_cancelled_compat_acquire_leaves_no_v1_key() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut raw = server.conn().await;
+    let lock = v2.new_lock("cancelled").with_v1_compat();
+    // Load the script first (a paused EVALSHA on a fresh server would only get NOSCRIPT).
+    lock.try_lock().await.unwrap().release().await.unwrap();
+    for round in 0..2u64 {
+        // Writes (EVALSHA included) wait 1.5 s: longer than the caller's 100 ms, shorter
+        // than the 2 s response timeout (see tests/cancellation.rs).
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("WRITE")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let outcome = if round == 0 {
+            tokio::time::timeout(Duration::from_millis(100), lock.lock())
+                .await
+                .map(|_| ())
+        } else {
+            let mut basic = v2.new_basic_lock("cancelled", V1_TTL);
+            tokio::time::timeout(Duration::from_millis(100), basic.lock())
+                .await
+                .map(|_| ())
+        };
+        assert!(outcome.is_err(), "cancelled while the server paused");
+        let fence = (round + 2).to_string();
+        wait_until(BOUND, "the paused acquire ran", || {
+            let mut raw = raw.clone();
+            let fence = fence.clone();
+            async move { get(&mut raw, "rdlock:{cancelled}:fence").await == Some(fence) }
+        })
+        .await;
+        wait_until(BOUND, "both keys undone", || {
+            let mut raw = raw.clone();
+            async move {
+                support::lock_keys(&mut raw).await.is_empty()
+                    && keys(&mut raw, "/rdlock/*").await.is_empty()
+            }
+        })
+        .await;
+        let mut other = v1.new_basic_lock("cancelled", V1_TTL);
+        other.try_lock().await.unwrap();
+        other.release().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_compat_guard_deletes_both_keys() {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
