@@ -592,6 +592,33 @@ async fn a_cancelled_compat_acquire_leaves_no_v1_key() {
     }
 }
 
+/// Review of issue 15: `without_v1_compat` on a `BasicLock` that holds the lock (step 3
+/// of the upgrade done on a live object) must not strand the 1.x key it took: the
+/// acquisition is released with the keys it was taken with (found so: the release
+/// deleted only `rdlock:{id}:lock`, and 1.x processes stayed locked out for the whole
+/// TTL, an hour here).
+#[tokio::test]
+async fn turning_compat_off_while_held_still_releases_the_v1_key() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut conn = server.conn().await;
+    let mut basic = v2.new_basic_lock("switch", V1_TTL);
+    basic.try_lock().await.unwrap();
+    let mut basic = basic.without_v1_compat();
+    assert_eq!(basic.v1_key(), None);
+    assert!(basic.is_locked());
+    basic.release().await.unwrap();
+    assert!(support::lock_keys(&mut conn).await.is_empty());
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    let mut other = v1.new_basic_lock("switch", V1_TTL);
+    other.try_lock().await.unwrap();
+    other.release().await.unwrap();
+    // The next acquisition is without the 1.x key.
+    basic.try_lock().await.unwrap();
+    assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    basic.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_dropped_compat_guard_deletes_both_keys() {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));

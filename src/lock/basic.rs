@@ -8,6 +8,7 @@ use super::{Acquired, Lock};
 use crate::errors::RdLockError;
 use crate::lease::{valid_until, wall_valid_until};
 use crate::manager::RdLockConnectionManager;
+use crate::names::LockNames;
 use crate::scripts;
 
 /// The most basic type of lock (the rdlock 1.x API). It holds no value and is atomic
@@ -66,6 +67,9 @@ pub struct BasicLock {
 /// local clock, says when it is gone.
 struct Held {
     token: Arc<str>,
+    /// The keys it was taken with: with or without the 1.x key, as the lock was then
+    /// ([`BasicLock::without_v1_compat`] may have changed it since).
+    names: Arc<LockNames>,
     valid_until: Instant,
     /// The same deadline on the wall clock, which (unlike `Instant` on Linux and macOS)
     /// counts a suspend of the machine, as for a `LockGuard`.
@@ -95,8 +99,9 @@ impl BasicLock {
     }
 
     /// Stops taking the rdlock 1.x key `/rdlock/<id>/.lock` (see the type docs,
-    /// "rdlock 1.x processes"): for when no 1.x process uses this Redis any more. Call
-    /// it before the first acquisition.
+    /// "rdlock 1.x processes"): for when no 1.x process uses this Redis any more. It
+    /// applies from the next acquisition on; one held now is still released (and, in
+    /// the drift margin, renewed) with its 1.x key.
     ///
     /// # Example
     ///
@@ -108,9 +113,8 @@ impl BasicLock {
     /// ```
     #[must_use]
     pub fn without_v1_compat(mut self) -> Self {
-        // The acquisition held (if any) keeps the names it was taken with only in
-        // Redis: a release would no longer delete its 1.x key, which then expires
-        // with its TTL. Hence "before the first acquisition".
+        // An acquisition held now keeps the names it was taken with (`Held::names`):
+        // its release, or a renewal in the drift window, still covers its 1.x key.
         self.lock.set_v1_compat(false);
         self
     }
@@ -281,7 +285,7 @@ impl BasicLock {
             return Err(RdLockError::LockNotAcquired);
         };
         let conn = &self.lock.manager().inner().conn;
-        let released = scripts::release(conn, self.lock.names(), &held.token)
+        let released = scripts::release(conn, &held.names, &held.token)
             .await
             .map_err(RdLockError::from_redis)?;
         self.held = None;
@@ -323,25 +327,35 @@ impl BasicLock {
         let conn = &self.lock.manager().inner().conn;
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
-        let renewed = scripts::renew(conn, self.lock.names(), &held.token, lease_ms)
+        let renewed = scripts::renew(conn, &held.names, &held.token, lease_ms)
             .await
             .map_err(RdLockError::from_redis)?;
         if renewed {
-            let token = held.token.clone();
-            self.keep(Acquired {
-                token,
-                fence: 0,
-                sent,
-                sent_wall,
-            });
+            let (token, names) = (held.token.clone(), held.names.clone());
+            self.keep_with(
+                Acquired {
+                    token,
+                    fence: 0,
+                    sent,
+                    sent_wall,
+                },
+                names,
+            );
         } else {
             self.held = None;
         }
         Ok(renewed)
     }
 
+    /// Keeps a fresh acquisition, taken with the lock's current names.
     fn keep(&mut self, acquired: Acquired) {
+        let names = self.lock.names.clone();
+        self.keep_with(acquired, names);
+    }
+
+    fn keep_with(&mut self, acquired: Acquired, names: Arc<LockNames>) {
         self.held = Some(Held {
+            names,
             valid_until: valid_until(acquired.sent, self.lock.lease()),
             wall_valid_until: wall_valid_until(acquired.sent_wall, self.lock.lease()),
             token: acquired.token,
