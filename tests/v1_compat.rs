@@ -639,6 +639,41 @@ async fn a_dropped_compat_guard_deletes_both_keys() {
     v2.shutdown().await.unwrap();
 }
 
+/// Review of issue 15: shutting the manager down while a compatible guard is alive
+/// releases both keys, and a 1.x waiter is woken by it.
+#[tokio::test]
+async fn shutdown_releases_a_live_compat_guard_and_wakes_a_v1_waiter() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut conn = server.conn().await;
+    let guard = v2
+        .new_lock("shutdown")
+        .with_v1_compat()
+        .try_lock()
+        .await
+        .unwrap();
+    let mut waiting = v1.new_basic_lock("shutdown", V1_TTL);
+    let waiter = tokio::spawn(async move {
+        let outcome = waiting.lock_timeout(Duration::from_secs(120)).await;
+        (outcome, Instant::now(), waiting)
+    });
+    wait_v1_waiter(&server).await;
+    let shut = Instant::now();
+    v2.shutdown().await.unwrap();
+    assert!(!guard.is_held());
+    let (outcome, acquired, mut waiting) = waiter.await.unwrap();
+    outcome.unwrap();
+    let after = acquired.duration_since(shut);
+    assert!(after < WAKE_BOUND, "acquired {after:?} after the shutdown");
+    assert!(support::lock_keys(&mut conn).await.is_empty());
+    assert_eq!(
+        get(&mut conn, &v1_key("shutdown")).await.as_deref(),
+        Some("V1")
+    );
+    waiting.release().await.unwrap();
+    drop(guard);
+}
+
 /// Waiters with compatibility join, in the same manager, a subscription made by a
 /// waiter without it: the 1.x key's channel is added, and a 1.x release wakes them.
 /// The two kinds are blocked by different keys, so a release must reach a waiter that
