@@ -255,6 +255,53 @@ async fn a_v2_basic_lock_blocks_v1_and_a_v1_waiter_gets_it_after_the_v2_release(
     v1_lock.release().await.unwrap();
 }
 
+/// Review of issue 15: 1.x writes the raw id into its key (`/rdlock/<id>/.lock`, no
+/// escaping); ids with slashes, braces, spaces, glob characters and control bytes map to
+/// the very key 1.x uses, so the two still exclude each other both ways, and a
+/// compatible waiter (an exact `SUBSCRIBE`, not a pattern) is woken by the 1.x release.
+#[tokio::test]
+async fn odd_ids_exclude_1x_both_ways() {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+    let (v2, v1) = managers(&server).await;
+    let mut conn = server.conn().await;
+    for id in [
+        "a/b",
+        "/",
+        "a{b}c",
+        "with space",
+        "glob*?[x]\\",
+        "line\nbreak",
+        "%7B",
+    ] {
+        let mut holder = v1.new_basic_lock(id, V1_TTL);
+        holder.try_lock().await.unwrap();
+        assert!(get(&mut conn, &v1_key(id)).await.is_some(), "{id:?}");
+        let lock = v2.new_lock(id).with_v1_compat();
+        assert_eq!(lock.v1_key(), Some(v1_key(id).as_str()));
+        assert_eq!(
+            lock.try_lock().await.unwrap_err(),
+            RdLockError::LockUnavailable,
+            "{id:?}"
+        );
+        let waiter = {
+            let lock = lock.clone();
+            tokio::spawn(async move { lock.lock_timeout(Duration::from_secs(120)).await })
+        };
+        wait_subscribed(&server, &format!("__keyspace@0__:{}", v1_key(id))).await;
+        let released = Instant::now();
+        holder.release().await.unwrap();
+        let guard = waiter.await.unwrap().unwrap();
+        assert!(released.elapsed() < WAKE_BOUND, "{id:?}");
+        assert_eq!(
+            holder.try_lock().await,
+            Err(V1Error::LockUnavailable),
+            "{id:?}"
+        );
+        guard.release().await.unwrap();
+        assert!(keys(&mut conn, "/rdlock/*").await.is_empty(), "{id:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Without compatibility, and where it cannot work
 
