@@ -169,9 +169,10 @@ impl Lock {
     /// process ends the lease ([`LockGuard::lost`] completes), since a 1.x process may
     /// have run meanwhile. Every release path deletes both (each only if it still
     /// holds our token), and [`LockGuard::release`] reports
-    /// [`RdLockError::LockNotAcquired`] unless both were still ours. Waiters are woken by a 1.x release through the 1.x
-    /// key's keyspace `del`/`expired` events when the server has keyspace events on
-    /// (which 1.x requires), and otherwise when the 1.x key's TTL runs out; 1.x
+    /// [`RdLockError::LockNotAcquired`] unless both were still ours. Waiters are
+    /// woken by a 1.x release through the 1.x key's keyspace `del`/`expired` events
+    /// when the server has keyspace events on (which 1.x requires), and otherwise
+    /// when the 1.x key's TTL runs out; 1.x
     /// waiters are woken by our release through the same events, which they already
     /// listen to. [`holder`](Self::holder) shows a 1.x holder (pid 0, no host, fencing
     /// token 0) and [`force_release`](Self::force_release) deletes the 1.x key too.
