@@ -179,10 +179,10 @@ impl Lock {
     ///
     /// Cost: one more key written per acquisition and one more key read per renewal
     /// and release, in the same scripts (no extra round trip), and one more channel
-    /// per waited-for lock on the subscriber. While a compatible waiter waits in a
-    /// manager, a release wakes every waiter of that manager for the id, not one
-    /// (waiters with and without compatibility can be blocked by different keys): one
-    /// attempt per local waiter. A lock without it creates no `/rdlock/` key and sends
+    /// per waited-for lock on the subscriber. Once a compatible waiter has waited in a
+    /// manager, and until no task of that manager waits for the id any more, a release
+    /// wakes every waiter of that manager for the id, not one (waiters with and without
+    /// compatibility can be blocked by different keys): one attempt per local waiter. A lock without it creates no `/rdlock/` key and sends
     /// exactly what it did before.
     ///
     /// Limits:
