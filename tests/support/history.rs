@@ -27,6 +27,9 @@
 //!   holder paused past its lease (SIGSTOP, GC) that found out on waking. Fencing exists
 //!   for these.
 //!
+//! On a Redis Cluster, [`Verdict::excuse`] moves the violations that a documented
+//! [`Window`] (a kill or pause failover of the lock's master) explains to `excused`.
+//!
 //! Timestamps from several processes are put on the parent's timeline with a
 //! [`ClockMap`] per child, measured by a ping-pong over the child's stdin/stdout.
 #![allow(dead_code)] // each test binary uses a different part of this module
@@ -98,9 +101,93 @@ impl Finding {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub findings: Vec<Finding>,
+    /// Violations that a documented [`Window`] explains (moved out of `findings` by
+    /// [`Verdict::excuse`]), with the index of the window.
+    pub excused: Vec<(Finding, usize)>,
+}
+
+/// A period in which a lock's guarantees are knowingly weaker: on a Redis Cluster, the
+/// lock's master was SIGKILLed or hung (SIGSTOP) and a replica promoted. Replication is
+/// asynchronous, so the promoted replica may lack the lock key (a second holder gets
+/// the lock while the first still believes it holds it until its deadline) and the
+/// last fencing increments (tokens are handed out again); a hung master resumed after
+/// the promotion can grant a lock held on the new master until gossip demotes it.
+/// `from` is the fault; `to` is when the cluster was healed again (promoted, the
+/// victim back as a replica, settled) plus the longest lease plus a margin: a holder
+/// that acquired before the fault, or from the stale master, believes at most one
+/// lease after its last renewal.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub lock: String,
+    pub from: Duration,
+    pub to: Duration,
+    pub what: String,
+}
+
+impl Window {
+    /// Whether this window explains `finding` (indices into `grants`):
+    /// - an overlap (`BeliefOverlap`, `UnreportedLoss`) on the window's lock whose later
+    ///   grant started inside the window;
+    /// - a fence regression or repetition on the window's lock between a grant that
+    ///   started before the window ended and one that started after the fault (tokens
+    ///   can repeat across a kill failover; between two grants that both started after
+    ///   the window they must increase again).
+    pub fn explains(&self, grants: &[Grant], finding: &Finding) -> bool {
+        match *finding {
+            Finding::BeliefOverlap { earlier, later, .. }
+            | Finding::UnreportedLoss { earlier, later } => {
+                let (e, l) = (&grants[earlier], &grants[later]);
+                e.lock == self.lock
+                    && l.lock == self.lock
+                    && self.from <= l.start
+                    && l.start < self.to
+            }
+            Finding::FenceRegression { earlier, later } => {
+                let (e, l) = (&grants[earlier], &grants[later]);
+                e.lock == self.lock
+                    && l.lock == self.lock
+                    && e.start < self.to
+                    && self.from <= l.start
+            }
+            Finding::ExpectedOverlap { .. } => false,
+        }
+    }
+}
+
+/// Whether grant `k`'s fencing token may have been handed out before, by a master
+/// whose writes a [`Window`] lost: some window of its lock began before it started, and
+/// a grant of the same lock that started before that window ended had a token at least
+/// as large. A fenced resource rightly rejects such a grant's writes as stale although
+/// the grant never lost its lease.
+pub fn token_reissued(grants: &[Grant], k: usize, windows: &[Window]) -> bool {
+    let g = &grants[k];
+    windows.iter().any(|w| {
+        w.lock == g.lock
+            && w.from <= g.start
+            && grants
+                .iter()
+                .enumerate()
+                .any(|(i, h)| i != k && h.lock == g.lock && h.start < w.to && h.fence >= g.fence)
+    })
 }
 
 impl Verdict {
+    /// Moves the violations that one of `windows` explains to `excused` (cluster mode:
+    /// see [`Window`]). Every other violation stays one.
+    pub fn excuse(&mut self, grants: &[Grant], windows: &[Window]) {
+        let findings = std::mem::take(&mut self.findings);
+        for finding in findings {
+            let window = finding
+                .is_violation()
+                .then(|| windows.iter().position(|w| w.explains(grants, &finding)))
+                .flatten();
+            match window {
+                Some(w) => self.excused.push((finding, w)),
+                None => self.findings.push(finding),
+            }
+        }
+    }
+
     pub fn violations(&self) -> Vec<&Finding> {
         self.findings.iter().filter(|f| f.is_violation()).collect()
     }
@@ -203,7 +290,11 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
     }
     // Fencing tokens: in start order, among grants that believed they held the lock,
     // strictly increasing; and no fence value given to two grants at all.
+    // Each grant is also compared with the previous believed grant: against the largest
+    // fence alone, a regression between two grants that both come after a larger
+    // (excused, see [`Verdict::excuse`]) one would go unseen.
     let mut best: Option<usize> = None; // the believed grant with the largest fence so far
+    let mut previous: Option<usize> = None; // the last believed grant
     let mut seen = std::collections::HashMap::new();
     for (k, g) in grants.iter().enumerate() {
         if let Some(j) = seen.insert((g.lock.as_str(), g.fence), k) {
@@ -215,6 +306,15 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
         if g.believed_until.is_none() {
             continue;
         }
+        if let Some(p) = previous.filter(|&p| grants[p].lock == g.lock && Some(p) != best) {
+            if g.fence < grants[p].fence {
+                findings.push(Finding::FenceRegression {
+                    earlier: p,
+                    later: k,
+                });
+            }
+        }
+        previous = Some(k);
         match best {
             Some(j) if grants[j].lock == g.lock => {
                 if g.fence < grants[j].fence {
@@ -229,7 +329,10 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
             _ => best = Some(k),
         }
     }
-    Verdict { findings }
+    Verdict {
+        findings,
+        excused: Vec::new(),
+    }
 }
 
 /// Puts a child process's monotonic readings on the parent's timeline.
