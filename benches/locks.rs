@@ -54,14 +54,27 @@ fn main() {
     }
     let full = std::env::args().any(|a| a == "--bench");
     let scale = if full { FULL } else { QUICK };
-    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    // RDLOCK_BENCH_CLUSTER_ONLY=1: only the Redis Cluster tables (about 1 minute).
+    if std::env::var_os("RDLOCK_BENCH_CLUSTER_ONLY").is_none() {
+        one_server(&runtime, scale, full);
+    }
+    let cluster = runtime.block_on(RedisCluster::start());
+    println!("\n## Redis Cluster (3 masters + 3 replicas): uncontended acquire+release cycle\n");
+    let cycle = runtime.block_on(cluster_uncontended(&cluster, scale));
+    println!("\n## Redis Cluster: contended, one process, 16 tasks on one key\n");
+    runtime.block_on(cluster_contended(&cluster, scale, cycle));
+}
 
-    criterion_uncontended(&runtime, &server, full);
+/// The tables on one server.
+fn one_server(runtime: &tokio::runtime::Runtime, scale: Scale, full: bool) {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+
+    criterion_uncontended(runtime, &server, full);
 
     println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
     let cycle = runtime.block_on(uncontended_table(&server, scale));
@@ -73,13 +86,6 @@ fn main() {
     runtime.block_on(many_waiters(&server, scale));
     println!("\n## Held guards: renewal traffic, CPU and memory\n");
     runtime.block_on(held_guards(&server, scale));
-    drop(server);
-
-    let cluster = runtime.block_on(RedisCluster::start());
-    println!("\n## Redis Cluster (3 masters + 3 replicas): uncontended acquire+release cycle\n");
-    let cycle = runtime.block_on(cluster_uncontended(&cluster, scale));
-    println!("\n## Redis Cluster: contended, one process, 16 tasks on one key\n");
-    runtime.block_on(cluster_contended(&cluster, scale, cycle));
 }
 
 // ---------------------------------------------------------------------------------
