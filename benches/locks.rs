@@ -113,6 +113,18 @@ async fn floor_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
 /// rdlock's own scripts (the same source files), acquire then release, with a fixed
 /// token and owner record.
 async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
+    scripts_cycle_with(conn, true).await;
+}
+
+/// [`scripts_cycle`]; with `publish` false, the release script without its `PUBLISH`
+/// (to measure what the wake-up message costs).
+async fn scripts_cycle_with(conn: &mut (impl redis::aio::ConnectionLike + Send), publish: bool) {
+    static QUIET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        let source = include_str!("../src/scripts/release.lua");
+        let quiet = source.replace("redis.call('PUBLISH', ARGV[2], 'released')", "");
+        assert_ne!(quiet, source, "release.lua has no PUBLISH to leave out");
+        redis::Script::new(&quiet)
+    });
     static ACQUIRE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
     static RELEASE: std::sync::LazyLock<redis::Script> =
@@ -128,7 +140,8 @@ async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
         .await
         .expect("acquire script");
     assert_eq!(ok, 1);
-    let released: Option<String> = RELEASE
+    let release = if publish { &*RELEASE } else { &*QUIET };
+    let released: Option<String> = release
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:owner")
         .arg("token")
@@ -592,14 +605,17 @@ enum ClusterContender {
     Rslock(rslock::LockManager),
     /// rdlock's two scripts through redis-rs's cluster client.
     Scripts(ClusterConnection),
+    /// The same, the release without its `PUBLISH`.
+    QuietScripts(ClusterConnection),
 }
 
 impl ClusterContender {
-    const NAMES: [&'static str; 4] = [
+    const NAMES: [&'static str; 5] = [
         "redis-rs cluster floor",
         "rdlock (this crate)",
         "rslock 0.10 (`cluster` feature)",
         "rdlock's two scripts, raw",
+        "the same without the release's PUBLISH",
     ];
     const LOCKS: [usize; 2] = [1, 2];
 
@@ -614,7 +630,8 @@ impl ClusterContender {
                     .with_lease(LEASE),
             ),
             2 => Self::Rslock(rslock::LockManager::new_cluster(cluster.urls()).unwrap()),
-            _ => Self::Scripts(cluster_client(cluster).await),
+            3 => Self::Scripts(cluster_client(cluster).await),
+            _ => Self::QuietScripts(cluster_client(cluster).await),
         }
     }
 
@@ -622,6 +639,7 @@ impl ClusterContender {
         match self {
             Self::Floor(conn) => floor_cycle(conn).await,
             Self::Scripts(conn) => scripts_cycle(conn).await,
+            Self::QuietScripts(conn) => scripts_cycle_with(conn, false).await,
             Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
             Self::Rslock(manager) => {
                 let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
@@ -634,7 +652,9 @@ impl ClusterContender {
     async fn hold(&mut self) -> Duration {
         let asked = Instant::now();
         match self {
-            Self::Floor(_) | Self::Scripts(_) => unreachable!("not a lock"),
+            Self::Floor(_) | Self::Scripts(_) | Self::QuietScripts(_) => {
+                unreachable!("not a lock")
+            }
             Self::Ours(lock) => {
                 let guard = lock.lock().await.unwrap();
                 let waited = asked.elapsed();
