@@ -122,16 +122,23 @@ pub struct Window {
     pub from: Duration,
     pub to: Duration,
     pub what: String,
+    /// A SIGKILL (not a pause): the victim grants nothing after `from` (it comes back
+    /// empty, as a replica), so an overlap is excused only when its earlier grant came
+    /// from the victim, i.e. started at most [`REPLY_WITHIN`] after the fault. Two grants
+    /// of the promoted master that overlap are a bug even inside the window.
+    pub killed: bool,
 }
 
 impl Window {
     /// Whether this window explains `finding` (indices into `grants`):
     /// - an overlap (`BeliefOverlap`, `UnreportedLoss`) on the window's lock whose later
-    ///   grant started inside the window;
+    ///   grant started inside the window (after a kill: and whose earlier grant came from
+    ///   the killed master, see [`Window::killed`]);
     /// - a fence regression or repetition on the window's lock between a grant that
     ///   started before the window ended and one that started after the fault (tokens
     ///   can repeat across a kill failover; between two grants that both started after
-    ///   the window they must increase again).
+    ///   the window they must increase again), provided the later fence is above
+    ///   [`Window::replicated`] (the fault cannot have lost those).
     pub fn explains(&self, grants: &[Grant], finding: &Finding) -> bool {
         match *finding {
             Finding::BeliefOverlap { earlier, later, .. }
@@ -141,6 +148,7 @@ impl Window {
                     && l.lock == self.lock
                     && self.from <= l.start
                     && l.start < self.to
+                    && (!self.killed || e.start < self.from + REPLY_WITHIN)
             }
             Finding::FenceRegression { earlier, later } => {
                 let (e, l) = (&grants[earlier], &grants[later]);
@@ -148,14 +156,39 @@ impl Window {
                     && l.lock == self.lock
                     && e.start < self.to
                     && self.from <= l.start
+                    && l.fence > self.replicated(grants)
             }
             Finding::ExpectedOverlap { .. } => false,
         }
     }
+
+    /// The largest fence of the window's lock handed out by a grant that started more
+    /// than [`REPLICATED_WITHIN`] before the fault: the replicas had it, so no failover
+    /// hands it (or a smaller one) out again. 0 if there is none.
+    pub fn replicated(&self, grants: &[Grant]) -> u64 {
+        grants
+            .iter()
+            .filter(|g| g.lock == self.lock && g.start + REPLICATED_WITHIN < self.from)
+            .map(|g| g.fence)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
+/// How long an acknowledged write may take to reach a replica: replication on loopback
+/// takes micro- to milliseconds; a second covers a busy machine's scheduling. A kill or
+/// pause failover can lose only the writes of this last moment before the fault, so
+/// only fences handed out within it may be handed out again.
+pub const REPLICATED_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long after a master's death a grant it handed out can start (the holder's first
+/// `is_held()` after `lock()` returned): the reply was on its way; a second covers a
+/// busy machine.
+pub const REPLY_WITHIN: Duration = Duration::from_secs(1);
+
 /// Whether grant `k`'s fencing token may have been handed out before, by a master
-/// whose writes a [`Window`] lost: some window of its lock began before it started, and
+/// whose writes a [`Window`] lost: some window of its lock began before it started, its
+/// token is above what that window's fault cannot have lost ([`Window::replicated`]), and
 /// a grant of the same lock that started before that window ended had a token at least
 /// as large. A fenced resource rightly rejects such a grant's writes as stale although
 /// the grant never lost its lease.
@@ -164,6 +197,7 @@ pub fn token_reissued(grants: &[Grant], k: usize, windows: &[Window]) -> bool {
     windows.iter().any(|w| {
         w.lock == g.lock
             && w.from <= g.start
+            && g.fence > w.replicated(grants)
             && grants
                 .iter()
                 .enumerate()
