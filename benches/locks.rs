@@ -1,5 +1,6 @@
 //! Lock benchmarks: this crate against the raw redis-rs floor and peer crates, on one
-//! private redis-server.
+//! private redis-server, then on a private Redis Cluster (3 masters + 3 replicas,
+//! started by the bench with the test rig, `tests/support/cluster.rs`).
 //!
 //! `cargo bench --bench locks` runs everything in full and prints the tables that
 //! BENCHMARKS.md reports; `cargo test --benches` (CI) runs each part once, briefly.
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use support::cluster::RedisCluster;
 use support::{commands_run, connected_clients, reset_stats, RedisServer, ServerConfig};
 
 /// How long each scenario runs, and how many rounds the uncontended comparison takes.
@@ -51,14 +54,27 @@ fn main() {
     }
     let full = std::env::args().any(|a| a == "--bench");
     let scale = if full { FULL } else { QUICK };
-    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    // RDLOCK_BENCH_CLUSTER_ONLY=1: only the Redis Cluster tables (about 1 minute).
+    if std::env::var_os("RDLOCK_BENCH_CLUSTER_ONLY").is_none() {
+        one_server(&runtime, scale, full);
+    }
+    let cluster = runtime.block_on(RedisCluster::start());
+    println!("\n## Redis Cluster (3 masters + 3 replicas): uncontended acquire+release cycle\n");
+    let cycle = runtime.block_on(cluster_uncontended(&cluster, scale));
+    println!("\n## Redis Cluster: contended, one process, 16 tasks on one key\n");
+    runtime.block_on(cluster_contended(&cluster, scale, cycle));
+}
 
-    criterion_uncontended(&runtime, &server, full);
+/// The tables on one server.
+fn one_server(runtime: &tokio::runtime::Runtime, scale: Scale, full: bool) {
+    let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+
+    criterion_uncontended(runtime, &server, full);
 
     println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
     let cycle = runtime.block_on(uncontended_table(&server, scale));
@@ -76,7 +92,7 @@ fn main() {
 // The contenders: one acquire+release cycle each.
 
 /// The floor: the same redis-rs client doing `SET NX PX` + `DEL` back to back.
-async fn floor_cycle(conn: &mut MultiplexedConnection) {
+async fn floor_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
     let ok: Option<String> = redis::cmd("SET")
         .arg(KEY)
         .arg("v")
@@ -96,7 +112,19 @@ async fn floor_cycle(conn: &mut MultiplexedConnection) {
 
 /// rdlock's own scripts (the same source files), acquire then release, with a fixed
 /// token and owner record.
-async fn scripts_cycle(conn: &mut MultiplexedConnection) {
+async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
+    scripts_cycle_with(conn, true).await;
+}
+
+/// [`scripts_cycle`]; with `publish` false, the release script without its `PUBLISH`
+/// (to measure what the wake-up message costs).
+async fn scripts_cycle_with(conn: &mut (impl redis::aio::ConnectionLike + Send), publish: bool) {
+    static QUIET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        let source = include_str!("../src/scripts/release.lua");
+        let quiet = source.replace("redis.call('PUBLISH', ARGV[2], 'released')", "");
+        assert_ne!(quiet, source, "release.lua has no PUBLISH to leave out");
+        redis::Script::new(&quiet)
+    });
     static ACQUIRE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
     static RELEASE: std::sync::LazyLock<redis::Script> =
@@ -112,7 +140,8 @@ async fn scripts_cycle(conn: &mut MultiplexedConnection) {
         .await
         .expect("acquire script");
     assert_eq!(ok, 1);
-    let released: Option<String> = RELEASE
+    let release = if publish { &*RELEASE } else { &*QUIET };
+    let released: Option<String> = release
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:owner")
         .arg("token")
@@ -563,6 +592,322 @@ async fn held_guards(server: &RedisServer, scale: Scale) {
         );
         drop(guards);
         manager.shutdown().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Redis Cluster.
+
+enum ClusterContender {
+    /// `SET NX PX` + `DEL` through redis-rs's cluster client.
+    Floor(ClusterConnection),
+    Ours(rdlock::Lock),
+    Rslock(rslock::LockManager),
+    /// rdlock's two scripts through redis-rs's cluster client.
+    Scripts(ClusterConnection),
+    /// The same, the release without its `PUBLISH`.
+    QuietScripts(ClusterConnection),
+}
+
+impl ClusterContender {
+    const NAMES: [&'static str; 5] = [
+        "redis-rs cluster floor",
+        "rdlock (this crate)",
+        "rslock 0.10 (`cluster` feature)",
+        "rdlock's two scripts, raw",
+        "the same without the release's PUBLISH",
+    ];
+    const LOCKS: [usize; 2] = [1, 2];
+
+    async fn new(kind: usize, cluster: &RedisCluster) -> Self {
+        match kind {
+            0 => Self::Floor(cluster_client(cluster).await),
+            1 => Self::Ours(
+                rdlock::RdLockConnectionManager::cluster(cluster.urls())
+                    .await
+                    .unwrap()
+                    .new_lock(KEY)
+                    .with_lease(LEASE),
+            ),
+            2 => Self::Rslock(rslock::LockManager::new_cluster(cluster.urls()).unwrap()),
+            3 => Self::Scripts(cluster_client(cluster).await),
+            _ => Self::QuietScripts(cluster_client(cluster).await),
+        }
+    }
+
+    async fn cycle(&mut self) {
+        match self {
+            Self::Floor(conn) => floor_cycle(conn).await,
+            Self::Scripts(conn) => scripts_cycle(conn).await,
+            Self::QuietScripts(conn) => scripts_cycle_with(conn, false).await,
+            Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                guard.release().await;
+            }
+        }
+    }
+
+    /// Acquires, releases; returns the time spent waiting.
+    async fn hold(&mut self) -> Duration {
+        let asked = Instant::now();
+        match self {
+            Self::Floor(_) | Self::Scripts(_) | Self::QuietScripts(_) => {
+                unreachable!("not a lock")
+            }
+            Self::Ours(lock) => {
+                let guard = lock.lock().await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await.unwrap();
+                waited
+            }
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await;
+                waited
+            }
+        }
+    }
+}
+
+/// redis-rs's cluster client with its default settings, seeded with every node.
+async fn cluster_client(cluster: &RedisCluster) -> ClusterConnection {
+    redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+/// What the cluster did, summed over its nodes.
+#[derive(Clone, Copy, Default)]
+struct ClusterWork {
+    /// Commands run by the masters (`INFO commandstats`, script bodies included).
+    masters: u64,
+    /// Commands run by the replicas (what the masters replicate to them).
+    replicas: u64,
+    /// `PUBLISH` messages received over the cluster bus (`CLUSTER INFO`,
+    /// `cluster_stats_messages_publish*_received`): a classic `PUBLISH` is sent to every
+    /// other node.
+    bus_publish: u64,
+}
+
+/// A plain connection to every node, and whether it is a master.
+struct Nodes(Vec<(MultiplexedConnection, bool)>);
+
+impl Nodes {
+    async fn new(cluster: &RedisCluster) -> Self {
+        let mut nodes = Vec::new();
+        for i in cluster.running() {
+            nodes.push((cluster.conn(i).await, cluster.is_master(i).await));
+        }
+        Self(nodes)
+    }
+
+    /// Resets the command statistics; returns the bus counters to subtract.
+    async fn reset(&mut self) -> ClusterWork {
+        for (conn, _) in &mut self.0 {
+            reset_stats(conn).await;
+        }
+        let mut start = ClusterWork::default();
+        for (conn, _) in &mut self.0 {
+            start.bus_publish += bus_publish_received(conn).await;
+        }
+        start
+    }
+
+    /// The work since `start` (from [`Self::reset`]).
+    async fn work(&mut self, start: ClusterWork) -> ClusterWork {
+        // The bus delivers a PUBLISH after the publisher answered: let the last arrive.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut work = ClusterWork::default();
+        for (conn, master) in &mut self.0 {
+            // Less the measurement's own `CLUSTER INFO` (one per node in `reset`).
+            let commands = commands_run(conn).await.saturating_sub(1);
+            if *master {
+                work.masters += commands;
+            } else {
+                work.replicas += commands;
+            }
+            work.bus_publish += bus_publish_received(conn).await;
+        }
+        work.bus_publish -= start.bus_publish;
+        work
+    }
+}
+
+/// Calls per command since the last reset, summed over the masters and over the
+/// replicas: `(masters, replicas)`, e.g. `evalsha 2000, get 2000, ...`.
+async fn breakdown(nodes: &mut Nodes) -> (String, String) {
+    let mut by_role = [
+        std::collections::BTreeMap::<String, u64>::new(),
+        Default::default(),
+    ];
+    for (conn, master) in &mut nodes.0 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .expect("INFO commandstats");
+        for line in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+            let Some((name, rest)) = line.split_once(":calls=") else {
+                continue;
+            };
+            if name == "info" || name.starts_with("config") || name == "cluster|info" {
+                continue;
+            }
+            let calls: u64 = rest
+                .split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            *by_role[usize::from(!*master)]
+                .entry(name.to_owned())
+                .or_default() += calls;
+        }
+    }
+    let show = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    (show(&by_role[0]), show(&by_role[1]))
+}
+
+async fn bus_publish_received(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(conn)
+        .await
+        .expect("CLUSTER INFO");
+    info.lines()
+        .filter(|l| l.starts_with("cluster_stats_messages_publish"))
+        .filter_map(|l| l.trim().split_once("_received:"))
+        .filter_map(|(_, n)| n.parse::<u64>().ok())
+        .sum()
+}
+
+fn per(n: u64, acquisitions: u64) -> f64 {
+    n as f64 / acquisitions.max(1) as f64
+}
+
+/// Interleaved rounds as on one server; returns rdlock's median cycle.
+async fn cluster_uncontended(cluster: &RedisCluster, scale: Scale) -> Duration {
+    let mut contenders = Vec::new();
+    for kind in 0..ClusterContender::NAMES.len() {
+        contenders.push(ClusterContender::new(kind, cluster).await);
+    }
+    let mut nodes = Nodes::new(cluster).await;
+    let mut per_cycle = vec![Vec::new(); contenders.len()];
+    let mut work = vec![ClusterWork::default(); contenders.len()];
+    let mut breakdowns = (String::new(), String::new());
+    for _ in 0..scale.rounds {
+        for (kind, contender) in contenders.iter_mut().enumerate() {
+            let start = nodes.reset().await;
+            let started = Instant::now();
+            for _ in 0..scale.cycles {
+                contender.cycle().await;
+            }
+            per_cycle[kind].push(started.elapsed() / scale.cycles as u32);
+            work[kind] = nodes.work(start).await;
+            if kind == 1 {
+                breakdowns = breakdown(&mut nodes).await;
+            }
+        }
+    }
+    let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
+    let cycles = scale.cycles as u64;
+    println!("| contender | cycle (median) | vs floor | commands per cycle: masters + replicas | cluster-bus PUBLISH messages received per cycle |");
+    println!("|---|---|---|---|---|");
+    for (kind, name) in ClusterContender::NAMES.iter().enumerate() {
+        let w = work[kind];
+        println!(
+            "| {name} | {:.1} µs | {:.2}x | {:.1} + {:.1} | {:.1} |",
+            micros(medians[kind]),
+            ratio(medians[kind], medians[0]),
+            per(w.masters, cycles),
+            per(w.replicas, cycles),
+            per(w.bus_publish, cycles),
+        );
+    }
+    println!(
+        "\nrdlock's last round of {} cycles, by command: masters: {}; replicas: {}",
+        scale.cycles, breakdowns.0, breakdowns.1
+    );
+    medians[1]
+}
+
+async fn cluster_contended(cluster: &RedisCluster, scale: Scale, our_cycle: Duration) {
+    let mut floor = ClusterContender::new(0, cluster).await;
+    let started = Instant::now();
+    let mut cycles = 0u64;
+    while started.elapsed() < scale.scenario {
+        floor.cycle().await;
+        cycles += 1;
+    }
+    let floor_rate = cycles as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "floor loop: {floor_rate:.0} cycles/s; rdlock uncontended cycle {:.1} µs\n",
+        micros(our_cycle)
+    );
+    println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | min/mean per task | commands per acquisition: masters + replicas | bus PUBLISH messages received per acquisition |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut nodes = Nodes::new(cluster).await;
+    for kind in ClusterContender::LOCKS {
+        // rdlock shares one manager between the tasks; rslock: one manager per task.
+        let shared = rdlock::RdLockConnectionManager::cluster(cluster.urls())
+            .await
+            .unwrap();
+        let mut contenders = Vec::new();
+        for _ in 0..16 {
+            contenders.push(match kind {
+                1 => ClusterContender::Ours(shared.new_lock(KEY).with_lease(LEASE)),
+                k => ClusterContender::new(k, cluster).await,
+            });
+        }
+        let start = nodes.reset().await;
+        let started = Instant::now();
+        let run_for = scale.scenario;
+        let handles: Vec<_> = contenders
+            .into_iter()
+            .map(|mut contender| {
+                tokio::spawn(async move {
+                    let mut waits = Vec::new();
+                    while started.elapsed() < run_for {
+                        waits.push(contender.hold().await);
+                    }
+                    waits
+                })
+            })
+            .collect();
+        let mut per_task = Vec::new();
+        let mut waits = Vec::new();
+        for handle in handles {
+            let w = handle.await.unwrap();
+            per_task.push(w.len() as u64);
+            waits.extend(w);
+        }
+        let elapsed = started.elapsed();
+        let work = nodes.work(start).await;
+        let total: u64 = per_task.iter().sum();
+        let rate = total as f64 / elapsed.as_secs_f64();
+        let mean = total as f64 / per_task.len() as f64;
+        let min = per_task.iter().min().copied().unwrap_or(0);
+        waits.sort();
+        println!(
+            "| {} | {rate:.0} | {:.2}x | {:.2} ms | {:.2} ms | {:.2} | {:.1} + {:.1} | {:.1} |",
+            ClusterContender::NAMES[kind],
+            rate / floor_rate,
+            millis(percentile(&waits, 0.50)),
+            millis(percentile(&waits, 0.99)),
+            min as f64 / mean.max(1.0),
+            per(work.masters, total),
+            per(work.replicas, total),
+            per(work.bus_publish, total),
+        );
+        shared.shutdown().await.unwrap();
     }
 }
 

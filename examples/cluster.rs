@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use rdlock::RdLockConnectionManager;
 
+// `pub`: tests/cluster.rs runs this very file against its test cluster.
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+pub async fn main() -> Result<(), Box<dyn Error>> {
     let nodes =
         std::env::var("REDIS_CLUSTER_NODES").unwrap_or_else(|_| "redis://127.0.0.1:7000".into());
     let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).collect();

@@ -82,6 +82,10 @@ fn echoed(conn: &Backend, lease: &Ticket, echo: &str, token: &str) -> RedisResul
     if echo == token {
         Ok(())
     } else {
+        // Never expected (redis-rs pairs replies with requests, redirections included);
+        // logged so that a desynchronised connection is visible, and so that tests can
+        // count them (tests/cluster_review.rs, under slot migrations). No token here.
+        tracing::error!("a reply did not echo its request's token: connection retired");
         conn.check(*lease, Err(mismatch()))
     }
 }

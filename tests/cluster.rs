@@ -508,6 +508,26 @@ async fn waiters_and_held_guards_across_failover_migration_and_kill() {
     println!("wake-up latencies after each fault: {latencies:?}");
 }
 
+#[path = "../examples/cluster.rs"]
+mod cluster_example;
+
+/// The README's cluster example, as examples/cluster.rs runs it (the same calls, more
+/// locks and workers), against a real cluster seeded with two nodes only: it connects,
+/// every worker gets each lock in turn, and it shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_example_runs() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.urls()[..2].join(",");
+    // Only the example reads this variable.
+    std::env::set_var("REDIS_CLUSTER_NODES", &seeds);
+    let run = tokio::task::spawn_blocking(|| cluster_example::main().map_err(|e| e.to_string()));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the example ends within 60 s")
+        .expect("the example does not panic");
+    assert_eq!(outcome, Ok(()), "seeds {seeds}");
+}
+
 #[tokio::test]
 async fn bad_input_is_a_typed_error_within_seconds() {
     // No node at all.

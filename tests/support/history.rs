@@ -27,6 +27,9 @@
 //!   holder paused past its lease (SIGSTOP, GC) that found out on waking. Fencing exists
 //!   for these.
 //!
+//! On a Redis Cluster, [`Verdict::excuse`] moves the violations that a documented
+//! [`Window`] (a kill or pause failover of the lock's master) explains to `excused`.
+//!
 //! Timestamps from several processes are put on the parent's timeline with a
 //! [`ClockMap`] per child, measured by a ping-pong over the child's stdin/stdout.
 #![allow(dead_code)] // each test binary uses a different part of this module
@@ -98,9 +101,127 @@ impl Finding {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub findings: Vec<Finding>,
+    /// Violations that a documented [`Window`] explains (moved out of `findings` by
+    /// [`Verdict::excuse`]), with the index of the window.
+    pub excused: Vec<(Finding, usize)>,
+}
+
+/// A period in which a lock's guarantees are knowingly weaker: on a Redis Cluster, the
+/// lock's master was SIGKILLed or hung (SIGSTOP) and a replica promoted. Replication is
+/// asynchronous, so the promoted replica may lack the lock key (a second holder gets
+/// the lock while the first still believes it holds it until its deadline) and the
+/// last fencing increments (tokens are handed out again); a hung master resumed after
+/// the promotion can grant a lock held on the new master until gossip demotes it.
+/// `from` is the fault; `to` is when the cluster was healed again (promoted, the
+/// victim back as a replica, settled) plus the longest lease plus a margin: a holder
+/// that acquired before the fault, or from the stale master, believes at most one
+/// lease after its last renewal.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub lock: String,
+    pub from: Duration,
+    pub to: Duration,
+    pub what: String,
+    /// A SIGKILL (not a pause): the victim grants nothing after `from` (it comes back
+    /// empty, as a replica), so an overlap is excused only when its earlier grant came
+    /// from the victim, i.e. started at most [`REPLY_WITHIN`] after the fault. Two grants
+    /// of the promoted master that overlap are a bug even inside the window.
+    pub killed: bool,
+}
+
+impl Window {
+    /// Whether this window explains `finding` (indices into `grants`):
+    /// - an overlap (`BeliefOverlap`, `UnreportedLoss`) on the window's lock whose later
+    ///   grant started inside the window (after a kill: and whose earlier grant came from
+    ///   the killed master, see [`Window::killed`]);
+    /// - a fence regression or repetition on the window's lock between a grant that
+    ///   started before the window ended and one that started after the fault (tokens
+    ///   can repeat across a kill failover; between two grants that both started after
+    ///   the window they must increase again), provided the later fence is above
+    ///   [`Window::replicated`] (the fault cannot have lost those).
+    pub fn explains(&self, grants: &[Grant], finding: &Finding) -> bool {
+        match *finding {
+            Finding::BeliefOverlap { earlier, later, .. }
+            | Finding::UnreportedLoss { earlier, later } => {
+                let (e, l) = (&grants[earlier], &grants[later]);
+                e.lock == self.lock
+                    && l.lock == self.lock
+                    && self.from <= l.start
+                    && l.start < self.to
+                    && (!self.killed || e.start < self.from + REPLY_WITHIN)
+            }
+            Finding::FenceRegression { earlier, later } => {
+                let (e, l) = (&grants[earlier], &grants[later]);
+                e.lock == self.lock
+                    && l.lock == self.lock
+                    && e.start < self.to
+                    && self.from <= l.start
+                    && l.fence > self.replicated(grants)
+            }
+            Finding::ExpectedOverlap { .. } => false,
+        }
+    }
+
+    /// The largest fence of the window's lock handed out by a grant that started more
+    /// than [`REPLICATED_WITHIN`] before the fault: the replicas had it, so no failover
+    /// hands it (or a smaller one) out again. 0 if there is none.
+    pub fn replicated(&self, grants: &[Grant]) -> u64 {
+        grants
+            .iter()
+            .filter(|g| g.lock == self.lock && g.start + REPLICATED_WITHIN < self.from)
+            .map(|g| g.fence)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// How long an acknowledged write may take to reach a replica: replication on loopback
+/// takes micro- to milliseconds; a second covers a busy machine's scheduling. A kill or
+/// pause failover can lose only the writes of this last moment before the fault, so
+/// only fences handed out within it may be handed out again.
+pub const REPLICATED_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long after a master's death a grant it handed out can start (the holder's first
+/// `is_held()` after `lock()` returned): the reply was on its way; a second covers a
+/// busy machine.
+pub const REPLY_WITHIN: Duration = Duration::from_secs(1);
+
+/// Whether grant `k`'s fencing token may have been handed out before, by a master
+/// whose writes a [`Window`] lost: some window of its lock began before it started, its
+/// token is above what that window's fault cannot have lost ([`Window::replicated`]), and
+/// a grant of the same lock that started before that window ended had a token at least
+/// as large. A fenced resource rightly rejects such a grant's writes as stale although
+/// the grant never lost its lease.
+pub fn token_reissued(grants: &[Grant], k: usize, windows: &[Window]) -> bool {
+    let g = &grants[k];
+    windows.iter().any(|w| {
+        w.lock == g.lock
+            && w.from <= g.start
+            && g.fence > w.replicated(grants)
+            && grants
+                .iter()
+                .enumerate()
+                .any(|(i, h)| i != k && h.lock == g.lock && h.start < w.to && h.fence >= g.fence)
+    })
 }
 
 impl Verdict {
+    /// Moves the violations that one of `windows` explains to `excused` (cluster mode:
+    /// see [`Window`]). Every other violation stays one.
+    pub fn excuse(&mut self, grants: &[Grant], windows: &[Window]) {
+        let findings = std::mem::take(&mut self.findings);
+        for finding in findings {
+            let window = finding
+                .is_violation()
+                .then(|| windows.iter().position(|w| w.explains(grants, &finding)))
+                .flatten();
+            match window {
+                Some(w) => self.excused.push((finding, w)),
+                None => self.findings.push(finding),
+            }
+        }
+    }
+
     pub fn violations(&self) -> Vec<&Finding> {
         self.findings.iter().filter(|f| f.is_violation()).collect()
     }
@@ -203,7 +324,11 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
     }
     // Fencing tokens: in start order, among grants that believed they held the lock,
     // strictly increasing; and no fence value given to two grants at all.
+    // Each grant is also compared with the previous believed grant: against the largest
+    // fence alone, a regression between two grants that both come after a larger
+    // (excused, see [`Verdict::excuse`]) one would go unseen.
     let mut best: Option<usize> = None; // the believed grant with the largest fence so far
+    let mut previous: Option<usize> = None; // the last believed grant
     let mut seen = std::collections::HashMap::new();
     for (k, g) in grants.iter().enumerate() {
         if let Some(j) = seen.insert((g.lock.as_str(), g.fence), k) {
@@ -215,6 +340,15 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
         if g.believed_until.is_none() {
             continue;
         }
+        if let Some(p) = previous.filter(|&p| grants[p].lock == g.lock && Some(p) != best) {
+            if g.fence < grants[p].fence {
+                findings.push(Finding::FenceRegression {
+                    earlier: p,
+                    later: k,
+                });
+            }
+        }
+        previous = Some(k);
         match best {
             Some(j) if grants[j].lock == g.lock => {
                 if g.fence < grants[j].fence {
@@ -229,7 +363,10 @@ pub fn check(grants: &mut [Grant], tolerance: Duration) -> Verdict {
             _ => best = Some(k),
         }
     }
-    Verdict { findings }
+    Verdict {
+        findings,
+        excused: Vec::new(),
+    }
 }
 
 /// Puts a child process's monotonic readings on the parent's timeline.
