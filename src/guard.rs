@@ -8,7 +8,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::errors::RdLockError;
 use crate::gate::Turn;
-use crate::lease::LeaseState;
+use crate::lease::{Ending, Lease, LeaseState, LossCause};
 use crate::lock::Lock;
 use crate::run::RunContext;
 use crate::scripts;
@@ -55,7 +55,7 @@ pub struct LockGuard {
     lock: Lock,
     token: Arc<str>,
     fence: u64,
-    state: Arc<LeaseState>,
+    state: Arc<Lease>,
     /// This guard's entry in the manager's registry of held guards.
     registered: u64,
     /// This task's turn in the manager's local queue for the key, passed on when the
@@ -68,7 +68,7 @@ impl LockGuard {
         lock: Lock,
         token: Arc<str>,
         fence: u64,
-        state: Arc<LeaseState>,
+        state: Arc<Lease>,
         registered: u64,
         turn: Option<Turn>,
     ) -> Self {
@@ -103,7 +103,8 @@ impl LockGuard {
             .is_some()
     }
 
-    /// `true` while the lease is known to be ours: not lost, and its local deadline
+    /// `true` while the lease is not known to be lost — held or suspect (see
+    /// [`state`](Self::state) for the difference): not lost, and its local deadline
     /// (renewed by the watchdog) not passed on the monotonic clock nor on the wall
     /// clock. The wall clock counts a suspend of the machine, which the monotonic
     /// clock does not on Linux and macOS: after a resume, a lease that ran out during
@@ -127,6 +128,92 @@ impl LockGuard {
     #[must_use]
     pub fn is_held(&self) -> bool {
         self.state.is_held()
+    }
+
+    /// Held, suspect or lost: what the guard knows about its lease now. See
+    /// [`LeaseState`] for the transitions.
+    ///
+    /// [`is_held`](Self::is_held) is `true` in both [`LeaseState::Held`] and
+    /// [`LeaseState::Suspect`]: while suspect, the lease is not known to be gone and
+    /// its local deadline still stands, so it is still safe to go on with work that a
+    /// fencing token protects. Use `is_held` (or [`lost`](Self::lost)) to decide when
+    /// to *stop*; use `state` (or [`suspect`](Self::suspect)) to decide when to *hold
+    /// back* what cannot be fenced or undone — committing a payment, sending mail,
+    /// starting a step that cannot be interrupted — until a renewal confirms the lease
+    /// again, or to log and alert early. A suspect lease often turns back to held
+    /// within a renewal or two (a replaced connection, a failover that kept the key);
+    /// it turns lost at its local deadline at the latest.
+    ///
+    /// A change of the backend's command connection or topology makes the lease
+    /// suspect at once as far as `state` is concerned (it compares generations on
+    /// every call); a failed or overdue renewal does so as soon as the watchdog sees
+    /// it.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// use rdlock::LeaseState;
+    ///
+    /// let mut step = 0;
+    /// while step < 10 {
+    ///     match guard.state() {
+    ///         LeaseState::Lost => break,
+    ///         // Wait for a renewal to confirm the lease (or for the loss).
+    ///         LeaseState::Suspect => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+    ///         LeaseState::Held => {
+    ///             // charge_card(step).await: irreversible, so only while confirmed
+    ///             step += 1;
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn state(&self) -> LeaseState {
+        self.state.state()
+    }
+
+    /// Completes once the lease is suspect or lost (see [`state`](Self::state)): at
+    /// once if it is already. It does not complete again on its own when the lease
+    /// turns held and then suspect again: call it again for the next time.
+    ///
+    /// A failed or overdue renewal wakes it at once; a replaced connection or a
+    /// changed topology within 100 ms.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the lease.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// tokio::select! {
+    ///     _ = long_job() => {}
+    ///     _ = guard.suspect() => eprintln!("lease suspect: pausing before the next irreversible step"),
+    /// }
+    /// # }
+    /// # async fn long_job() {}
+    /// ```
+    pub fn suspect(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.state.suspect()
+    }
+
+    /// Why the lease was lost, once it is ([`LeaseState::Lost`] because of a loss);
+    /// `None` while it is held or suspect, and after a release.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// guard.lost().await;
+    /// eprintln!("lease lost: {:?}", guard.loss_cause());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn loss_cause(&self) -> Option<LossCause> {
+        self.state.loss_cause()
     }
 
     /// Completes once the lease is lost: the key was deleted, expired or taken over, or
@@ -273,7 +360,7 @@ impl LockGuard {
                 Ok(())
             }
             Ok(false) => {
-                self.state.mark_lost();
+                self.state.mark_lost(Ending::Lost(LossCause::TakenOver));
                 tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
                 Err(RdLockError::LockNotAcquired)
             }
@@ -341,7 +428,7 @@ impl fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("key", &self.lock.key())
             .field("fencing_token", &self.fence)
-            .field("held", &self.is_held())
+            .field("state", &self.state())
             .finish_non_exhaustive()
     }
 }

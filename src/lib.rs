@@ -186,6 +186,7 @@ pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT}
 pub use errors::RdLockError;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
+pub use lease::{LeaseState, LossCause};
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
 pub use run::{Run, RunContext};

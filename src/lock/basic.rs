@@ -277,6 +277,7 @@ impl BasicLock {
                 fence: 0,
                 sent,
                 sent_wall,
+                generation: 0,
             });
         } else {
             self.held = None;
@@ -373,6 +374,7 @@ mod tests {
             fence: 1,
             sent: Instant::now(),
             sent_wall: SystemTime::now() - Duration::from_secs(2 * ttl),
+            generation: 0,
         });
         assert!(
             !basic.is_locked(),
@@ -385,6 +387,7 @@ mod tests {
             fence: 1,
             sent: Instant::now(),
             sent_wall: SystemTime::now(),
+            generation: 0,
         });
         assert!(basic.is_locked());
     }

@@ -26,7 +26,7 @@ use crate::gate::Turn;
 use crate::guard::LockGuard;
 use crate::held::Held;
 use crate::holder::{owner_record, HolderInfo};
-use crate::lease::{valid_until, wall_valid_until, LeaseState};
+use crate::lease::{valid_until, wall_valid_until, Lease};
 use crate::manager::RdLockConnectionManager;
 use crate::names::LockNames;
 use crate::run::{Run, RunContext};
@@ -83,6 +83,8 @@ pub struct Lock {
     names: Arc<LockNames>,
     lease: Duration,
     watchdog: bool,
+    /// No renewal after this long from the acquisition ([`Lock::with_max_hold`]).
+    max_hold: Option<Duration>,
     /// This process's owner record (`<pid>\n<host>\n<label>`), stored with the lock.
     owner: Arc<str>,
 }
@@ -94,6 +96,8 @@ pub(crate) struct Acquired {
     /// When the acquire was sent, on the monotonic clock and on the wall clock.
     pub(crate) sent: Instant,
     pub(crate) sent_wall: SystemTime,
+    /// The backend's generation when the acquire was sent.
+    pub(crate) generation: u64,
 }
 
 /// An acquisition on its way to becoming a guard: dropping it undoes it in Redis, by
@@ -131,6 +135,7 @@ impl Lock {
             names: Arc::new(names),
             lease: DEFAULT_LEASE,
             watchdog: true,
+            max_hold: None,
             owner: Arc::from(owner_record("")),
         }
     }
@@ -317,6 +322,59 @@ impl Lock {
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
+    }
+
+    /// Sets a maximum hold: the watchdog renews the lease only until `max_hold` after
+    /// the acquisition (measured from when the acquire was sent), then stops; the
+    /// lease runs out, the guard reports the loss ([`LockGuard::lost`] completes,
+    /// [`LockGuard::loss_cause`] is [`LossCause::MaxHold`](crate::LossCause::MaxHold)),
+    /// and [`run`](Self::run) returns [`RdLockError::MaxHoldReached`]. A job that is
+    /// stuck can then hold the lock at most `max_hold` plus one lease (the last
+    /// renewal sent before `max_hold` runs its full lease). Default: none, renewals go
+    /// on while the guard lives.
+    ///
+    /// A maximum hold shorter than a third of the lease means no renewal is sent: the
+    /// lock is held for one lease, which is then the bound. (The lease is not cut
+    /// short: a shorter lease is what [`with_lease`](Self::with_lease) is for.)
+    ///
+    /// It must be between 1 ms and [`MAX_LEASE`]; others make the acquire methods
+    /// return [`RdLockError::InvalidMaxHold`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// let lock = manager
+    ///     .new_lock("hourly-sync")
+    ///     .with_lease(Duration::from_secs(10))
+    ///     .with_max_hold(Duration::from_secs(50 * 60));
+    /// match lock.run(async { /* sync */ }).await {
+    ///     Err(rdlock::RdLockError::MaxHoldReached) => eprintln!("sync took too long: stopped"),
+    ///     other => other?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// The maximum hold set with [`with_max_hold`](Self::with_max_hold), if any.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_lock("job").max_hold(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_hold(&self) -> Option<Duration> {
+        self.max_hold
     }
 
     pub(crate) fn without_watchdog(mut self) -> Self {
@@ -512,7 +570,10 @@ impl Lock {
     /// and returns `fut`'s output.
     ///
     /// If the lease is lost while `fut` runs, `fut` is dropped at once (it is not
-    /// polled again) and the result is [`RdLockError::LeaseLost`]. If `fut` panics,
+    /// polled again) and the result is [`RdLockError::LeaseLost`] — or
+    /// [`RdLockError::MaxHoldReached`] when the lease ran out because the maximum hold
+    /// ([`with_max_hold`](Self::with_max_hold)) was reached. A lease that is only
+    /// suspect ([`LockGuard::state`]) does not stop `fut`. If `fut` panics,
     /// the guard is dropped during unwinding, which releases the lock, and the panic
     /// goes on. The returned future polls `fut` itself (no task is spawned), so `fut`
     /// may borrow from the caller.
@@ -525,7 +586,8 @@ impl Lock {
     ///
     /// # Errors
     ///
-    /// [`RdLockError::LeaseLost`] as above; otherwise those of [`lock`](Self::lock).
+    /// [`RdLockError::LeaseLost`] and [`RdLockError::MaxHoldReached`] as above;
+    /// otherwise those of [`lock`](Self::lock).
     ///
     /// # Cancel safety
     ///
@@ -679,6 +741,20 @@ impl Lock {
                 reason: "longer than the maximum lease of 10 years",
             });
         }
+        if let Some(max_hold) = self.max_hold {
+            if max_hold < Duration::from_millis(1) {
+                return Err(RdLockError::InvalidMaxHold {
+                    max_hold,
+                    reason: "shorter than 1 ms",
+                });
+            }
+            if max_hold > MAX_LEASE {
+                return Err(RdLockError::InvalidMaxHold {
+                    max_hold,
+                    reason: "longer than the maximum lease of 10 years",
+                });
+            }
+        }
         if self.watchdog {
             self.manager.inner().timeouts.check_lease(self.lease)?;
         }
@@ -722,6 +798,7 @@ impl Lock {
             token: Some(token.clone()),
             _in_flight: in_flight,
         };
+        let generation = inner.conn.generation();
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
         let reply =
@@ -753,6 +830,7 @@ impl Lock {
                         fence,
                         sent,
                         sent_wall,
+                        generation,
                     },
                     undo,
                 }))
@@ -772,10 +850,13 @@ impl Lock {
         turn: Option<Turn>,
     ) -> Result<LockGuard, RdLockError> {
         let Granted { acquired, mut undo } = granted;
-        let state = Arc::new(LeaseState::new(
-            valid_until(acquired.sent, self.lease),
-            wall_valid_until(acquired.sent_wall, self.lease),
-        ));
+        let state = Arc::new(
+            Lease::new(
+                valid_until(acquired.sent, self.lease),
+                wall_valid_until(acquired.sent_wall, self.lease),
+            )
+            .with_backend(self.manager.inner().conn.clone(), acquired.generation),
+        );
         let registered = self.manager.inner().held.insert(Held {
             names: self.names.clone(),
             id: self.id.clone(),
@@ -801,6 +882,7 @@ impl Lock {
                 lease: self.lease,
                 state: state.clone(),
                 last_sent: acquired.sent,
+                max_hold_at: self.max_hold.map(|m| acquired.sent + m),
             };
             self.manager.inner().tasks.spawn(watchdog.run());
         }
@@ -946,6 +1028,7 @@ impl fmt::Debug for Lock {
             .field("key", &self.names.key)
             .field("lease", &self.lease)
             .field("watchdog", &self.watchdog)
+            .field("max_hold", &self.max_hold)
             .finish_non_exhaustive()
     }
 }
