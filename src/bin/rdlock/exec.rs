@@ -6,7 +6,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rdlock::{LockGuard, RdLockConnectionManager, RdLockError};
+use rdlock::{LockGuard, LossCause, RdLockConnectionManager, RdLockError};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::duration;
@@ -43,6 +43,11 @@ pub(crate) struct Exec {
     /// out), instead of 75: one that the command itself never uses (as `flock -E`).
     #[arg(long, short = 'E', default_value_t = exit::NOT_OBTAINED, value_name = "N")]
     pub(crate) conflict_exit_code: u8,
+    /// Stop renewing the lease this long after the lock was taken: the lease runs out
+    /// (at most --lease later), the command is ended as for a lost lease (--on-lost),
+    /// and rdlock exits 124 [default: no limit].
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    pub(crate) max_hold: Option<Duration>,
     /// What to do with the command if the lease is lost.
     #[arg(long, value_enum, default_value = "term")]
     pub(crate) on_lost: OnLost,
@@ -181,10 +186,13 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .label
         .clone()
         .unwrap_or_else(|| format!("rdlock exec {}", args.command.join(" ")));
-    let lock = manager
+    let mut lock = manager
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
+    if let Some(max_hold) = args.max_hold {
+        lock = lock.with_max_hold(max_hold);
+    }
     let mut signals = match Signals::forwarded() {
         Ok(signals) => signals,
         Err(e) => {
@@ -276,7 +284,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                     }
                     OnLost::Ignore => {}
                 }
-                say!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
+                if guard.loss_cause() == Some(LossCause::MaxHold) {
+                    say!("rdlock: the maximum hold of {} was reached and its lease ran out; --on-lost {:?}", args.id, args.on_lost);
+                } else {
+                    say!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
+                }
             }
             _ = tokio::time::sleep_until(escalate_at.into()),
                 if args.on_lost == OnLost::Term && lost_at.is_some() && !killed => {
@@ -304,9 +316,14 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     };
     job.take_terminal_back();
     // The command and every process of its group are gone: now the lock can go.
+    let max_hold = guard.loss_cause() == Some(LossCause::MaxHold);
     let released = guard.release().await;
     if lost_at.is_some() {
-        return exit::LEASE_LOST;
+        return if max_hold {
+            exit::MAX_HOLD
+        } else {
+            exit::LEASE_LOST
+        };
     }
     if let Err(e) = released {
         // The command finished while the lease was still held, but the release failed:
