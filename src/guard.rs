@@ -340,7 +340,7 @@ impl LockGuard {
         if !self.unregister() {
             return Err(RdLockError::ShutDown);
         }
-        self.state.scope().cancel();
+        self.state.end_guard();
         // From here until Redis answers, dropping this future hands the release (and
         // the turn) to the background: redis-rs does not send a request whose caller
         // is gone, so the release could otherwise be lost.
@@ -408,7 +408,7 @@ impl Drop for PendingRelease<'_> {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // Synchronous part first: the watchdog must stop even if no release can run.
-        self.state.scope().cancel();
+        self.state.end_guard();
         // Counted as a task of the manager until the release is spawned (and tracked):
         // a shutdown on another thread between the two steps below still waits for it.
         let _in_flight = self.lock.manager().inner().tasks.token();
@@ -417,8 +417,13 @@ impl Drop for LockGuard {
         }
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.
-        self.lock
-            .release_in_background(self.token.clone(), self.turn.take());
+        if !self
+            .lock
+            .release_in_background(self.token.clone(), self.turn.take())
+        {
+            // No runtime: the lease is left to expire.
+            crate::meters::release_fallback(self.lock.metrics());
+        }
     }
 }
 

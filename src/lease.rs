@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
+use crate::meters::Hold;
 
 /// How often [`Lease::suspect`] looks at the backend's generation while it waits: a
 /// connection replaced by another lock's command is noticed within this time (the
@@ -189,6 +190,8 @@ pub(crate) struct Lease {
     capped: AtomicBool,
     /// The [`LossCause`] code, 0 while not lost.
     cause: AtomicU8,
+    /// The hold's metrics, ended with the lease or the guard.
+    hold: Hold,
 }
 
 impl Lease {
@@ -206,6 +209,7 @@ impl Lease {
             generation: AtomicU64::new(0),
             capped: AtomicBool::new(false),
             cause: AtomicU8::new(0),
+            hold: Hold::none(),
         };
         state.set_deadline(deadline, wall_deadline);
         state
@@ -217,6 +221,18 @@ impl Lease {
         self.backend = Some(backend);
         self.generation = AtomicU64::new(generation);
         self
+    }
+
+    /// Records this lease's hold in the metrics.
+    pub(crate) fn with_hold(mut self, hold: Hold) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// The guard ended (released or dropped): stops the watchdog and ends the hold.
+    pub(crate) fn end_guard(&self) {
+        self.scope.cancel();
+        self.hold.end();
     }
 
     /// Held, suspect or lost, as [`LockGuard::state`](crate::LockGuard::state).
@@ -314,10 +330,15 @@ impl Lease {
     /// counted once).
     pub(crate) fn mark_lost(&self, ending: Ending) {
         if let Ending::Lost(cause) = ending {
-            let _ =
-                self.cause
-                    .compare_exchange(0, cause.code(), Ordering::AcqRel, Ordering::Acquire);
+            let first = self
+                .cause
+                .compare_exchange(0, cause.code(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if first {
+                self.hold.lost(cause);
+            }
         }
+        self.hold.end();
         self.lost.cancel();
         self.scope.cancel();
     }

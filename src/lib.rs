@@ -176,6 +176,7 @@ mod holder;
 mod lease;
 pub mod lock;
 mod manager;
+mod meters;
 mod names;
 mod notifier;
 mod run;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::Backend;
 use crate::lease::{valid_until, wall_valid_until, Ending, Lease, LossCause};
+use crate::meters::{self, MetricsName};
 use crate::names::LockNames;
 use crate::scripts;
 
@@ -29,6 +30,8 @@ pub(crate) struct Watchdog {
     pub(crate) last_sent: Instant,
     /// No renewal is sent from this instant on ([`Lock::with_max_hold`](crate::Lock::with_max_hold)).
     pub(crate) max_hold_at: Option<Instant>,
+    /// The label `lock` of its metrics.
+    pub(crate) metrics: MetricsName,
 }
 
 impl Watchdog {
@@ -105,6 +108,11 @@ impl Watchdog {
                     }
                 }
             };
+            meters::renewal(
+                &self.metrics,
+                sent.elapsed(),
+                matches!(outcome, Ok(Ok(true))),
+            );
             match outcome {
                 Ok(Ok(true)) => {
                     self.state.set_deadline(

@@ -28,6 +28,7 @@ use crate::held::Held;
 use crate::holder::{owner_record, HolderInfo};
 use crate::lease::{valid_until, wall_valid_until, Lease};
 use crate::manager::RdLockConnectionManager;
+use crate::meters::{Hold, MetricsName, Wait};
 use crate::names::LockNames;
 use crate::run::{Run, RunContext};
 use crate::scripts::{self, Acquire};
@@ -85,6 +86,8 @@ pub struct Lock {
     watchdog: bool,
     /// No renewal after this long from the acquisition ([`Lock::with_max_hold`]).
     max_hold: Option<Duration>,
+    /// The label `lock` of its metrics ([`Lock::with_metrics_name`]).
+    metrics: MetricsName,
     /// This process's owner record (`<pid>\n<host>\n<label>`), stored with the lock.
     owner: Arc<str>,
 }
@@ -136,6 +139,7 @@ impl Lock {
             lease: DEFAULT_LEASE,
             watchdog: true,
             max_hold: None,
+            metrics: MetricsName::default(),
             owner: Arc::from(owner_record("")),
         }
     }
@@ -377,6 +381,47 @@ impl Lock {
         self.max_hold
     }
 
+    /// Names this lock in the metrics (feature `metrics`): the value of the label
+    /// `lock` of every metric its acquisitions and guards record. Lock ids are never a
+    /// label (there may be one per job); choose a name from a small set, such as the
+    /// kind of job ("nightly-report", "migrations"), and give it to several ids if
+    /// need be. Default: none (no `lock` label). Without the feature it is kept but
+    /// not used.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager, tenant: &str) {
+    /// let lock = manager
+    ///     .new_lock(&format!("report:{tenant}"))
+    ///     .with_metrics_name("report");
+    /// assert_eq!(lock.metrics_name(), Some("report"));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_metrics_name(mut self, name: impl AsRef<str>) -> Self {
+        self.metrics = MetricsName::new(name.as_ref());
+        self
+    }
+
+    /// The name set with [`with_metrics_name`](Self::with_metrics_name), if any.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_lock("job").metrics_name(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn metrics_name(&self) -> Option<&str> {
+        self.metrics.get()
+    }
+
+    pub(crate) fn metrics(&self) -> &MetricsName {
+        &self.metrics
+    }
+
     pub(crate) fn without_watchdog(mut self) -> Self {
         self.watchdog = false;
         self
@@ -547,9 +592,17 @@ impl Lock {
             .gates
             .get(&self.names.key)
             .try_lock_owned()
-            .map_err(|_| RdLockError::LockUnavailable)?;
-        let granted = self.try_acquire_armed().await?;
-        self.guard(granted, Some(turn))
+            .map_err(|_| RdLockError::LockUnavailable);
+        let wait = Wait::start(&self.metrics, false);
+        let result = match turn {
+            Ok(turn) => match self.try_acquire_armed().await {
+                Ok(granted) => self.guard(granted, Some(turn)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        wait.finish(&result);
+        result
     }
 
     /// One attempt, for the 1.x `BasicLock`.
@@ -855,7 +908,8 @@ impl Lock {
                 valid_until(acquired.sent, self.lease),
                 wall_valid_until(acquired.sent_wall, self.lease),
             )
-            .with_backend(self.manager.inner().conn.clone(), acquired.generation),
+            .with_backend(self.manager.inner().conn.clone(), acquired.generation)
+            .with_hold(Hold::start(self.metrics.clone())),
         );
         let registered = self.manager.inner().held.insert(Held {
             names: self.names.clone(),
@@ -883,6 +937,7 @@ impl Lock {
                 state: state.clone(),
                 last_sent: acquired.sent,
                 max_hold_at: self.max_hold.map(|m| acquired.sent + m),
+                metrics: self.metrics.clone(),
             };
             self.manager.inner().tasks.spawn(watchdog.run());
         }
@@ -912,9 +967,12 @@ impl Lock {
     /// now, so the key cannot outlive `now + lease`. The turn passes on after the first
     /// answer (the next local attempt meets the same condition, and the release is
     /// token-checked, so the two cannot harm each other).
-    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) {
+    ///
+    /// Returns `false` when there is no runtime to spawn on (the lease is left to
+    /// expire).
+    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) -> bool {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
         let conn = self.manager.inner().conn.clone();
         let names = self.names.clone();
@@ -941,6 +999,7 @@ impl Lock {
             },
             &handle,
         );
+        true
     }
 
     pub(crate) fn manager(&self) -> &RdLockConnectionManager {
@@ -973,7 +1032,7 @@ impl Drop for Undo {
         // Runs before the fields are dropped: the release is spawned (and tracked)
         // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, None);
+            let _ = self.lock.release_in_background(token, None);
         }
     }
 }

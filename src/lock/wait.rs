@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
 use crate::guard::LockGuard;
+use crate::meters::Wait;
 use crate::notifier::Watch;
 
 /// How often to look again at a key that has no expiry (written by something other
@@ -33,6 +34,16 @@ impl Lock {
     /// Waits for this task's turn in the manager's local queue for the key, then for
     /// the lock in Redis.
     pub(crate) async fn acquire_in_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<LockGuard, RdLockError> {
+        let wait = Wait::start(self.metrics(), true);
+        let result = self.acquire_guard_in_turn(deadline).await;
+        wait.finish(&result);
+        result
+    }
+
+    async fn acquire_guard_in_turn(
         &self,
         deadline: Option<Instant>,
     ) -> Result<LockGuard, RdLockError> {
