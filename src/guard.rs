@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
 
 use crate::errors::RdLockError;
 use crate::gate::Turn;
@@ -61,6 +62,8 @@ pub struct LockGuard {
     /// This task's turn in the manager's local queue for the key, passed on when the
     /// lock is released.
     turn: Option<Turn>,
+    /// `rdlock.hold`: the watchdog and the release run in it.
+    span: tracing::Span,
 }
 
 impl LockGuard {
@@ -71,6 +74,7 @@ impl LockGuard {
         state: Arc<Lease>,
         registered: u64,
         turn: Option<Turn>,
+        span: tracing::Span,
     ) -> Self {
         Self {
             lock,
@@ -79,7 +83,12 @@ impl LockGuard {
             state,
             registered,
             turn,
+            span,
         }
+    }
+
+    pub(crate) fn hold_span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Cancelled once the lease is lost (not when the guard ends).
@@ -351,7 +360,10 @@ impl LockGuard {
             _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
-        let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
+        let outcome = scripts::release(conn, self.lock.names(), &self.token)
+            .instrument(self.span.clone())
+            .await;
+        let _in_hold = self.span.enter();
         // Answered: the turn passes on when this function returns.
         let turn = pending.answered();
         match outcome {
@@ -409,6 +421,8 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // Synchronous part first: the watchdog must stop even if no release can run.
         self.state.end_guard();
+        // The background release runs in the hold's span.
+        let _in_hold = self.span.enter();
         // Counted as a task of the manager until the release is spawned (and tracked):
         // a shutdown on another thread between the two steps below still waits for it.
         let _in_flight = self.lock.manager().inner().tasks.token();

@@ -150,6 +150,14 @@ impl Backend {
         }
     }
 
+    /// The kind of deployment, for diagnostics (the `backend` field of rdlock's spans).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single",
+            Self::Cluster(_) => "cluster",
+        }
+    }
+
     /// A new subscriber connection for the notifier, never shared with commands.
     /// `attempt` counts the notifier's connection attempts: the cluster backend rotates
     /// over the nodes it knows, so that a dead node is not tried twice in a row.

@@ -34,6 +34,7 @@ use crate::run::{Run, RunContext};
 use crate::scripts::{self, Acquire};
 use crate::watchdog::Watchdog;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
 
 /// The lease of a new [`Lock`]: 30 s.
 ///
@@ -594,13 +595,15 @@ impl Lock {
             .try_lock_owned()
             .map_err(|_| RdLockError::LockUnavailable);
         let wait = Wait::start(&self.metrics, false);
+        let span = self.acquire_span();
         let result = match turn {
-            Ok(turn) => match self.try_acquire_armed().await {
+            Ok(turn) => match self.try_acquire_armed().instrument(span.clone()).await {
                 Ok(granted) => self.guard(granted, Some(turn)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
+        Self::record_outcome(&span, &result);
         wait.finish(&result);
         result
     }
@@ -895,6 +898,31 @@ impl Lock {
         }
     }
 
+    /// The span of one acquisition call: `rdlock.acquire`, with the lock id, the
+    /// backend, and once known the fencing token and the outcome. Never the token.
+    pub(crate) fn acquire_span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "rdlock.acquire",
+            lock = %self.id,
+            backend = self.manager.inner().conn.kind(),
+            fence = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    }
+
+    pub(crate) fn record_outcome(span: &tracing::Span, result: &Result<LockGuard, RdLockError>) {
+        match result {
+            Ok(guard) => {
+                span.record("fence", guard.fencing_token());
+                span.record("outcome", "acquired");
+                guard.hold_span().follows_from(span);
+            }
+            Err(e) => {
+                span.record("outcome", tracing::field::display(e));
+            }
+        }
+    }
+
     /// Wraps an acquisition in a guard and starts its watchdog; undoes it and reports
     /// [`RdLockError::ShutDown`] if the manager's shutdown has begun.
     pub(crate) fn guard(
@@ -926,6 +954,14 @@ impl Lock {
         };
         // From here on the guard (or shutdown, which now sees it) releases the lock.
         undo.token = None;
+        // The hold: under the caller's span (this is called outside the acquisition's
+        // span), for as long as the guard lives; its watchdog and release run in it.
+        let hold = tracing::info_span!(
+            "rdlock.hold",
+            lock = %self.id,
+            fence = acquired.fence,
+            backend = self.manager.inner().conn.kind(),
+        );
         if self.watchdog {
             let watchdog = Watchdog {
                 conn: self.manager.inner().conn.clone(),
@@ -939,7 +975,10 @@ impl Lock {
                 max_hold_at: self.max_hold.map(|m| acquired.sent + m),
                 metrics: self.metrics.clone(),
             };
-            self.manager.inner().tasks.spawn(watchdog.run());
+            self.manager
+                .inner()
+                .tasks
+                .spawn(watchdog.run().instrument(hold.clone()));
         }
         // `undo`, and with it this acquisition's count among the manager's tasks, ends
         // only now that the watchdog is spawned: shutdown cannot miss the watchdog.
@@ -952,6 +991,7 @@ impl Lock {
             state,
             registered,
             turn,
+            hold,
         ))
     }
 
@@ -996,7 +1036,8 @@ impl Lock {
                     }
                 }
                 drop(turn);
-            },
+            }
+            .in_current_span(),
             &handle,
         );
         true
