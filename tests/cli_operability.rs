@@ -1,4 +1,4 @@
-//! `rdlock exec --max-hold` (and the lease-state options) against a private
+//! `rdlock exec --max-hold` and `--on-suspect` against a private
 //! redis-server, running the real binary.
 #![cfg(feature = "cli")]
 
@@ -8,7 +8,10 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cli_support::{code, rdlock, read, run, stderr, wait_child, wait_for_file, PROMPTLY};
+use cli_support::{
+    code, rdlock, rdlock_at, read, run, stderr, wait_child, wait_for_file, Captured, PROMPTLY,
+};
+use support::proxy::{FaultProxy, Mode};
 use support::{get, RedisServer};
 
 /// A command that outlives `--max-hold`: the lease runs out (at most `--lease` after
@@ -67,5 +70,110 @@ async fn a_bad_max_hold_is_a_usage_error() {
     for bad in ["0s", "0ms", "100000000h", "soon"] {
         let output = run(&server, &["exec", "bad", "--max-hold", bad, "--", "true"]);
         assert_eq!(code(&output), 64, "--max-hold {bad}: {}", stderr(&output));
+    }
+}
+
+/// `--on-suspect signal`: a blackhole between rdlock and Redis makes the lease suspect
+/// at the first renewal that goes unanswered; the command gets `--suspect-signal`
+/// (USR2 here), once; the partition heals, the lease is confirmed again before its
+/// deadline, and the command finishes normally (exit 0: the lease was never lost).
+// Multi-threaded: the proxy's tasks must go on forwarding while this test blocks in
+// `wait_child`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_suspect_signal_sends_the_signal_when_the_lease_turns_suspect() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let stop = dir.path().join("stop");
+    let script = format!(
+        "trap 'echo suspect >> {0}' USR2; echo ready >> {0}; while [ ! -e {1} ]; do sleep 0.05; done; echo done >> {0}",
+        log.display(),
+        stop.display()
+    );
+    // Renewals every 3 s; the first one that meets the blackhole times out after the
+    // default 2 s response timeout (suspect); the deadline is ~9 s after the last
+    // confirmed renewal.
+    let mut child = rdlock_at(
+        &proxy.url(),
+        &[
+            "exec",
+            "suspected",
+            "--lease",
+            "9s",
+            "--on-suspect",
+            "signal",
+            "--suspect-signal",
+            "usr2",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let said = Captured::start(child.stderr.take().unwrap());
+    wait_for_file(&log, "ready").await;
+    let started = Instant::now();
+    proxy.set(Mode::Blackhole);
+    wait_for_file(&log, "suspect").await;
+    println!("signalled {:?} after the blackhole", started.elapsed());
+    proxy.set(Mode::Pass);
+    // A renewal every ~0.5 s once suspect: confirmed again well within the deadline.
+    support::wait_until(Duration::from_secs(10), "the lease confirmed again", || {
+        let text = said.text();
+        async move { text.contains("confirmed again") }
+    })
+    .await;
+    println!("confirmed {:?} after the blackhole", started.elapsed());
+    let mut raw = server.conn().await;
+    assert!(get(&mut raw, "rdlock:{suspected}:lock").await.is_some());
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(
+        wait_child(&mut child, PROMPTLY),
+        0,
+        "the lease was never lost"
+    );
+    let text = read(&log);
+    assert_eq!(
+        text.matches("suspect").count(),
+        1,
+        "one signal per suspect episode: {text}"
+    );
+    assert!(text.contains("done"));
+    assert!(!said.text().contains("lost"), "{}", said.text());
+    assert_eq!(
+        get(&mut raw, "rdlock:{suspected}:lock").await,
+        None,
+        "released: {}",
+        said.text()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_suspect_signal_is_a_usage_error() {
+    let server = RedisServer::start();
+    for bad in ["NOPE", "KILL", "999"] {
+        let output = run(
+            &server,
+            &[
+                "exec",
+                "bad",
+                "--on-suspect",
+                "signal",
+                "--suspect-signal",
+                bad,
+                "--",
+                "true",
+            ],
+        );
+        assert_eq!(
+            code(&output),
+            64,
+            "--suspect-signal {bad}: {}",
+            stderr(&output)
+        );
     }
 }
