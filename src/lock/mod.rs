@@ -584,20 +584,11 @@ impl Lock {
     /// # }
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard, RdLockError> {
-        self.validate()?;
-        // Another task of this manager holds the lock or waits for it: it is not
-        // free for us, and Redis need not be asked.
-        let turn = self
-            .manager
-            .inner()
-            .gates
-            .get(&self.names.key)
-            .try_lock_owned()
-            .map_err(|_| RdLockError::LockUnavailable);
         let wait = Wait::start(&self.metrics, false);
         let span = self.acquire_span();
-        let result = match turn {
+        let result = match self.try_turn() {
             Ok(turn) => match self.try_acquire_armed().instrument(span.clone()).await {
+                // Outside the acquisition's span: the hold's span is its sibling.
                 Ok(granted) => self.guard(granted, Some(turn)),
                 Err(e) => Err(e),
             },
@@ -606,6 +597,20 @@ impl Lock {
         Self::record_outcome(&span, &result);
         wait.finish(&result);
         result
+    }
+
+    /// Checks the input, then takes this task's turn in the manager's local queue
+    /// without waiting.
+    fn try_turn(&self) -> Result<Turn, RdLockError> {
+        self.validate()?;
+        // Another task of this manager holds the lock or waits for it: it is not
+        // free for us, and Redis need not be asked.
+        self.manager
+            .inner()
+            .gates
+            .get(&self.names.key)
+            .try_lock_owned()
+            .map_err(|_| RdLockError::LockUnavailable)
     }
 
     /// One attempt, for the 1.x `BasicLock`.
