@@ -381,7 +381,8 @@ impl LockGuard {
             // the background, as for a dropped guard; the error is still reported.
             Err(e) if crate::errors::is_retry_later_reply(&e) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, error = %e, "release answered retry-later: retrying in the background");
-                self.lock.release_in_background(self.token.clone(), turn);
+                self.lock
+                    .release_in_background(self.token.clone(), turn, true);
                 Err(RdLockError::from_redis(e))
             }
             Err(e) => {
@@ -412,7 +413,8 @@ impl PendingRelease<'_> {
 impl Drop for PendingRelease<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, self.turn.take());
+            self.lock
+                .release_in_background(token, self.turn.take(), true);
         }
     }
 }
@@ -431,13 +433,8 @@ impl Drop for LockGuard {
         }
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.
-        if !self
-            .lock
-            .release_in_background(self.token.clone(), self.turn.take())
-        {
-            // No runtime: the lease is left to expire.
-            crate::meters::release_fallback(self.lock.metrics());
-        }
+        self.lock
+            .release_in_background(self.token.clone(), self.turn.take(), true);
     }
 }
 

@@ -183,6 +183,32 @@ pub(crate) fn renewal(name: &MetricsName, took: Duration, renewed: bool) {
     let _ = (name, took, renewed);
 }
 
+/// A guard's background release on its way: counted in
+/// `rdlock_release_fallbacks_total` if it is dropped before it ran to its end — the
+/// runtime shut down (a task still holding a guard at the end of `#[tokio::main]`):
+/// the runtime's handle is still found then, but a task spawned on it is dropped
+/// without being polled, so the lease is left to expire as without a runtime.
+pub(crate) struct ReleaseOnItsWay(Option<MetricsName>);
+
+impl ReleaseOnItsWay {
+    pub(crate) fn new(name: MetricsName) -> Self {
+        Self(Some(name))
+    }
+
+    /// The release ran (whatever Redis answered).
+    pub(crate) fn ran(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ReleaseOnItsWay {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            release_fallback(&name);
+        }
+    }
+}
+
 /// `rdlock_release_fallbacks_total`: a guard dropped where its release could not run.
 pub(crate) fn release_fallback(name: &MetricsName) {
     #[cfg(feature = "metrics")]

@@ -376,3 +376,50 @@ async fn without_a_name_there_is_no_lock_label() {
         "an acquisition without a name is recorded without a lock label"
     );
 }
+
+/// A guard still held by a task when its runtime shuts down (the end of a
+/// `#[tokio::main]` with a task still holding a lock): the task is dropped inside the
+/// runtime's context, so a runtime handle is found, but the runtime spawns nothing any
+/// more, so the release cannot run. It is left to its lease, and counted as a fallback.
+#[tokio::test]
+async fn a_guard_dropped_by_a_runtime_shutting_down() {
+    const NAME: &str = "fallback-shutdown";
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    snapshotter();
+    let url = server.url();
+    let key = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = rt.block_on(async move {
+            let manager = RdLockConnectionManager::new(url).await.unwrap();
+            let lock = manager
+                .new_lock("m-fallback-shutdown")
+                .with_lease(Duration::from_secs(30))
+                .with_metrics_name(NAME);
+            let guard = lock.lock().await.unwrap();
+            let (started, running) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            });
+            running.await.unwrap();
+            lock.key().to_owned()
+        });
+        // Drops the task, and its guard, while the runtime shuts down.
+        drop(rt);
+        key
+    })
+    .join()
+    .unwrap();
+    assert!(get(&mut raw, &key).await.is_some(), "left to its lease");
+    assert_eq!(
+        counter("rdlock_release_fallbacks_total", NAME, &[]),
+        1,
+        "the release that could not run is counted"
+    );
+    assert_settled(NAME, None);
+}

@@ -28,7 +28,7 @@ use crate::held::Held;
 use crate::holder::{owner_record, HolderInfo};
 use crate::lease::{valid_until, wall_valid_until, Lease};
 use crate::manager::RdLockConnectionManager;
-use crate::meters::{Hold, MetricsName, Wait};
+use crate::meters::{self, Hold, MetricsName, Wait};
 use crate::names::LockNames;
 use crate::run::{Run, RunContext};
 use crate::scripts::{self, Acquire};
@@ -1013,17 +1013,22 @@ impl Lock {
     /// answer (the next local attempt meets the same condition, and the release is
     /// token-checked, so the two cannot harm each other).
     ///
-    /// Returns `false` when there is no runtime to spawn on (the lease is left to
-    /// expire).
-    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) -> bool {
+    /// With `guard` (a guard's release), a release that cannot run — no runtime to
+    /// spawn on, or a runtime that shuts down before the release ran — is counted in
+    /// `rdlock_release_fallbacks_total` (the lease is left to expire).
+    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>, guard: bool) {
+        let on_its_way = guard.then(|| meters::ReleaseOnItsWay::new(self.metrics.clone()));
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return false;
+            // No runtime: dropping `on_its_way` counts the fallback.
+            return;
         };
         let conn = self.manager.inner().conn.clone();
         let names = self.names.clone();
         let give_up = Instant::now() + self.lease;
         self.manager.inner().tasks.spawn_on(
             async move {
+                // Dropped unpolled or midway by a runtime shutting down: counted.
+                let on_its_way = on_its_way;
                 let mut turn = turn;
                 let mut backoff = RELEASE_RETRY_MIN;
                 loop {
@@ -1041,11 +1046,13 @@ impl Lock {
                     }
                 }
                 drop(turn);
+                if let Some(on_its_way) = on_its_way {
+                    on_its_way.ran();
+                }
             }
             .in_current_span(),
             &handle,
         );
-        true
     }
 
     pub(crate) fn manager(&self) -> &RdLockConnectionManager {
@@ -1078,7 +1085,7 @@ impl Drop for Undo {
         // Runs before the fields are dropped: the release is spawned (and tracked)
         // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
-            let _ = self.lock.release_in_background(token, None);
+            self.lock.release_in_background(token, None, false);
         }
     }
 }
