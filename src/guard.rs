@@ -188,7 +188,10 @@ impl LockGuard {
     /// turns held and then suspect again: call it again for the next time.
     ///
     /// A failed or overdue renewal wakes it at once; a replaced connection or a
-    /// changed topology within 100 ms.
+    /// changed topology within 100 ms. A future that was already waiting when the
+    /// lease turned suspect completes even if a renewal confirmed the lease again
+    /// before the future was next polled: it reports the episode, not only the
+    /// current state.
     ///
     /// # Cancel safety
     ///

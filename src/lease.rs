@@ -273,16 +273,24 @@ impl Lease {
         self.capped.store(true, Ordering::Release);
     }
 
-    /// Completes once the lease is suspect or lost (or the guard has ended).
+    /// Completes once the lease is suspect or lost (or the guard has ended) — also when
+    /// it turned suspect while this future waited and a renewal confirmed it again
+    /// before the future was polled (a busy executor): the episode happened.
     pub(crate) async fn suspect(&self) {
+        // The backend's generation when this future began to wait: another one seen
+        // later is a change made while it waited, even if confirmed since.
+        let mut since = None;
         loop {
             let mut set = pin!(self.suspect_set.notified());
             set.as_mut().enable();
-            if self.state() != LeaseState::Held {
+            // Read before the state: a change in between shows in the state.
+            let now = self.backend.as_ref().map_or(0, |b| b.generation());
+            if self.state() != LeaseState::Held || *since.get_or_insert(now) != now {
                 return;
             }
             tokio::select! {
-                _ = set => {}
+                // `mark_suspect` ran while this future waited.
+                _ = set => return,
                 _ = self.lost() => return,
                 _ = tokio::time::sleep(GENERATION_POLL) => {}
             }

@@ -219,3 +219,42 @@ async fn a_taken_over_lease_is_lost_with_its_cause() {
     // The run has ended: its context reads lost.
     assert_eq!(states.1.state(), LeaseState::Lost);
 }
+
+/// A `suspect()` future that was waiting when the lease turned suspect completes,
+/// even if it is polled only after a renewal made the lease held again: the
+/// transition happened while it waited (a busy executor may poll it late). Polled
+/// once, left unpolled through a whole suspect episode, then polled again.
+#[tokio::test]
+async fn a_waiting_suspect_future_sees_an_episode_that_ended_before_it_was_polled() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let manager = manager_through(&proxy).await;
+    let lock = manager
+        .new_lock("suspect-episode-unpolled")
+        .with_lease(LEASE);
+    let guard = lock.lock().await.unwrap();
+    let mut suspect = std::pin::pin!(guard.suspect());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), suspect.as_mut())
+            .await
+            .is_err(),
+        "suspect() completed on a held lease"
+    );
+
+    proxy.set(Mode::Blackhole);
+    wait_until(Duration::from_secs(10), "the guard is suspect", || async {
+        guard.state() == LeaseState::Suspect
+    })
+    .await;
+    proxy.set(Mode::Pass);
+    wait_until(
+        Duration::from_secs(10),
+        "the guard is held again",
+        || async { guard.state() == LeaseState::Held },
+    )
+    .await;
+
+    tokio::time::timeout(Duration::from_millis(500), suspect.as_mut())
+        .await
+        .expect("the suspect() future waiting through the episode never completed");
+}
