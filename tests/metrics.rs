@@ -423,3 +423,44 @@ async fn a_guard_dropped_by_a_runtime_shutting_down() {
     );
     assert_settled(NAME, None);
 }
+
+/// A job that panics in `run`, then a manager shut down with a guard alive and a task
+/// queued behind it: both gauges come back to zero, each hold is recorded once, the
+/// shutdown is not counted as a loss, and the queued wait ends with outcome `error`.
+#[tokio::test]
+async fn a_panic_in_run_and_a_shutdown_with_a_guard_alive() {
+    const NAME: &str = "shutdown-alive";
+    let server = RedisServer::start();
+    let manager = manager(&server).await;
+    let lock = manager.new_lock("m-shutdown-alive").with_metrics_name(NAME);
+
+    let panicking = lock.clone();
+    let panicked =
+        tokio::spawn(async move { panicking.run(async { panic!("the job panics") }).await }).await;
+    assert!(panicked.is_err_and(|e| e.is_panic()));
+    assert_eq!(histogram("rdlock_hold_seconds", NAME, &[]).len(), 1);
+    assert_eq!(gauge("rdlock_held_guards", NAME), 0.0);
+
+    let guard = lock.lock().await.unwrap();
+    let queued = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await.map(drop) }
+    });
+    wait_until(Duration::from_secs(10), "the second task waits", || async {
+        gauge("rdlock_waiting_tasks", NAME) == 1.0
+    })
+    .await;
+    assert_eq!(gauge("rdlock_held_guards", NAME), 1.0);
+    manager.shutdown().await.unwrap();
+    assert!(matches!(queued.await.unwrap(), Err(RdLockError::ShutDown)));
+    assert_eq!(
+        gauge("rdlock_held_guards", NAME),
+        0.0,
+        "ended by the shutdown"
+    );
+    drop(guard);
+    assert_eq!(histogram("rdlock_hold_seconds", NAME, &[]).len(), 2);
+    assert_eq!(waits(NAME, "error").len(), 1);
+    assert_eq!(waits(NAME, "acquired").len(), 2);
+    assert_settled(NAME, None);
+}
