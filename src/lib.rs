@@ -72,7 +72,7 @@
 //! | `rdlock_renewal_seconds` | histogram: each renewal attempt | |
 //! | `rdlock_waiting_tasks` | gauge: `lock` / `lock_timeout` calls in progress | |
 //! | `rdlock_held_guards` | gauge: guards whose lease has not ended | |
-//! | `rdlock_release_fallbacks_total` | counter: guards dropped without a runtime to release them (left to their lease) | |
+//! | `rdlock_release_fallbacks_total` | counter: guards dropped without a runtime to release them, or by a runtime shutting down (left to their lease) | |
 //!
 //! Every metric also has the label `lock` when the [`Lock`] was given a metrics name
 //! ([`Lock::with_metrics_name`]); lock ids are never a label (unbounded cardinality).
