@@ -258,3 +258,44 @@ async fn a_waiting_suspect_future_sees_an_episode_that_ended_before_it_was_polle
         .await
         .expect("the suspect() future waiting through the episode never completed");
 }
+
+/// The same for a replaced connection: a `suspect()` future waiting when another
+/// lock's timed-out command retired the connection completes, even if the guard's
+/// next renewal (on the new connection) confirmed the lease before it was polled.
+/// The blackhole lasts one response timeout, right after the acquisition: the guard's
+/// own first renewal (a third of the lease later) does not meet it.
+#[tokio::test]
+async fn a_waiting_suspect_future_sees_a_replaced_connection_confirmed_since() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let manager = manager_through(&proxy).await;
+    let lock = manager.new_lock("replaced-unpolled").with_lease(LEASE);
+    let guard = lock.lock().await.unwrap();
+    let mut suspect = std::pin::pin!(guard.suspect());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), suspect.as_mut())
+            .await
+            .is_err(),
+        "suspect() completed on a held lease"
+    );
+
+    proxy.set(Mode::Blackhole);
+    let err = manager
+        .new_lock("bystander-2")
+        .try_lock()
+        .await
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err:?}");
+    proxy.set(Mode::Pass);
+    assert_eq!(guard.state(), LeaseState::Suspect);
+    wait_until(
+        Duration::from_secs(10),
+        "the guard is held again",
+        || async { guard.state() == LeaseState::Held },
+    )
+    .await;
+
+    tokio::time::timeout(Duration::from_millis(500), suspect.as_mut())
+        .await
+        .expect("the suspect() future waiting through the replacement never completed");
+}
