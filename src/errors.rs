@@ -92,6 +92,21 @@ pub enum RdLockError {
     /// it takes no new locks, and guards it released report this.
     #[error("the lock manager was shut down")]
     ShutDown,
+    /// The maximum hold given to [`Lock::with_max_hold`](crate::Lock::with_max_hold)
+    /// is zero (under 1 ms) or longer than [`MAX_LEASE`](crate::MAX_LEASE); reported
+    /// by the acquire methods.
+    #[error("invalid maximum hold {max_hold:?}: {reason}")]
+    InvalidMaxHold {
+        /// The maximum hold that was refused.
+        max_hold: Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// [`Lock::run`](crate::Lock::run) (and its variants) stopped the job because the
+    /// maximum hold ([`Lock::with_max_hold`](crate::Lock::with_max_hold)) was reached:
+    /// the watchdog stopped renewing and the lease ran out.
+    #[error("the maximum hold of the lock was reached")]
+    MaxHoldReached,
     /// A manager option is out of range ([`ManagerBuilder`](crate::ManagerBuilder));
     /// reported by its `connect` before anything is opened.
     #[error("invalid manager option `{option}`: {reason}")]

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
 
 use crate::errors::RdLockError;
 use crate::gate::Turn;
-use crate::lease::LeaseState;
+use crate::lease::{Ending, Lease, LeaseState, LossCause};
 use crate::lock::Lock;
 use crate::run::RunContext;
 use crate::scripts;
@@ -55,12 +56,14 @@ pub struct LockGuard {
     lock: Lock,
     token: Arc<str>,
     fence: u64,
-    state: Arc<LeaseState>,
+    state: Arc<Lease>,
     /// This guard's entry in the manager's registry of held guards.
     registered: u64,
     /// This task's turn in the manager's local queue for the key, passed on when the
     /// lock is released.
     turn: Option<Turn>,
+    /// `rdlock.hold`: the watchdog and the release run in it.
+    span: tracing::Span,
 }
 
 impl LockGuard {
@@ -68,9 +71,10 @@ impl LockGuard {
         lock: Lock,
         token: Arc<str>,
         fence: u64,
-        state: Arc<LeaseState>,
+        state: Arc<Lease>,
         registered: u64,
         turn: Option<Turn>,
+        span: tracing::Span,
     ) -> Self {
         Self {
             lock,
@@ -79,7 +83,12 @@ impl LockGuard {
             state,
             registered,
             turn,
+            span,
         }
+    }
+
+    pub(crate) fn hold_span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Cancelled once the lease is lost (not when the guard ends).
@@ -103,7 +112,8 @@ impl LockGuard {
             .is_some()
     }
 
-    /// `true` while the lease is known to be ours: not lost, and its local deadline
+    /// `true` while the lease is not known to be lost — held or suspect (see
+    /// [`state`](Self::state) for the difference): not lost, and its local deadline
     /// (renewed by the watchdog) not passed on the monotonic clock nor on the wall
     /// clock. The wall clock counts a suspend of the machine, which the monotonic
     /// clock does not on Linux and macOS: after a resume, a lease that ran out during
@@ -127,6 +137,95 @@ impl LockGuard {
     #[must_use]
     pub fn is_held(&self) -> bool {
         self.state.is_held()
+    }
+
+    /// Held, suspect or lost: what the guard knows about its lease now. See
+    /// [`LeaseState`] for the transitions.
+    ///
+    /// [`is_held`](Self::is_held) is `true` in both [`LeaseState::Held`] and
+    /// [`LeaseState::Suspect`]: while suspect, the lease is not known to be gone and
+    /// its local deadline still stands, so it is still safe to go on with work that a
+    /// fencing token protects. Use `is_held` (or [`lost`](Self::lost)) to decide when
+    /// to *stop*; use `state` (or [`suspect`](Self::suspect)) to decide when to *hold
+    /// back* what cannot be fenced or undone — committing a payment, sending mail,
+    /// starting a step that cannot be interrupted — until a renewal confirms the lease
+    /// again, or to log and alert early. A suspect lease often turns back to held
+    /// within a renewal or two (a replaced connection, a failover that kept the key);
+    /// it turns lost at its local deadline at the latest.
+    ///
+    /// A change of the backend's command connection or topology makes the lease
+    /// suspect at once as far as `state` is concerned (it compares generations on
+    /// every call); a failed or overdue renewal does so as soon as the watchdog sees
+    /// it.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// use rdlock::LeaseState;
+    ///
+    /// let mut step = 0;
+    /// while step < 10 {
+    ///     match guard.state() {
+    ///         LeaseState::Lost => break,
+    ///         // Wait for a renewal to confirm the lease (or for the loss).
+    ///         LeaseState::Suspect => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+    ///         LeaseState::Held => {
+    ///             // charge_card(step).await: irreversible, so only while confirmed
+    ///             step += 1;
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn state(&self) -> LeaseState {
+        self.state.state()
+    }
+
+    /// Completes once the lease is suspect or lost (see [`state`](Self::state)): at
+    /// once if it is already. It does not complete again on its own when the lease
+    /// turns held and then suspect again: call it again for the next time.
+    ///
+    /// A failed or overdue renewal wakes it at once; a replaced connection or a
+    /// changed topology within 100 ms. A future that was already waiting when the
+    /// lease turned suspect completes even if a renewal confirmed the lease again
+    /// before the future was next polled: it reports the episode, not only the
+    /// current state.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the lease.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// tokio::select! {
+    ///     _ = long_job() => {}
+    ///     _ = guard.suspect() => eprintln!("lease suspect: pausing before the next irreversible step"),
+    /// }
+    /// # }
+    /// # async fn long_job() {}
+    /// ```
+    pub fn suspect(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.state.suspect()
+    }
+
+    /// Why the lease was lost, once it is ([`LeaseState::Lost`] because of a loss);
+    /// `None` while it is held or suspect, and after a release.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: rdlock::LockGuard) {
+    /// guard.lost().await;
+    /// eprintln!("lease lost: {:?}", guard.loss_cause());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn loss_cause(&self) -> Option<LossCause> {
+        self.state.loss_cause()
     }
 
     /// Completes once the lease is lost: the key was deleted, expired or taken over, or
@@ -253,7 +352,7 @@ impl LockGuard {
         if !self.unregister() {
             return Err(RdLockError::ShutDown);
         }
-        self.state.scope().cancel();
+        self.state.end_guard();
         // From here until Redis answers, dropping this future hands the release (and
         // the turn) to the background: redis-rs does not send a request whose caller
         // is gone, so the release could otherwise be lost.
@@ -264,7 +363,10 @@ impl LockGuard {
             _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
-        let outcome = scripts::release(conn, self.lock.names(), &self.token).await;
+        let outcome = scripts::release(conn, self.lock.names(), &self.token)
+            .instrument(self.span.clone())
+            .await;
+        let _in_hold = self.span.enter();
         // Answered: the turn passes on when this function returns.
         let turn = pending.answered();
         match outcome {
@@ -273,7 +375,7 @@ impl LockGuard {
                 Ok(())
             }
             Ok(false) => {
-                self.state.mark_lost();
+                self.state.mark_lost(Ending::Lost(LossCause::TakenOver));
                 tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
                 Err(RdLockError::LockNotAcquired)
             }
@@ -282,7 +384,8 @@ impl LockGuard {
             // the background, as for a dropped guard; the error is still reported.
             Err(e) if crate::errors::is_retry_later_reply(&e) => {
                 tracing::debug!(lock = %self.lock.id(), fence = self.fence, error = %e, "release answered retry-later: retrying in the background");
-                self.lock.release_in_background(self.token.clone(), turn);
+                self.lock
+                    .release_in_background(self.token.clone(), turn, true);
                 Err(RdLockError::from_redis(e))
             }
             Err(e) => {
@@ -313,7 +416,8 @@ impl PendingRelease<'_> {
 impl Drop for PendingRelease<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, self.turn.take());
+            self.lock
+                .release_in_background(token, self.turn.take(), true);
         }
     }
 }
@@ -321,7 +425,9 @@ impl Drop for PendingRelease<'_> {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // Synchronous part first: the watchdog must stop even if no release can run.
-        self.state.scope().cancel();
+        self.state.end_guard();
+        // The background release runs in the hold's span.
+        let _in_hold = self.span.enter();
         // Counted as a task of the manager until the release is spawned (and tracked):
         // a shutdown on another thread between the two steps below still waits for it.
         let _in_flight = self.lock.manager().inner().tasks.token();
@@ -331,7 +437,7 @@ impl Drop for LockGuard {
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.
         self.lock
-            .release_in_background(self.token.clone(), self.turn.take());
+            .release_in_background(self.token.clone(), self.turn.take(), true);
     }
 }
 
@@ -341,7 +447,7 @@ impl fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("key", &self.lock.key())
             .field("fencing_token", &self.fence)
-            .field("held", &self.is_held())
+            .field("state", &self.state())
             .finish_non_exhaustive()
     }
 }

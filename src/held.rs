@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::lease::LeaseState;
+use crate::lease::Lease;
 use crate::names::LockNames;
 
 /// What shutdown needs to stop and release one live guard.
@@ -13,7 +13,7 @@ pub(crate) struct Held {
     pub(crate) id: Arc<str>,
     pub(crate) token: Arc<str>,
     pub(crate) fence: u64,
-    pub(crate) state: Arc<LeaseState>,
+    pub(crate) state: Arc<Lease>,
 }
 
 #[derive(Default)]

@@ -44,6 +44,40 @@
 //!   background. [`RdLockConnectionManager::shutdown`] waits for all of these, and
 //!   for attempts in flight, which it undoes.
 //!
+//! # Held, suspect, lost
+//!
+//! [`LockGuard::state`] returns a [`LeaseState`]: `Held` (the last renewal confirmed
+//! the token), `Suspect` (the last renewal failed or is overdue, or the backend
+//! replaced its command connection or saw its topology change since the last
+//! confirmation — back to `Held` after a renewal that confirms the token) or `Lost`.
+//! [`LockGuard::is_held`] is `true` in both of the first two: use it (or
+//! [`LockGuard::lost`]) to decide when to stop, and `state` (or
+//! [`LockGuard::suspect`]) to hold back steps that a fencing token cannot protect.
+//! [`Lock::with_max_hold`] bounds how long the watchdog renews; the loss it causes has
+//! [`LossCause::MaxHold`], and [`Lock::run`] returns [`RdLockError::MaxHoldReached`].
+//!
+//! # Metrics
+//!
+//! With the feature `metrics` (off by default), rdlock records through the
+//! [`metrics`](https://docs.rs/metrics) facade; install any recorder (Prometheus,
+//! OpenTelemetry, StatsD...). The names and labels are a contract:
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `rdlock_acquire_wait_seconds` | histogram: each `lock`, `lock_timeout`, `try_lock` call | `outcome` = `acquired` \| `timeout` \| `unavailable` \| `error` \| `cancelled` |
+//! | `rdlock_hold_seconds` | histogram: acquisition to release, drop or loss | |
+//! | `rdlock_leases_lost_total` | counter, once per lost guard | `cause` = `taken_over` \| `expired` \| `unreachable` \| `max_hold` ([`LossCause::as_str`]) |
+//! | `rdlock_renewals_total` | counter: renewals that confirmed the token | |
+//! | `rdlock_renewal_failures_total` | counter: renewals that did not (error, timeout, key not ours) | |
+//! | `rdlock_renewal_seconds` | histogram: each renewal attempt | |
+//! | `rdlock_waiting_tasks` | gauge: `lock` / `lock_timeout` calls in progress | |
+//! | `rdlock_held_guards` | gauge: guards whose lease has not ended | |
+//! | `rdlock_release_fallbacks_total` | counter: guards dropped without a runtime to release them, or by a runtime shutting down (left to their lease) | |
+//!
+//! Every metric also has the label `lock` when the [`Lock`] was given a metrics name
+//! ([`Lock::with_metrics_name`]); lock ids are never a label (unbounded cardinality).
+//! The 1.x [`lock::BasicLock`] is not measured.
+//!
 //! # Redis keys
 //!
 //! For a lock id `<id>` (with `%`, `{`, `}` escaped as `%25`, `%7B`, `%7D`):
@@ -183,6 +217,7 @@ mod holder;
 mod lease;
 pub mod lock;
 mod manager;
+mod meters;
 mod names;
 mod notifier;
 mod run;
@@ -193,6 +228,7 @@ pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT}
 pub use errors::RdLockError;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
+pub use lease::{LeaseState, LossCause};
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
 pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
 pub use run::{Run, RunContext};

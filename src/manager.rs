@@ -454,7 +454,7 @@ impl RdLockConnectionManager {
         // undone by its token, and counts as a task until then, so the wait below
         // covers it.
         for held in inner.held.close_and_drain() {
-            held.state.mark_lost();
+            held.state.mark_lost(crate::lease::Ending::ShutDown);
             let conn = inner.conn.clone();
             let failure = failure.clone();
             inner.tasks.spawn(async move {

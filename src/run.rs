@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::errors::RdLockError;
 use crate::guard::LockGuard;
-use crate::lease::LeaseState;
+use crate::lease::{Lease, LeaseState, LossCause};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -89,8 +89,12 @@ impl<F: Future> Future for Run<'_, F> {
                         // else can take the lock. Dropping the guard then releases it
                         // in the background, in case the loss was only a deadline.
                         this.fut.set(None);
+                        let error = match guard.loss_cause() {
+                            Some(LossCause::MaxHold) => RdLockError::MaxHoldReached,
+                            _ => RdLockError::LeaseLost,
+                        };
                         *this.stage = Stage::Done;
-                        return Poll::Ready(Err(RdLockError::LeaseLost));
+                        return Poll::Ready(Err(error));
                     }
                     let Some(fut) = this.fut.as_mut().as_pin_mut() else {
                         return Poll::Ready(Err(RdLockError::LeaseLost));
@@ -164,11 +168,11 @@ impl<F: Future> std::fmt::Debug for Run<'_, F> {
 #[derive(Clone)]
 pub struct RunContext {
     fence: u64,
-    state: Arc<LeaseState>,
+    state: Arc<Lease>,
 }
 
 impl RunContext {
-    pub(crate) fn new(fence: u64, state: Arc<LeaseState>) -> Self {
+    pub(crate) fn new(fence: u64, state: Arc<Lease>) -> Self {
         Self { fence, state }
     }
 
@@ -220,6 +224,42 @@ impl RunContext {
     /// ```
     pub fn lost(&self) -> impl Future<Output = ()> + '_ {
         self.state.lost()
+    }
+
+    /// As [`LockGuard::state`](crate::LockGuard::state): held, suspect or lost (also
+    /// lost once the run has ended).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: rdlock::RunContext) {
+    /// if ctx.state() == rdlock::LeaseState::Held {
+    ///     // an irreversible step, only while the lease is confirmed
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn state(&self) -> LeaseState {
+        self.state.state()
+    }
+
+    /// As [`LockGuard::suspect`](crate::LockGuard::suspect): completes once the lease
+    /// is suspect or lost, or the run has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the lease.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: rdlock::RunContext) {
+    /// ctx.suspect().await;
+    /// eprintln!("lease suspect");
+    /// # }
+    /// ```
+    pub fn suspect(&self) -> impl Future<Output = ()> + '_ {
+        self.state.suspect()
     }
 
     /// As [`LockGuard::cancellation_token`](crate::LockGuard::cancellation_token): a

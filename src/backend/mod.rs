@@ -125,6 +125,39 @@ impl Backend {
         result
     }
 
+    /// A number that changes whenever this backend replaces its command connection or
+    /// sees its topology change; a lease confirmed under one generation is *suspect*
+    /// under another until a renewal confirms it again.
+    ///
+    /// - one server: the generation of the retire-and-replace connection
+    ///   ([`Replaceable`]: bumped when a command timed out or a reply was
+    ///   desynchronised). A reconnect that redis-rs's `ConnectionManager` makes by
+    ///   itself after an I/O error is not counted: the command that met the error
+    ///   failed, which a renewal reports on its own.
+    /// - a cluster: bumped at every rebuild of the cluster connection (after a timeout,
+    ///   a desynchronised reply, or a request cut short on a master that may hang:
+    ///   `cluster::Cluster::retire`), each swap of the heal loop included. `MOVED` and
+    ///   `ASK` replies are followed inside redis-rs, where they cannot be seen
+    ///   cheaply, so they are not counted; one that redis-rs's retries did not absorb
+    ///   fails the command, which a renewal reports on its own.
+    ///
+    /// Backends to come (Sentinel, Redlock) bump it on a switch of master or a node
+    /// that lost a key.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Self::Single(single) => single.conn.generation(),
+            Self::Cluster(cluster) => cluster.conn.generation(),
+        }
+    }
+
+    /// The kind of deployment, for diagnostics (the `backend` field of rdlock's spans).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single",
+            Self::Cluster(_) => "cluster",
+        }
+    }
+
     /// A new subscriber connection for the notifier, never shared with commands.
     /// `attempt` counts the notifier's connection attempts: the cluster backend rotates
     /// over the nodes it knows, so that a dead node is not tried twice in a row.
@@ -184,6 +217,11 @@ impl<C: Clone> Replaceable<C> {
             },
             current.conn.clone(),
         )
+    }
+
+    /// The number of replacements so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.current().generation
     }
 
     /// Replaces the connection `ticket` was for with `fresh()`, unless that was done

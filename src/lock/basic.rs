@@ -338,6 +338,7 @@ impl BasicLock {
                     fence: 0,
                     sent,
                     sent_wall,
+                    generation: 0,
                 },
                 names,
             );
@@ -444,6 +445,7 @@ mod tests {
             fence: 1,
             sent: Instant::now(),
             sent_wall: SystemTime::now() - Duration::from_secs(2 * ttl),
+            generation: 0,
         });
         assert!(
             !basic.is_locked(),
@@ -456,6 +458,7 @@ mod tests {
             fence: 1,
             sent: Instant::now(),
             sent_wall: SystemTime::now(),
+            generation: 0,
         });
         assert!(basic.is_locked());
     }

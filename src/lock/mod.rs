@@ -26,13 +26,15 @@ use crate::gate::Turn;
 use crate::guard::LockGuard;
 use crate::held::Held;
 use crate::holder::{owner_record, HolderInfo};
-use crate::lease::{valid_until, wall_valid_until, LeaseState};
+use crate::lease::{valid_until, wall_valid_until, Lease};
 use crate::manager::RdLockConnectionManager;
+use crate::meters::{self, Hold, MetricsName, Wait};
 use crate::names::LockNames;
 use crate::run::{Run, RunContext};
 use crate::scripts::{self, Acquire};
 use crate::watchdog::Watchdog;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
 
 /// The lease of a new [`Lock`]: 30 s.
 ///
@@ -83,6 +85,10 @@ pub struct Lock {
     names: Arc<LockNames>,
     lease: Duration,
     watchdog: bool,
+    /// No renewal after this long from the acquisition ([`Lock::with_max_hold`]).
+    max_hold: Option<Duration>,
+    /// The label `lock` of its metrics ([`Lock::with_metrics_name`]).
+    metrics: MetricsName,
     /// This process's owner record (`<pid>\n<host>\n<label>`), stored with the lock.
     owner: Arc<str>,
 }
@@ -98,6 +104,8 @@ pub(crate) struct Acquired {
     /// When the acquire was sent, on the monotonic clock and on the wall clock.
     pub(crate) sent: Instant,
     pub(crate) sent_wall: SystemTime,
+    /// The backend's generation when the acquire was sent.
+    pub(crate) generation: u64,
 }
 
 /// An acquisition on its way to becoming a guard: dropping it undoes it in Redis, by
@@ -135,6 +143,8 @@ impl Lock {
             names: Arc::new(names),
             lease: DEFAULT_LEASE,
             watchdog: true,
+            max_hold: None,
+            metrics: MetricsName::default(),
             owner: Arc::from(owner_record("")),
         }
     }
@@ -444,6 +454,100 @@ impl Lock {
         self
     }
 
+    /// Sets a maximum hold: the watchdog renews the lease only until `max_hold` after
+    /// the acquisition (measured from when the acquire was sent), then stops; the
+    /// lease runs out, the guard reports the loss ([`LockGuard::lost`] completes,
+    /// [`LockGuard::loss_cause`] is [`LossCause::MaxHold`](crate::LossCause::MaxHold)),
+    /// and [`run`](Self::run) returns [`RdLockError::MaxHoldReached`]. A job that is
+    /// stuck can then hold the lock at most `max_hold` plus one lease (the last
+    /// renewal sent before `max_hold` runs its full lease). Default: none, renewals go
+    /// on while the guard lives.
+    ///
+    /// A maximum hold shorter than a third of the lease means no renewal is sent: the
+    /// lock is held for one lease, which is then the bound. (The lease is not cut
+    /// short: a shorter lease is what [`with_lease`](Self::with_lease) is for.)
+    ///
+    /// It must be between 1 ms and [`MAX_LEASE`]; others make the acquire methods
+    /// return [`RdLockError::InvalidMaxHold`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
+    /// use std::time::Duration;
+    ///
+    /// let lock = manager
+    ///     .new_lock("hourly-sync")
+    ///     .with_lease(Duration::from_secs(10))
+    ///     .with_max_hold(Duration::from_secs(50 * 60));
+    /// match lock.run(async { /* sync */ }).await {
+    ///     Err(rdlock::RdLockError::MaxHoldReached) => eprintln!("sync took too long: stopped"),
+    ///     other => other?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// The maximum hold set with [`with_max_hold`](Self::with_max_hold), if any.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_lock("job").max_hold(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_hold(&self) -> Option<Duration> {
+        self.max_hold
+    }
+
+    /// Names this lock in the metrics (feature `metrics`): the value of the label
+    /// `lock` of every metric its acquisitions and guards record. Lock ids are never a
+    /// label (there may be one per job); choose a name from a small set, such as the
+    /// kind of job ("nightly-report", "migrations"), and give it to several ids if
+    /// need be. Default: none (no `lock` label). Without the feature it is kept but
+    /// not used.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager, tenant: &str) {
+    /// let lock = manager
+    ///     .new_lock(&format!("report:{tenant}"))
+    ///     .with_metrics_name("report");
+    /// assert_eq!(lock.metrics_name(), Some("report"));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_metrics_name(mut self, name: impl AsRef<str>) -> Self {
+        self.metrics = MetricsName::new(name.as_ref());
+        self
+    }
+
+    /// The name set with [`with_metrics_name`](Self::with_metrics_name), if any.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn demo(manager: rdlock::RdLockConnectionManager) {
+    /// assert_eq!(manager.new_lock("job").metrics_name(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn metrics_name(&self) -> Option<&str> {
+        self.metrics.get()
+    }
+
+    pub(crate) fn metrics(&self) -> &MetricsName {
+        &self.metrics
+    }
+
     pub(crate) fn without_watchdog(mut self) -> Self {
         self.watchdog = false;
         self
@@ -605,18 +709,33 @@ impl Lock {
     /// # }
     /// ```
     pub async fn try_lock(&self) -> Result<LockGuard, RdLockError> {
+        let wait = Wait::start(&self.metrics, false);
+        let span = self.acquire_span();
+        let result = match self.try_turn() {
+            Ok(turn) => match self.try_acquire_armed().instrument(span.clone()).await {
+                // Outside the acquisition's span: the hold's span is its sibling.
+                Ok(granted) => self.guard(granted, Some(turn)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        Self::record_outcome(&span, &result);
+        wait.finish(&result);
+        result
+    }
+
+    /// Checks the input, then takes this task's turn in the manager's local queue
+    /// without waiting.
+    fn try_turn(&self) -> Result<Turn, RdLockError> {
         self.validate()?;
         // Another task of this manager holds the lock or waits for it: it is not
         // free for us, and Redis need not be asked.
-        let turn = self
-            .manager
+        self.manager
             .inner()
             .gates
             .get(&self.names.key)
             .try_lock_owned()
-            .map_err(|_| RdLockError::LockUnavailable)?;
-        let granted = self.try_acquire_armed().await?;
-        self.guard(granted, Some(turn))
+            .map_err(|_| RdLockError::LockUnavailable)
     }
 
     /// One attempt, for the 1.x `BasicLock`.
@@ -637,7 +756,10 @@ impl Lock {
     /// and returns `fut`'s output.
     ///
     /// If the lease is lost while `fut` runs, `fut` is dropped at once (it is not
-    /// polled again) and the result is [`RdLockError::LeaseLost`]. If `fut` panics,
+    /// polled again) and the result is [`RdLockError::LeaseLost`] — or
+    /// [`RdLockError::MaxHoldReached`] when the lease ran out because the maximum hold
+    /// ([`with_max_hold`](Self::with_max_hold)) was reached. A lease that is only
+    /// suspect ([`LockGuard::state`]) does not stop `fut`. If `fut` panics,
     /// the guard is dropped during unwinding, which releases the lock, and the panic
     /// goes on. The returned future polls `fut` itself (no task is spawned), so `fut`
     /// may borrow from the caller.
@@ -650,7 +772,8 @@ impl Lock {
     ///
     /// # Errors
     ///
-    /// [`RdLockError::LeaseLost`] as above; otherwise those of [`lock`](Self::lock).
+    /// [`RdLockError::LeaseLost`] and [`RdLockError::MaxHoldReached`] as above;
+    /// otherwise those of [`lock`](Self::lock).
     ///
     /// # Cancel safety
     ///
@@ -804,6 +927,20 @@ impl Lock {
                 reason: "longer than the maximum lease of 10 years",
             });
         }
+        if let Some(max_hold) = self.max_hold {
+            if max_hold < Duration::from_millis(1) {
+                return Err(RdLockError::InvalidMaxHold {
+                    max_hold,
+                    reason: "shorter than 1 ms",
+                });
+            }
+            if max_hold > MAX_LEASE {
+                return Err(RdLockError::InvalidMaxHold {
+                    max_hold,
+                    reason: "longer than the maximum lease of 10 years",
+                });
+            }
+        }
         if self.watchdog {
             self.manager.inner().timeouts.check_lease(self.lease)?;
         }
@@ -848,6 +985,7 @@ impl Lock {
             token: Some(token.clone()),
             _in_flight: in_flight,
         };
+        let generation = inner.conn.generation();
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
         let reply =
@@ -879,6 +1017,7 @@ impl Lock {
                         fence,
                         sent,
                         sent_wall,
+                        generation,
                     },
                     undo,
                 }))
@@ -886,6 +1025,31 @@ impl Lock {
             Acquire::Held { pttl } => {
                 undo.token = None;
                 Ok(Attempt::Held(pttl))
+            }
+        }
+    }
+
+    /// The span of one acquisition call: `rdlock.acquire`, with the lock id, the
+    /// backend, and once known the fencing token and the outcome. Never the token.
+    pub(crate) fn acquire_span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "rdlock.acquire",
+            lock = %self.id,
+            backend = self.manager.inner().conn.kind(),
+            fence = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    }
+
+    pub(crate) fn record_outcome(span: &tracing::Span, result: &Result<LockGuard, RdLockError>) {
+        match result {
+            Ok(guard) => {
+                span.record("fence", guard.fencing_token());
+                span.record("outcome", "acquired");
+                guard.hold_span().follows_from(span);
+            }
+            Err(e) => {
+                span.record("outcome", tracing::field::display(e));
             }
         }
     }
@@ -898,10 +1062,14 @@ impl Lock {
         turn: Option<Turn>,
     ) -> Result<LockGuard, RdLockError> {
         let Granted { acquired, mut undo } = granted;
-        let state = Arc::new(LeaseState::new(
-            valid_until(acquired.sent, self.lease),
-            wall_valid_until(acquired.sent_wall, self.lease),
-        ));
+        let state = Arc::new(
+            Lease::new(
+                valid_until(acquired.sent, self.lease),
+                wall_valid_until(acquired.sent_wall, self.lease),
+            )
+            .with_backend(self.manager.inner().conn.clone(), acquired.generation)
+            .with_hold(Hold::start(self.metrics.clone())),
+        );
         let registered = self.manager.inner().held.insert(Held {
             names: self.names.clone(),
             id: self.id.clone(),
@@ -917,6 +1085,14 @@ impl Lock {
         };
         // From here on the guard (or shutdown, which now sees it) releases the lock.
         undo.token = None;
+        // The hold: under the caller's span (this is called outside the acquisition's
+        // span), for as long as the guard lives; its watchdog and release run in it.
+        let hold = tracing::info_span!(
+            "rdlock.hold",
+            lock = %self.id,
+            fence = acquired.fence,
+            backend = self.manager.inner().conn.kind(),
+        );
         if self.watchdog {
             let watchdog = Watchdog {
                 conn: self.manager.inner().conn.clone(),
@@ -927,8 +1103,13 @@ impl Lock {
                 lease: self.lease,
                 state: state.clone(),
                 last_sent: acquired.sent,
+                max_hold_at: self.max_hold.map(|m| acquired.sent + m),
+                metrics: self.metrics.clone(),
             };
-            self.manager.inner().tasks.spawn(watchdog.run());
+            self.manager
+                .inner()
+                .tasks
+                .spawn(watchdog.run().instrument(hold.clone()));
         }
         // `undo`, and with it this acquisition's count among the manager's tasks, ends
         // only now that the watchdog is spawned: shutdown cannot miss the watchdog.
@@ -941,6 +1122,7 @@ impl Lock {
             state,
             registered,
             turn,
+            hold,
         ))
     }
 
@@ -956,8 +1138,14 @@ impl Lock {
     /// now, so the key cannot outlive `now + lease`. The turn passes on after the first
     /// answer (the next local attempt meets the same condition, and the release is
     /// token-checked, so the two cannot harm each other).
-    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>) {
+    ///
+    /// With `guard` (a guard's release), a release that cannot run — no runtime to
+    /// spawn on, or a runtime that shuts down before the release ran — is counted in
+    /// `rdlock_release_fallbacks_total` (the lease is left to expire).
+    pub(crate) fn release_in_background(&self, token: Arc<str>, turn: Option<Turn>, guard: bool) {
+        let on_its_way = guard.then(|| meters::ReleaseOnItsWay::new(self.metrics.clone()));
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime: dropping `on_its_way` counts the fallback.
             return;
         };
         let conn = self.manager.inner().conn.clone();
@@ -965,6 +1153,8 @@ impl Lock {
         let give_up = Instant::now() + self.lease;
         self.manager.inner().tasks.spawn_on(
             async move {
+                // Dropped unpolled or midway by a runtime shutting down: counted.
+                let on_its_way = on_its_way;
                 let mut turn = turn;
                 let mut backoff = RELEASE_RETRY_MIN;
                 loop {
@@ -982,7 +1172,11 @@ impl Lock {
                     }
                 }
                 drop(turn);
-            },
+                if let Some(on_its_way) = on_its_way {
+                    on_its_way.ran();
+                }
+            }
+            .in_current_span(),
             &handle,
         );
     }
@@ -1017,7 +1211,7 @@ impl Drop for Undo {
         // Runs before the fields are dropped: the release is spawned (and tracked)
         // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, None);
+            self.lock.release_in_background(token, None, false);
         }
     }
 }
@@ -1073,6 +1267,7 @@ impl fmt::Debug for Lock {
             .field("lease", &self.lease)
             .field("watchdog", &self.watchdog)
             .field("v1_key", &self.v1_key())
+            .field("max_hold", &self.max_hold)
             .finish_non_exhaustive()
     }
 }

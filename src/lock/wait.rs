@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
+use crate::gate::Turn;
 use crate::guard::LockGuard;
+use crate::meters::Wait;
 use crate::notifier::Watch;
+use tracing::Instrument;
 
 /// How often to look again at a key that has no expiry (written by something other
 /// than rdlock): nothing would otherwise ever wake the waiter.
@@ -36,6 +39,26 @@ impl Lock {
         &self,
         deadline: Option<Instant>,
     ) -> Result<LockGuard, RdLockError> {
+        let wait = Wait::start(self.metrics(), true);
+        let span = self.acquire_span();
+        let result = match self
+            .acquire_granted_in_turn(deadline)
+            .instrument(span.clone())
+            .await
+        {
+            // Outside the acquisition's span: the hold's span is its sibling.
+            Ok((granted, turn)) => self.guard(granted, Some(turn)),
+            Err(e) => Err(e),
+        };
+        Self::record_outcome(&span, &result);
+        wait.finish(&result);
+        result
+    }
+
+    async fn acquire_granted_in_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Granted, Turn), RdLockError> {
         self.validate()?;
         let gate = self.manager().inner().gates.get(self.key());
         let shutdown = &self.manager().inner().shutdown;
@@ -46,7 +69,7 @@ impl Lock {
             _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
         };
         let granted = self.acquire_armed(deadline).await?;
-        self.guard(granted, Some(turn))
+        Ok((granted, turn))
     }
 
     /// The wait loop, for the 1.x `BasicLock`.

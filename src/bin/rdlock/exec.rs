@@ -6,7 +6,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rdlock::{LockGuard, RdLockConnectionManager, RdLockError};
+use rdlock::{LeaseState, LockGuard, LossCause, RdLockConnectionManager, RdLockError};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::duration;
@@ -26,6 +26,39 @@ pub(crate) enum OnLost {
     Ignore,
 }
 
+/// What to do with the command when the lease turns suspect (a renewal failed or is
+/// overdue, or the connection to Redis was replaced): not known lost yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnSuspect {
+    /// Nothing.
+    Ignore,
+    /// Send --suspect-signal to the command's process group, once each time the lease
+    /// turns suspect.
+    Signal,
+}
+
+/// Parses a signal name (`USR1`, `SIGUSR1`, case-insensitive) or number.
+fn parse_signal(text: &str) -> Result<Signal, String> {
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::try_from(number).map_err(|_| format!("no signal numbered {number}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    match name.parse::<Signal>() {
+        Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!(
+            "{name} cannot be the suspect signal: the command could not handle it"
+        )),
+        Ok(signal) => Ok(signal),
+        Err(_) => Err(format!(
+            "{text:?} is not a signal name (e.g. USR1, SIGUSR2, HUP)"
+        )),
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct Exec {
     /// The lock id: every host using the same id runs the command one at a time.
@@ -43,6 +76,19 @@ pub(crate) struct Exec {
     /// out), instead of 75: one that the command itself never uses (as `flock -E`).
     #[arg(long, short = 'E', default_value_t = exit::NOT_OBTAINED, value_name = "N")]
     pub(crate) conflict_exit_code: u8,
+    /// Stop renewing the lease this long after the lock was taken: the lease runs out
+    /// (at most --lease later), the command is ended as for a lost lease (--on-lost),
+    /// and rdlock exits 124 [default: no limit].
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    pub(crate) max_hold: Option<Duration>,
+    /// What to do with the command when the lease turns suspect (renewals failing,
+    /// connection replaced; not known lost yet).
+    #[arg(long, value_enum, default_value = "ignore")]
+    pub(crate) on_suspect: OnSuspect,
+    /// With --on-suspect signal: the signal to send (a name such as USR1 or SIGUSR2, or a
+    /// number).
+    #[arg(long, default_value = "USR1", value_parser = parse_signal, value_name = "SIGNAL")]
+    pub(crate) suspect_signal: Signal,
     /// What to do with the command if the lease is lost.
     #[arg(long, value_enum, default_value = "term")]
     pub(crate) on_lost: OnLost,
@@ -181,10 +227,13 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
         .label
         .clone()
         .unwrap_or_else(|| format!("rdlock exec {}", args.command.join(" ")));
-    let lock = manager
+    let mut lock = manager
         .new_lock(&args.id)
         .with_lease(args.lease)
         .with_label(&label);
+    if let Some(max_hold) = args.max_hold {
+        lock = lock.with_max_hold(max_hold);
+    }
     let mut signals = match Signals::forwarded() {
         Ok(signals) => signals,
         Err(e) => {
@@ -240,6 +289,9 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_at: Option<Instant> = None;
+    // The lease is in a suspect episode already signalled (or lost): no signal until it
+    // is held again.
+    let mut suspected = false;
     let mut killed = false;
     let mut said_leftovers = false;
     let leader = loop {
@@ -258,10 +310,25 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                 );
             }
         }
+        if suspected && lost_at.is_none() && guard.state() == LeaseState::Held {
+            suspected = false;
+            log(
+                &args,
+                &format!("the lease on {} is confirmed again", args.id),
+            );
+        }
         let escalate_at = lost_at.map(|at| at + args.grace).unwrap_or_else(far_future);
         tokio::select! {
             _ = children.recv() => {}
             _ = tick.tick() => {}
+            _ = guard.suspect(), if args.on_suspect == OnSuspect::Signal && !suspected && lost_at.is_none() => {
+                suspected = true;
+                // A lost lease is --on-lost's business (the branch below).
+                if guard.state() == LeaseState::Suspect {
+                    job.signal(args.suspect_signal);
+                    say!("rdlock: the lease on {} is suspect; sent {} to the command", args.id, args.suspect_signal);
+                }
+            }
             _ = guard.lost(), if lost_at.is_none() => {
                 lost_at = Some(Instant::now());
                 match args.on_lost {
@@ -276,7 +343,11 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
                     }
                     OnLost::Ignore => {}
                 }
-                say!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
+                if guard.loss_cause() == Some(LossCause::MaxHold) {
+                    say!("rdlock: the maximum hold of {} was reached and its lease ran out; --on-lost {:?}", args.id, args.on_lost);
+                } else {
+                    say!("rdlock: the lease on {} was lost; --on-lost {:?}", args.id, args.on_lost);
+                }
             }
             _ = tokio::time::sleep_until(escalate_at.into()),
                 if args.on_lost == OnLost::Term && lost_at.is_some() && !killed => {
@@ -304,9 +375,14 @@ pub(crate) async fn run(manager: &RdLockConnectionManager, args: Exec) -> u8 {
     };
     job.take_terminal_back();
     // The command and every process of its group are gone: now the lock can go.
+    let max_hold = guard.loss_cause() == Some(LossCause::MaxHold);
     let released = guard.release().await;
     if lost_at.is_some() {
-        return exit::LEASE_LOST;
+        return if max_hold {
+            exit::MAX_HOLD
+        } else {
+            exit::LEASE_LOST
+        };
     }
     if let Err(e) = released {
         // The command finished while the lease was still held, but the release failed:

@@ -16,6 +16,8 @@ pub(crate) const FAILURE: u8 = 70;
 pub(crate) const NOT_OBTAINED: u8 = 75;
 /// The lease was lost while the command ran.
 pub(crate) const LEASE_LOST: u8 = 79;
+/// The maximum hold (`--max-hold`) was reached and the lease ran out (as `timeout(1)`).
+pub(crate) const MAX_HOLD: u8 = 124;
 /// The command could not be started (as in POSIX shells).
 pub(crate) const CANNOT_RUN: u8 = 126;
 /// The command was not found (as in POSIX shells).
@@ -34,6 +36,7 @@ Exit codes:
   70                 other failure (an error reply from Redis)
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
   79                 exec: the lease was lost while the command ran
+  124                exec: --max-hold was reached (the lease ran out; as timeout(1))
   126 / 127          exec: the command could not be started / was not found
   128+N              exec: signal N (HUP, INT, QUIT, TERM, USR1, USR2, ALRM, ...) while waiting for the lock";
 
@@ -50,12 +53,14 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
         RdLockError::InvalidUrl(_)
         | RdLockError::InvalidLockId { .. }
         | RdLockError::InvalidLease { .. }
+        | RdLockError::InvalidMaxHold { .. }
         // --cluster on a server that is not a cluster (option "nodes"): the CLI sets
         // no other option.
         | RdLockError::InvalidConfig { .. } => USAGE,
         e if e.is_connection_error() => UNREACHABLE,
         RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,
         RdLockError::LeaseLost => LEASE_LOST,
+        RdLockError::MaxHoldReached => MAX_HOLD,
         _ => FAILURE,
     }
 }
