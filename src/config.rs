@@ -61,6 +61,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct ManagerBuilder {
     response_timeout: Option<Duration>,
+    /// For [`sentinel`](Self::sentinel): how to connect to the data nodes.
+    sentinel_master_params: Option<Result<redis::ConnectionInfo, redis::RedisError>>,
 }
 
 impl ManagerBuilder {
@@ -146,6 +148,7 @@ impl ManagerBuilder {
         params: T,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.sentinel_only()?;
         RdLockConnectionManager::connect_single(params, timeouts).await
     }
 
@@ -180,7 +183,92 @@ impl ManagerBuilder {
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.sentinel_only()?;
         RdLockConnectionManager::connect_cluster(nodes, timeouts).await
+    }
+
+    /// For [`sentinel`](Self::sentinel): how to connect to the master (and replicas)
+    /// the sentinels name, when that differs from connecting to the sentinels.
+    ///
+    /// The credentials, database, TLS settings (a `rediss://` URL) and TCP settings of
+    /// `params` are used for every data node; its host and port are ignored (each
+    /// connection goes to the address the sentinels name). The sentinel URLs given to
+    /// [`sentinel`](Self::sentinel) keep their own credentials and TLS, so sentinels and
+    /// data nodes can have different passwords, users or TLS set-ups.
+    ///
+    /// Default: `redis://` — plain TCP, no credentials, database 0 (as redis-rs's
+    /// Sentinel client). Unparsable `params` are reported by
+    /// [`sentinel`](Self::sentinel) as [`RdLockError::InvalidUrl`]; the other backends
+    /// refuse the option with [`RdLockError::InvalidConfig`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// // Sentinels without a password, data nodes with ACL user `locks` and database 2.
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .sentinel_master_params("redis://locks:secret@ignored/2")
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn sentinel_master_params<T: IntoConnectionInfo>(mut self, params: T) -> Self {
+        self.sentinel_master_params = Some(params.into_connection_info());
+        self
+    }
+
+    /// Validates the options, resolves the master of `service` through `sentinels`,
+    /// connects to it and starts the shared subscriber. See
+    /// [`RdLockConnectionManager::sentinel`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidConfig`] when an option is out of range, when
+    ///   `sentinels` is empty (`option` `"sentinels"`), or when the service name is
+    ///   empty or no sentinel that answered monitors it (`option` `"service"`);
+    /// - otherwise those of [`RdLockConnectionManager::sentinel`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .response_timeout(Duration::from_secs(1))
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sentinel<T: IntoConnectionInfo>(
+        self,
+        sentinels: impl IntoIterator<Item = T>,
+        service: &str,
+    ) -> Result<RdLockConnectionManager, RdLockError> {
+        let timeouts = self.timeouts()?;
+        let node = match self.sentinel_master_params {
+            Some(params) => params.map_err(RdLockError::InvalidUrl)?,
+            None => "redis://127.0.0.1/"
+                .into_connection_info()
+                .map_err(RdLockError::InvalidUrl)?,
+        };
+        RdLockConnectionManager::connect_sentinel(sentinels, service, node, timeouts).await
+    }
+
+    /// Refuses the options only a Sentinel manager has (`option` names the first).
+    fn sentinel_only(&self) -> Result<(), RdLockError> {
+        if self.sentinel_master_params.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "sentinel_master_params",
+                reason: "only a Sentinel manager (`sentinel`) connects to data nodes it is told of",
+            });
+        }
+        Ok(())
     }
 
     /// Checks the options and resolves their defaults.

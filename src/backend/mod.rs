@@ -4,8 +4,8 @@
 //! notifier) is the same for every deployment; it reaches Redis only through
 //! [`Backend`]: run one lock's script where the lock lives, run a pipeline on one lock's
 //! keys, open a subscriber connection, and say what it is connected to. One file per
-//! deployment: [`single`] (one server) and [`cluster`] (Redis Cluster). Sentinel and
-//! Redlock add variants.
+//! deployment: [`single`] (one server), [`cluster`] (Redis Cluster) and [`sentinel`]
+//! (a master behind Redis Sentinel, followed across failovers). Redlock adds a variant.
 //!
 //! # Connections that can no longer be trusted
 //!
@@ -21,6 +21,7 @@
 //! (`cluster::Cluster::retire`): that is how a hung master is noticed.
 
 pub(crate) mod cluster;
+pub(crate) mod sentinel;
 pub(crate) mod single;
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub(crate) enum Backend {
     Single(Box<single::Single>),
     /// A Redis Cluster.
     Cluster(cluster::Cluster),
+    /// A master behind Redis Sentinel.
+    Sentinel(sentinel::Sentinel),
 }
 
 /// Which connection a reply came on, to retire that one (and no later one) when the
@@ -61,6 +64,10 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Sentinel(sentinel) => match sentinel.get().await {
+                (ticket, Ok(mut conn)) => (ticket, invocation.invoke_async(&mut conn).await),
+                (ticket, Err(e)) => (ticket, Err(e)),
+            },
         };
         (ticket, self.check(ticket, result))
     }
@@ -88,6 +95,12 @@ impl Backend {
                     (ticket, Err(e), None)
                 }
             }
+            // The master moved (or its connection broke): once more, on the master the
+            // sentinels name now (the call waits for it, up to a response timeout).
+            (Self::Sentinel(_), Err(e)) if e.is_timeout() || sentinel::lost_master(&e) => {
+                let (ticket, retried) = self.invoke(invocation).await;
+                (ticket, retried, Some(e))
+            }
             (_, result) => (ticket, result, None),
         }
     }
@@ -107,6 +120,10 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Sentinel(sentinel) => match sentinel.get().await {
+                (ticket, Ok(mut conn)) => (ticket, pipe.query_async(&mut conn).await),
+                (ticket, Err(e)) => (ticket, Err(e)),
+            },
         };
         self.check(ticket, result)
     }
@@ -115,14 +132,43 @@ impl Backend {
     /// retires that connection.
     pub(crate) fn check<T>(&self, ticket: Ticket, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
-            if e.is_timeout() || is_mismatch(e) {
-                match self {
-                    Self::Single(single) => single.retire(ticket),
-                    Self::Cluster(cluster) => cluster.retire(ticket),
+            match self {
+                Self::Single(single) if e.is_timeout() || is_mismatch(e) => single.retire(ticket),
+                Self::Cluster(cluster) if e.is_timeout() || is_mismatch(e) => {
+                    cluster.retire(ticket);
                 }
+                // Behind Sentinel a broken connection or a `READONLY` reply means the
+                // master may have moved: never reconnect to the same address blindly.
+                Self::Sentinel(sentinel)
+                    if e.is_timeout() || is_mismatch(e) || sentinel::lost_master(e) =>
+                {
+                    sentinel.retire(ticket);
+                }
+                _ => {}
             }
         }
         result
+    }
+
+    /// A counter of the backend's connection changes: for Sentinel, how many times
+    /// the master moved to another node; for one server or a cluster, how many times
+    /// the command connection was replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Self::Single(single) => single.conn.generation(),
+            Self::Cluster(cluster) => cluster.conn.generation(),
+            Self::Sentinel(sentinel) => sentinel.generation(),
+        }
+    }
+
+    /// Completes once the master has moved since `generation` (Sentinel); never on
+    /// other backends. The notifier then leaves its subscriber connection (it may be
+    /// on a demoted or dead master) and reconnects, waking every waiter.
+    pub(crate) async fn moved(&self, generation: u64) {
+        match self {
+            Self::Sentinel(sentinel) => sentinel.moved(generation).await,
+            _ => std::future::pending().await,
+        }
     }
 
     /// A new subscriber connection for the notifier, never shared with commands.
@@ -132,6 +178,7 @@ impl Backend {
         match self {
             Self::Single(single) => single.subscriber().await,
             Self::Cluster(cluster) => cluster.subscriber(attempt).await,
+            Self::Sentinel(sentinel) => sentinel.subscriber().await,
         }
     }
 }
@@ -149,6 +196,7 @@ impl fmt::Debug for Backend {
         match self {
             Self::Single(single) => single.fmt(f),
             Self::Cluster(cluster) => cluster.fmt(f),
+            Self::Sentinel(sentinel) => sentinel.fmt(f),
         }
     }
 }
@@ -198,6 +246,35 @@ impl<C: Clone> Replaceable<C> {
             current.generation += 1;
             current.conn = conn;
         }
+    }
+
+    /// Bumped at each replacement.
+    pub(crate) fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// Replaces the connection `ticket` was for with `fresh(&current)`, unless that was
+    /// done already or `fresh` returns `None`; `true` if it replaced it.
+    pub(crate) fn replace_if(&self, ticket: Ticket, fresh: impl FnOnce(&C) -> Option<C>) -> bool {
+        let mut current = self.current();
+        if current.generation != ticket.generation {
+            return false;
+        }
+        match fresh(&current.conn) {
+            Some(conn) => {
+                current.generation += 1;
+                current.conn = conn;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the connection, whatever it is.
+    pub(crate) fn set(&self, conn: C) {
+        let mut current = self.current();
+        current.generation += 1;
+        current.conn = conn;
     }
 
     fn current(&self) -> MutexGuard<'_, Current<C>> {
