@@ -6,7 +6,8 @@ use rdlock::RdLockError;
 use crate::output::say;
 
 /// Bad usage: unknown option, bad duration, bad URL, empty id, a wrong --url / --cluster
-/// combination, or --cluster given a server that is not a cluster.
+/// / --sentinel combination, --cluster given a server that is not a cluster, or
+/// --sentinel given a service no sentinel knows.
 pub(crate) const USAGE: u8 = 64;
 /// Redis could not be reached.
 pub(crate) const UNREACHABLE: u8 = 69;
@@ -28,8 +29,9 @@ Exit codes:
   0                  status / release: done (release: also when the lock was not held)
   1                  release: not released (declined, or no longer held by the holder shown / --fence)
   64                 bad usage (unknown option, bad duration, bad URL, empty id, several
-                     --url without --cluster, --cluster without a URL or on a server
-                     that is not a cluster)
+                     --url without --cluster or --sentinel, --cluster or --sentinel
+                     without a URL, --cluster on a server that is not a cluster,
+                     --sentinel with a service no sentinel knows)
   69                 Redis unreachable
   70                 other failure (an error reply from Redis)
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
@@ -50,8 +52,8 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
         RdLockError::InvalidUrl(_)
         | RdLockError::InvalidLockId { .. }
         | RdLockError::InvalidLease { .. }
-        // --cluster on a server that is not a cluster (option "nodes"): the CLI sets
-        // no other option.
+        // --cluster on a server that is not a cluster (option "nodes"), --sentinel with
+        // a service no sentinel knows (option "service"): the CLI sets no other option.
         | RdLockError::InvalidConfig { .. } => USAGE,
         e if e.is_connection_error() => UNREACHABLE,
         RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,

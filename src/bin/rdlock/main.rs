@@ -5,6 +5,7 @@
 //! rdlock status nightly-backup --json
 //! rdlock release --force nightly-backup --yes
 //! rdlock exec --cluster --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 nightly-backup -- ./backup.sh
+//! rdlock exec --sentinel mymaster --url redis://10.0.0.1:26379 --url redis://10.0.0.2:26379 nightly-backup -- ./backup.sh
 //! ```
 
 mod duration;
@@ -37,6 +38,17 @@ struct Cli {
     /// enough; the others are learnt from it).
     #[arg(long, global = true)]
     cluster: bool,
+    /// The server is the master SERVICE behind Redis Sentinel: --url gives the sentinels
+    /// (repeatable, or separated by commas or spaces, also in $REDIS_URL); the master is
+    /// resolved through them and followed across failovers. The data nodes are reached
+    /// without credentials (database 0).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SERVICE",
+        conflicts_with = "cluster"
+    )]
+    sentinel: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,24 +120,44 @@ fn main() -> ExitCode {
 /// a cluster has no default address).
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Where to connect: one server, or the seed nodes of a Redis Cluster.
+/// Where to connect: one server, the seed nodes of a Redis Cluster, or the sentinels
+/// of a service.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+    Sentinel {
+        service: String,
+        sentinels: Vec<String>,
+    },
 }
 
-/// Checks the --url / --cluster combination; `Err` is the message of a usage error.
-fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
+/// Several URLs may also come in one value, as $REDIS_URL can hold only one string:
+/// separated by commas or white space (which a URL never holds unencoded).
+fn split_urls(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks the --url / --cluster / --sentinel combination; `Err` is the message of a
+/// usage error.
+fn target(urls: Vec<String>, cluster: bool, sentinel: Option<String>) -> Result<Target, String> {
+    if let Some(service) = sentinel {
+        let sentinels = split_urls(&urls);
+        if sentinels.is_empty() {
+            return Err(
+                "--sentinel needs at least one sentinel: give --url URL (repeatable) or \
+                 set REDIS_URL"
+                    .to_owned(),
+            );
+        }
+        return Ok(Target::Sentinel { service, sentinels });
+    }
     if cluster {
-        // Seeds may also come several to a value, as $REDIS_URL can hold only one
-        // string: separated by commas or white space (which a URL never holds unencoded).
-        let seeds: Vec<String> = urls
-            .iter()
-            .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
-            .filter(|seed| !seed.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let seeds = split_urls(&urls);
         if seeds.is_empty() {
             return Err(
                 "--cluster needs at least one seed node: give --url URL (repeatable) \
@@ -141,7 +173,7 @@ fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
         (Some(url), None) => Ok(Target::Single(url)),
         (Some(_), Some(_)) => Err(
             "several --url given: add --cluster to reach a Redis Cluster through these \
-             seed nodes (one server takes one --url)"
+             seed nodes, or --sentinel SERVICE for sentinels (one server takes one --url)"
                 .to_owned(),
         ),
     }
@@ -165,11 +197,24 @@ async fn connect(target: &Target) -> Result<RdLockConnectionManager, u8> {
                     )
                 })
         }
+        Target::Sentinel { service, sentinels } => {
+            RdLockConnectionManager::sentinel(sentinels.iter().map(String::as_str), service)
+                .await
+                .map_err(|e| {
+                    exit::report(
+                        &format!(
+                            "cannot reach the master {service} through the sentinels at {}",
+                            sentinels.join(", ")
+                        ),
+                        &e,
+                    )
+                })
+        }
     }
 }
 
 async fn run(cli: Cli) -> u8 {
-    let target = match target(cli.url, cli.cluster) {
+    let target = match target(cli.url, cli.cluster, cli.sentinel) {
         Ok(target) => target,
         Err(message) => {
             output::say!("rdlock: {message}");
