@@ -717,6 +717,7 @@ mod tests {
                 connect: Duration::from_secs(2),
                 response: Duration::from_secs(2),
                 explicit: false,
+                replica_sync: None,
             },
             channels: HashMap::new(),
             keyspace_ok: true,

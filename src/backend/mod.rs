@@ -183,6 +183,93 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// A connection of its own to the master, for a command followed by `WAIT` (which
+    /// blocks the connection it is sent on: never the shared one). Give it back with
+    /// [`SyncPool::put`] after a clean exchange; drop it otherwise. `None` on a
+    /// cluster (replica sync is refused there).
+    pub(crate) async fn sync_connection(
+        &self,
+    ) -> Option<RedisResult<(u64, redis::aio::MultiplexedConnection)>> {
+        let (generation, info) = match self {
+            Self::Single(single) => (0, single.info().clone()),
+            Self::Sentinel(sentinel) => match sentinel.master_info() {
+                Some(info) => (sentinel.generation(), info),
+                None => {
+                    return Some(Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no master: the sentinels have not named a reachable master yet",
+                    ))))
+                }
+            },
+            Self::Cluster(_) => return None,
+        };
+        let pool = self.sync_pool()?;
+        if let Some(conn) = pool.take(generation) {
+            return Some(Ok((generation, conn)));
+        }
+        Some(pool.open(generation, info).await)
+    }
+
+    /// The pool of [`sync_connection`](Self::sync_connection)s.
+    pub(crate) fn sync_pool(&self) -> Option<&SyncPool> {
+        match self {
+            Self::Single(single) => Some(&single.sync),
+            Self::Sentinel(sentinel) => Some(sentinel.sync_pool()),
+            Self::Cluster(_) => None,
+        }
+    }
+}
+
+/// Idle connections for commands followed by `WAIT`, each tagged with the backend
+/// generation (the master) it goes to: one of an older generation is dropped.
+pub(crate) struct SyncPool {
+    idle: Mutex<Vec<(u64, redis::aio::MultiplexedConnection)>>,
+    /// Connect and response timeouts; the response timeout covers the `WAIT` too.
+    config: redis::AsyncConnectionConfig,
+}
+
+/// Idle sync connections kept at most; more are opened when needed and dropped.
+const SYNC_POOL_IDLE: usize = 4;
+
+impl SyncPool {
+    pub(crate) fn new(config: redis::AsyncConnectionConfig) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            config,
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<(u64, redis::aio::MultiplexedConnection)>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self, generation: u64) -> Option<redis::aio::MultiplexedConnection> {
+        let mut idle = self.idle();
+        idle.retain(|(g, _)| *g == generation);
+        idle.pop().map(|(_, conn)| conn)
+    }
+
+    async fn open(
+        &self,
+        generation: u64,
+        info: redis::ConnectionInfo,
+    ) -> RedisResult<(u64, redis::aio::MultiplexedConnection)> {
+        let conn = redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok((generation, conn))
+    }
+
+    /// Gives back a connection after a clean exchange.
+    pub(crate) fn put(&self, generation: u64, conn: redis::aio::MultiplexedConnection) {
+        let mut idle = self.idle();
+        if idle.len() < SYNC_POOL_IDLE {
+            idle.push((generation, conn));
+        }
+    }
+}
+
 #[cfg(test)]
 impl Backend {
     /// A single-server backend that has not connected (it connects on first use).

@@ -41,7 +41,7 @@ use redis::{
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Replaceable, Ticket};
+use super::{Replaceable, SyncPool, Ticket};
 use crate::config::Timeouts;
 use crate::errors::RdLockError;
 
@@ -85,6 +85,8 @@ struct Shared {
     /// Wakes the follower: the connection was dropped, or a sentinel announced a
     /// switch.
     wake: Notify,
+    /// Connections for acquisitions followed by `WAIT` (replica sync).
+    sync: SyncPool,
 }
 
 impl Sentinel {
@@ -118,6 +120,7 @@ impl Sentinel {
             installed: watch::Sender::new(0),
             moves: watch::Sender::new(0),
             wake: Notify::new(),
+            sync: SyncPool::new(timeouts.sync_config()),
         });
         // The first resolution reports its errors; later ones are retried.
         let addr = shared.resolve().await.map_err(ResolveError::into_rdlock)?;
@@ -190,6 +193,21 @@ impl Sentinel {
         if moves.wait_for(|g| *g != generation).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// The connection parameters of the current master, if one is known.
+    pub(super) fn master_info(&self) -> Option<ConnectionInfo> {
+        let master = self
+            .shared
+            .master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        master.map(|addr| self.shared.node_info(&addr))
+    }
+
+    pub(super) fn sync_pool(&self) -> &SyncPool {
+        &self.shared.sync
     }
 
     /// A subscriber connection to the current master.

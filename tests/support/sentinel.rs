@@ -427,6 +427,17 @@ impl SentinelGroup {
             if field("num-slaves") < 2 {
                 return Err(format!("sentinel {s} does not know both replicas yet"));
             }
+            // No failover in progress, the master not suspected down: a new fault now
+            // starts a new failover instead of meeting a half-finished one.
+            let flags = fields
+                .iter()
+                .position(|f| f == "flags")
+                .and_then(|i| fields.get(i + 1))
+                .cloned()
+                .unwrap_or_default();
+            if flags != "master" {
+                return Err(format!("sentinel {s}: master flags {flags}"));
+            }
         }
         Ok(master)
     }
@@ -479,6 +490,24 @@ impl SentinelGroup {
         self.nodes[i].kill();
         let _ = std::fs::remove_file(self.nodes[i].dir.path().join("dump.rdb"));
         let args = Self::data_args(self.nodes[i].port, self.nodes[i].dir.path(), None);
+        self.nodes[i].spawn(&args);
+        if !wait_pings(&mut self.nodes[i]).await {
+            panic!("node {i} did not restart\n{}", self.logs());
+        }
+    }
+
+    /// Starts data node `i` again on its port and in its directory, empty, as a
+    /// replica of data node `master` (as Sentinel would reconfigure it, without the
+    /// ~10 s wait): to go on failing over in a loop.
+    pub async fn restart_as_replica(&mut self, i: usize, master: usize) {
+        self.nodes[i].kill();
+        let _ = std::fs::remove_file(self.nodes[i].dir.path().join("dump.rdb"));
+        let master_port = self.nodes[master].port;
+        let args = Self::data_args(
+            self.nodes[i].port,
+            self.nodes[i].dir.path(),
+            Some(master_port),
+        );
         self.nodes[i].spawn(&args);
         if !wait_pings(&mut self.nodes[i]).await {
             panic!("node {i} did not restart\n{}", self.logs());
