@@ -66,6 +66,54 @@ impl Drop for Holder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_holds_across_a_crash_failover_and_status_release_work() {
     let mut group = SentinelGroup::start().await;
+    // --replica-sync: 2 replicas acknowledge; 3 never can (--no-wait: exit 69, the
+    // acquisition released again).
+    let out = output_within(
+        cli(
+            &group,
+            SERVICE,
+            &[
+                "--replica-sync",
+                "2",
+                "exec",
+                "synced",
+                "--no-wait",
+                "--",
+                "true",
+            ],
+        ),
+        PROMPTLY,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = output_within(
+        cli(
+            &group,
+            SERVICE,
+            &[
+                "--replica-sync",
+                "3",
+                "--replica-sync-timeout",
+                "200ms",
+                "exec",
+                "synced",
+                "--no-wait",
+                "--",
+                "true",
+            ],
+        ),
+        PROMPTLY,
+    );
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 replica(s) of the 3 wanted"),
+        "{}",
+        stderr(&out)
+    );
+    let out = output_within(
+        cli(&group, SERVICE, &["status", "synced", "--json"]),
+        PROMPTLY,
+    );
+    assert!(stdout(&out).contains("\"held\":false"), "{}", stdout(&out));
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("env");
     let go = dir.path().join("go");

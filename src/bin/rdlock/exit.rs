@@ -32,7 +32,8 @@ Exit codes:
                      --url without --cluster or --sentinel, --cluster or --sentinel
                      without a URL, --cluster on a server that is not a cluster,
                      --sentinel with a service no sentinel knows)
-  69                 Redis unreachable
+  69                 Redis unreachable (or, with --replica-sync and --no-wait, too few
+                     replicas acknowledged the acquisition)
   70                 other failure (an error reply from Redis)
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
   79                 exec: the lease was lost while the command ran
@@ -55,7 +56,10 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
         // --cluster on a server that is not a cluster (option "nodes"), --sentinel with
         // a service no sentinel knows (option "service"): the CLI sets no other option.
         | RdLockError::InvalidConfig { .. } => USAGE,
+        // Not on enough replicas in time (--replica-sync): Redis is not serving the
+        // guarantee asked for, as when it is unreachable.
         e if e.is_connection_error() => UNREACHABLE,
+        RdLockError::NotReplicated { .. } => UNREACHABLE,
         RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,
         RdLockError::LeaseLost => LEASE_LOST,
         _ => FAILURE,

@@ -19,7 +19,7 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rdlock::RdLockConnectionManager;
+use rdlock::{ManagerBuilder, RdLockConnectionManager};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,21 @@ struct Cli {
         conflicts_with = "cluster"
     )]
     sentinel: Option<String>,
+    /// Replica sync: after each acquisition, wait until N replicas have it (`WAIT`);
+    /// an acquisition fewer replicas acknowledged in time is released again and
+    /// retried (exec waits on; with --no-wait it exits 69). One server with replicas or
+    /// --sentinel; not with --cluster.
+    #[arg(long, global = true, value_name = "N", conflicts_with = "cluster")]
+    replica_sync: Option<u32>,
+    /// How long each acquisition waits for the replicas of --replica-sync.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "500ms",
+        value_parser = duration::parse
+    )]
+    replica_sync_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -179,37 +194,36 @@ fn target(urls: Vec<String>, cluster: bool, sentinel: Option<String>) -> Result<
     }
 }
 
-async fn connect(target: &Target) -> Result<RdLockConnectionManager, u8> {
+async fn connect(target: &Target, builder: ManagerBuilder) -> Result<RdLockConnectionManager, u8> {
     match target {
-        Target::Single(url) => RdLockConnectionManager::new(url.as_str())
+        Target::Single(url) => builder
+            .connect(url.as_str())
             .await
             .map_err(|e| exit::report(&format!("cannot connect to {url}"), &e)),
-        Target::Cluster(seeds) => {
-            RdLockConnectionManager::cluster(seeds.iter().map(String::as_str))
-                .await
-                .map_err(|e| {
-                    exit::report(
-                        &format!(
-                            "cannot connect to the Redis Cluster at {}",
-                            seeds.join(", ")
-                        ),
-                        &e,
-                    )
-                })
-        }
-        Target::Sentinel { service, sentinels } => {
-            RdLockConnectionManager::sentinel(sentinels.iter().map(String::as_str), service)
-                .await
-                .map_err(|e| {
-                    exit::report(
-                        &format!(
-                            "cannot reach the master {service} through the sentinels at {}",
-                            sentinels.join(", ")
-                        ),
-                        &e,
-                    )
-                })
-        }
+        Target::Cluster(seeds) => builder
+            .cluster(seeds.iter().map(String::as_str))
+            .await
+            .map_err(|e| {
+                exit::report(
+                    &format!(
+                        "cannot connect to the Redis Cluster at {}",
+                        seeds.join(", ")
+                    ),
+                    &e,
+                )
+            }),
+        Target::Sentinel { service, sentinels } => builder
+            .sentinel(sentinels.iter().map(String::as_str), service)
+            .await
+            .map_err(|e| {
+                exit::report(
+                    &format!(
+                        "cannot reach the master {service} through the sentinels at {}",
+                        sentinels.join(", ")
+                    ),
+                    &e,
+                )
+            }),
     }
 }
 
@@ -221,7 +235,11 @@ async fn run(cli: Cli) -> u8 {
             return exit::USAGE;
         }
     };
-    let manager = match connect(&target).await {
+    let mut builder = RdLockConnectionManager::builder();
+    if let Some(replicas) = cli.replica_sync {
+        builder = builder.replica_sync(replicas, cli.replica_sync_timeout);
+    }
+    let manager = match connect(&target, builder).await {
         Ok(manager) => manager,
         Err(code) => return code,
     };
