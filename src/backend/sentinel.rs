@@ -87,6 +87,9 @@ struct Shared {
     wake: Notify,
     /// Connections for acquisitions followed by `WAIT` (replica sync).
     sync: SyncPool,
+    /// One kept connection per sentinel (by index), so that the check every second
+    /// does not open new ones; dropped when it fails.
+    sentinel_conns: Mutex<Vec<Option<MultiplexedConnection>>>,
 }
 
 impl Sentinel {
@@ -121,6 +124,7 @@ impl Sentinel {
             moves: watch::Sender::new(0),
             wake: Notify::new(),
             sync: SyncPool::new(timeouts.sync_config()),
+            sentinel_conns: Mutex::new(Vec::new()),
         });
         // The first resolution reports its errors; later ones are retried.
         let addr = shared.resolve().await.map_err(ResolveError::into_rdlock)?;
@@ -321,12 +325,37 @@ impl Shared {
     /// Asks every sentinel at once for the master, takes the answer with the highest
     /// config epoch, and checks that node says it is a master.
     async fn resolve(&self) -> Result<Addr, ResolveError> {
+        let kept = {
+            let mut conns = self
+                .sentinel_conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            conns.resize(self.sentinels.len(), None);
+            conns.clone()
+        };
         let answers = futures_util::future::join_all(
             self.sentinels
                 .iter()
-                .map(|s| ask_sentinel(s.clone(), &self.service)),
+                .zip(kept)
+                .map(|(s, conn)| ask_sentinel(s.clone(), conn, &self.service)),
         )
         .await;
+        let answers: Vec<_> = {
+            let mut conns = self
+                .sentinel_conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (conn, answer))| {
+                    if let Some(slot) = conns.get_mut(i) {
+                        *slot = conn;
+                    }
+                    answer
+                })
+                .collect()
+        };
         let mut best: Option<(u64, Addr)> = None;
         let mut unknown = false;
         let mut first_error = None;
@@ -513,42 +542,64 @@ async fn watch_switches(shared: Arc<Shared>) {
 }
 
 /// One sentinel's answer: `Ok(Some((config epoch, address)))`, `Ok(None)` when it does
-/// not monitor `service`.
-async fn ask_sentinel(sentinel: ConnectionInfo, service: &str) -> RedisResult<Option<(u64, Addr)>> {
+/// not monitor `service`; with the connection to keep (`None` after a failure).
+async fn ask_sentinel(
+    sentinel: ConnectionInfo,
+    kept: Option<MultiplexedConnection>,
+    service: &str,
+) -> (
+    Option<MultiplexedConnection>,
+    RedisResult<Option<(u64, Addr)>>,
+) {
     let asking = async {
-        let client = Client::open(sentinel)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(SENTINEL_TIMEOUT))
-            .set_response_timeout(Some(SENTINEL_TIMEOUT));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let reply: RedisResult<Vec<String>> = redis::cmd("SENTINEL")
-            .arg("MASTER")
-            .arg(service)
-            .query_async(&mut conn)
-            .await;
-        match reply {
-            Ok(fields) => Ok(parse_master(&fields)),
-            Err(e) if e.to_string().contains("No such master") => Ok(None),
-            Err(e) if is_refused(&e) => {
-                // An ACL that allows only GET-MASTER-ADDR-BY-NAME: no epoch to compare.
-                let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(service)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(addr.map(|a| (0, a)))
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => {
+                let client = Client::open(sentinel)?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+                    .set_response_timeout(Some(SENTINEL_TIMEOUT));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
             }
-            Err(e) => Err(e),
-        }
+        };
+        let answer = ask(&mut conn, service).await;
+        Ok::<_, RedisError>((conn, answer))
     };
     match tokio::time::timeout(SENTINEL_TIMEOUT * 2, asking).await {
-        Ok(answer) => answer,
-        Err(_) => Err(RedisError::from((
-            ErrorKind::Io,
-            "sentinel did not answer in time",
-        ))),
+        Ok(Ok((conn, Ok(answer)))) => (Some(conn), Ok(answer)),
+        Ok(Ok((_, Err(e))) | Err(e)) => (None, Err(e)),
+        Err(_) => (
+            None,
+            Err(RedisError::from((
+                ErrorKind::Io,
+                "sentinel did not answer in time",
+            ))),
+        ),
+    }
+}
+
+/// Asks one sentinel connection for the master of `service`.
+async fn ask(conn: &mut MultiplexedConnection, service: &str) -> RedisResult<Option<(u64, Addr)>> {
+    let reply: RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(service)
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(fields) => Ok(parse_master(&fields)),
+        Err(e) if e.to_string().contains("No such master") => Ok(None),
+        Err(e) if is_refused(&e) => {
+            // An ACL that allows only GET-MASTER-ADDR-BY-NAME: no epoch to compare.
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(service)
+                .query_async(conn)
+                .await?;
+            Ok(addr.map(|a| (0, a)))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -461,6 +461,9 @@ impl Lock {
     ///   is in flight (the attempt is then undone);
     /// - [`RdLockError::LeaseLost`] when the reply came so late that the lease it
     ///   granted may already be over (the key is released again);
+    /// - [`RdLockError::NotReplicated`] when replica sync is on
+    ///   ([`ManagerBuilder::replica_sync`](crate::ManagerBuilder::replica_sync)) and
+    ///   too few replicas acknowledged the acquisition in time (it is released again);
     /// - bad input and Redis refusals as for [`lock`](Self::lock).
     ///
     /// # Cancel safety
