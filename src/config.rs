@@ -31,14 +31,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// builder, and [`connect`](Self::connect) validates them all before it opens a
 /// connection. [`RdLockConnectionManager::new`] is `builder().connect(params)`.
 ///
-/// The builder is the place for every option: the backends to come (Redis Cluster,
-/// Sentinel, Redlock) will be further terminal methods next to `connect`, taking the
-/// same builder, and options that only some backends have will be refused, with
-/// [`RdLockError::InvalidConfig`], by the ones that lack them.
+/// The builder is the place for every option: each backend is a terminal method
+/// ([`connect`](Self::connect) for one server, [`cluster`](Self::cluster),
+/// [`sentinel`](Self::sentinel)) taking the same builder, and options that only some
+/// backends have are refused, with [`RdLockError::InvalidConfig`], by the ones that
+/// lack them.
 ///
 /// # Default
 ///
 /// - [`response_timeout`](Self::response_timeout): [`DEFAULT_RESPONSE_TIMEOUT`] (2 s).
+/// - [`replica_sync`](Self::replica_sync): off.
+/// - [`sentinel_master_params`](Self::sentinel_master_params): `redis://` (no
+///   credentials, database 0, plain TCP).
 ///
 /// # Example
 ///
