@@ -504,7 +504,11 @@ async fn follow(shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "sentinel: no master yet");
-                    tokio::time::sleep(delay).await;
+                    // A `+switch-master` meanwhile names the new master: try at once.
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shared.wake.notified() => {}
+                    }
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
@@ -534,6 +538,9 @@ async fn watch_switches(shared: Arc<Shared>) {
                 if payload.split(' ').next() == Some(shared.service.as_str()) {
                     tracing::warn!(%payload, "sentinel: +switch-master");
                     shared.drop_current();
+                    // Also when there was no connection to drop: the follower may be
+                    // waiting between attempts at the master that died.
+                    shared.wake.notify_one();
                 }
             }
         }
