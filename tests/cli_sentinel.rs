@@ -131,7 +131,7 @@ async fn exec_holds_across_a_crash_failover_and_status_release_work() {
                 "exec",
                 "cli-sentinel",
                 "--lease",
-                "8s",
+                "15s",
                 "--",
                 "sh",
                 "-c",
@@ -172,9 +172,11 @@ async fn exec_holds_across_a_crash_failover_and_status_release_work() {
     )
     .await;
     group.kill(old);
-    group.wait_promoted(old).await;
-    // Past the 8 s lease from the kill: the holder renewed on the new master.
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    let new = group.wait_promoted(old).await;
+    // The holder renews its lease on the new master.
+    group
+        .wait_renewed_on(new, "rdlock:{cli-sentinel}:lock")
+        .await;
     assert!(
         holder.0.try_wait().unwrap().is_none(),
         "the holder exited (lease lost?)\n{}",

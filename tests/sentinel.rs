@@ -33,7 +33,7 @@ async fn crash_failover_the_same_manager_locks_on_the_new_master() {
     let m = manager(&group).await;
     let held = m
         .new_lock("held-across")
-        .with_lease(Duration::from_secs(6))
+        .with_lease(Duration::from_secs(15))
         .lock()
         .await
         .expect("lock before the failover");
@@ -89,9 +89,13 @@ async fn crash_failover_the_same_manager_locks_on_the_new_master() {
         fresh.new_lock("after-crash").try_lock().await.err(),
         Some(RdLockError::LockUnavailable)
     );
-    // The held guard: renewed on the new master past its lease (6 s after the kill
-    // would have lost it), and nobody else gets it.
-    tokio::time::sleep_until((killed + Duration::from_secs(7)).into()).await;
+    // The held guard: its watchdog renews it on the new master, and nobody else gets
+    // it. (Were the promotion slower than its 15 s lease, on a starved machine, the
+    // guard would report the loss instead; the wait below then fails on the key's
+    // absence.)
+    group
+        .wait_renewed_on(new, "rdlock:{held-across}:lock")
+        .await;
     assert!(
         held.is_held(),
         "the guard held across the failover was renewed"

@@ -29,7 +29,7 @@ pub const SERVICE: &str = "rdlock-test";
 /// How long any single wait of the rig may take before it panics. Generous: a busy
 /// 2-core machine forms the group in ~2-5 s and promotes a replica ~1-3 s after a kill;
 /// a sentinel in TILT (starved for 2 s) sits out 30 s.
-pub const WAIT_BOUND: Duration = Duration::from_secs(45);
+pub const WAIT_BOUND: Duration = Duration::from_secs(90);
 
 /// Sentinel's `down-after-milliseconds` for the group.
 pub const DOWN_AFTER_MS: u64 = 1000;
@@ -487,6 +487,40 @@ impl SentinelGroup {
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The PTTL of `key` on data node `i` (ms; negative when absent or without expiry).
+    pub async fn pttl(&self, i: usize, key: &str) -> i64 {
+        let mut conn = self.conn(i).await;
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(-2)
+    }
+
+    /// Waits until `key` on data node `i` has been renewed (its PTTL rose by more than
+    /// a second over the first one seen): the holder's watchdog reaches that node.
+    pub async fn wait_renewed_on(&self, i: usize, key: &str) {
+        let first = self.pttl(i, key).await;
+        let started = Instant::now();
+        loop {
+            let now = self.pttl(i, key).await;
+            if first >= 0 && now > first + 1000 {
+                return;
+            }
+            assert!(
+                now >= 0 || first < 0,
+                "{key} vanished from node {i} (lease lost)\n{}",
+                self.logs()
+            );
+            assert!(
+                started.elapsed() < WAIT_BOUND,
+                "{key} was not renewed on node {i} (PTTL {first} -> {now})\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
