@@ -187,10 +187,10 @@
 //!
 //! Measured on a local group (master + 2 replicas + 3 sentinels, `down-after-milliseconds
 //! 1000`; tests/sentinel.rs, Redis 7.0 and Valkey 9.1): after a SIGKILL of the master
-//! the same manager acquired on the promoted replica 0.5-1 s after the promotion; after
-//! `SENTINEL FAILOVER`, within a millisecond of the promotion, with waiters from before
-//! the failover woken within 25 ms of the release; the old master restarted empty was
-//! never written to in the ~10 s until Sentinel demoted it.
+//! the same manager acquired on the promoted replica about 1 ms after the test saw the
+//! promotion (it had moved on `+switch-master`); after `SENTINEL FAILOVER` too, with
+//! waiters from before the failover woken within 25 ms of the release; the old master
+//! restarted empty was never written to in the ~10 s until Sentinel demoted it.
 //!
 //! **What a failover does to held locks and tokens.** Replication is asynchronous: a
 //! lock, and its fence increment, acknowledged by a master that crashes right after can
@@ -204,7 +204,7 @@
 //! waits through like an unreachable server) when no replica is in sync, and **replica
 //! sync** ([`ManagerBuilder::replica_sync`], opt-in) releases and retries every
 //! acquisition fewer than N replicas acknowledged in time (measured: 0 locks lost in
-//! 10 crash failovers right after a synced acquisition; without it, every lock granted
+//! 90 crash failovers right after a synced acquisition; without it, every lock granted
 //! while the replicas lagged was lost). Neither closes it — Sentinel may promote a
 //! replica that did not ack, and `WAIT` is not durability — so a resource that must
 //! never see two holders checks fencing tokens, rejecting tokens equal to or below
