@@ -31,14 +31,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// builder, and [`connect`](Self::connect) validates them all before it opens a
 /// connection. [`RdLockConnectionManager::new`] is `builder().connect(params)`.
 ///
-/// The builder is the place for every option: the backends to come (Redis Cluster,
-/// Sentinel, Redlock) will be further terminal methods next to `connect`, taking the
-/// same builder, and options that only some backends have will be refused, with
-/// [`RdLockError::InvalidConfig`], by the ones that lack them.
+/// The builder is the place for every option: each backend is a terminal method
+/// ([`connect`](Self::connect) for one server, [`cluster`](Self::cluster),
+/// [`sentinel`](Self::sentinel)) taking the same builder, and options that only some
+/// backends have are refused, with [`RdLockError::InvalidConfig`], by the ones that
+/// lack them.
 ///
 /// # Default
 ///
 /// - [`response_timeout`](Self::response_timeout): [`DEFAULT_RESPONSE_TIMEOUT`] (2 s).
+/// - [`replica_sync`](Self::replica_sync): off.
+/// - [`sentinel_master_params`](Self::sentinel_master_params): `redis://` (no
+///   credentials, database 0, plain TCP).
 ///
 /// # Example
 ///
@@ -61,6 +65,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct ManagerBuilder {
     response_timeout: Option<Duration>,
+    /// For [`sentinel`](Self::sentinel): how to connect to the data nodes.
+    sentinel_master_params: Option<Result<redis::ConnectionInfo, redis::RedisError>>,
+    replica_sync: Option<ReplicaSync>,
+}
+
+/// The longest replica-sync wait accepted ([`ManagerBuilder::replica_sync`]).
+const MAX_REPLICA_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Replica sync ([`ManagerBuilder::replica_sync`]): how many replicas must have every
+/// acquisition, and how long to wait for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReplicaSync {
+    pub(crate) replicas: u32,
+    pub(crate) timeout: Duration,
 }
 
 impl ManagerBuilder {
@@ -146,6 +164,7 @@ impl ManagerBuilder {
         params: T,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.sentinel_only()?;
         RdLockConnectionManager::connect_single(params, timeouts).await
     }
 
@@ -180,7 +199,146 @@ impl ManagerBuilder {
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.sentinel_only()?;
+        if timeouts.replica_sync.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "replica_sync",
+                reason:
+                    "not available on a Redis Cluster (WAIT would have to go to each lock's master)",
+            });
+        }
         RdLockConnectionManager::connect_cluster(nodes, timeouts).await
+    }
+
+    /// For [`sentinel`](Self::sentinel): how to connect to the master (and replicas)
+    /// the sentinels name, when that differs from connecting to the sentinels.
+    ///
+    /// The credentials, database, TLS settings (a `rediss://` URL) and TCP settings of
+    /// `params` are used for every data node; its host and port are ignored (each
+    /// connection goes to the address the sentinels name). The sentinel URLs given to
+    /// [`sentinel`](Self::sentinel) keep their own credentials and TLS, so sentinels and
+    /// data nodes can have different passwords, users or TLS set-ups.
+    ///
+    /// Default: `redis://` — plain TCP, no credentials, database 0 (as redis-rs's
+    /// Sentinel client). Unparsable `params` are reported by
+    /// [`sentinel`](Self::sentinel) as [`RdLockError::InvalidUrl`]; the other backends
+    /// refuse the option with [`RdLockError::InvalidConfig`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// // Sentinels without a password, data nodes with ACL user `locks` and database 2.
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .sentinel_master_params("redis://locks:secret@ignored/2")
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn sentinel_master_params<T: IntoConnectionInfo>(mut self, params: T) -> Self {
+        self.sentinel_master_params = Some(params.into_connection_info());
+        self
+    }
+
+    /// Replica sync (off by default): after each acquisition, wait until at least
+    /// `replicas` replicas have it (`WAIT replicas timeout`), for at most `timeout`.
+    ///
+    /// Replication is asynchronous: a lock acknowledged by a master that crashes right
+    /// after can be missing on the replica promoted in its place, and a second client
+    /// then gets it (and the same fencing token). With replica sync, an acquisition
+    /// that fewer than `replicas` replicas acknowledged in time is released again (by
+    /// its token) and reported as [`RdLockError::NotReplicated`] (acked / wanted):
+    /// [`Lock::try_lock`](crate::Lock::try_lock) returns it, while
+    /// [`Lock::lock`](crate::Lock::lock) and
+    /// [`Lock::lock_timeout`](crate::Lock::lock_timeout) retry with backoff until
+    /// their deadline, as through an unreachable server.
+    ///
+    /// It **narrows, not closes**, the failover window: `WAIT` says the replicas
+    /// received the write, not that they will be the one promoted, nor that they
+    /// persisted it; renewals are not synced (a renewal lost in a failover shortens
+    /// the lease on the new master to what the last synced write left, which the
+    /// watchdog's next renewal restores). `WAITAOF` is not used: whether replicas run
+    /// an append-only file cannot be seen from the master.
+    ///
+    /// Cost: one more round trip per acquisition, plus the replicas' acknowledgement
+    /// (see the README's "Sentinel and replicas" for the measured figure). `WAIT`
+    /// blocks the connection it is sent on, so synced acquisitions go over connections
+    /// of their own (a small pool), never over the shared command connection.
+    ///
+    /// For one server with replicas ([`connect`](Self::connect)) and Sentinel
+    /// ([`sentinel`](Self::sentinel)); a Redis Cluster refuses it
+    /// ([`RdLockError::InvalidConfig`]). Out of range (checked when connecting):
+    /// `replicas` 0, `timeout` 0 (which `WAIT` reads as "for ever") or above 60 s.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .replica_sync(1, Duration::from_millis(500))
+    ///     .sentinel(["redis://10.0.0.1:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica_sync(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_sync = Some(ReplicaSync { replicas, timeout });
+        self
+    }
+
+    /// Validates the options, resolves the master of `service` through `sentinels`,
+    /// connects to it and starts the shared subscriber. See
+    /// [`RdLockConnectionManager::sentinel`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidConfig`] when an option is out of range, when
+    ///   `sentinels` is empty (`option` `"sentinels"`), or when the service name is
+    ///   empty or no sentinel that answered monitors it (`option` `"service"`);
+    /// - otherwise those of [`RdLockConnectionManager::sentinel`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .response_timeout(Duration::from_secs(1))
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sentinel<T: IntoConnectionInfo>(
+        self,
+        sentinels: impl IntoIterator<Item = T>,
+        service: &str,
+    ) -> Result<RdLockConnectionManager, RdLockError> {
+        let timeouts = self.timeouts()?;
+        let node = match self.sentinel_master_params {
+            Some(params) => params.map_err(RdLockError::InvalidUrl)?,
+            None => "redis://127.0.0.1/"
+                .into_connection_info()
+                .map_err(RdLockError::InvalidUrl)?,
+        };
+        RdLockConnectionManager::connect_sentinel(sentinels, service, node, timeouts).await
+    }
+
+    /// Refuses the options only a Sentinel manager has (`option` names the first).
+    fn sentinel_only(&self) -> Result<(), RdLockError> {
+        if self.sentinel_master_params.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "sentinel_master_params",
+                reason: "only a Sentinel manager (`sentinel`) connects to data nodes it is told of",
+            });
+        }
+        Ok(())
     }
 
     /// Checks the options and resolves their defaults.
@@ -198,10 +356,25 @@ impl ManagerBuilder {
                 reason: "longer than even the longest lease (MAX_LEASE) leaves a renewal",
             });
         }
+        if let Some(sync) = self.replica_sync {
+            if sync.replicas == 0 {
+                return Err(RdLockError::InvalidConfig {
+                    option: "replica_sync",
+                    reason: "0 replicas: leave replica sync off instead",
+                });
+            }
+            if sync.timeout < Duration::from_millis(1) || sync.timeout > MAX_REPLICA_SYNC_TIMEOUT {
+                return Err(RdLockError::InvalidConfig {
+                    option: "replica_sync",
+                    reason: "timeout out of range (1 ms ..= 60 s; WAIT reads 0 as for ever)",
+                });
+            }
+        }
         Ok(Timeouts {
             connect: response.max(CONNECT_TIMEOUT),
             response,
             explicit: self.response_timeout.is_some(),
+            replica_sync: self.replica_sync,
         })
     }
 }
@@ -215,6 +388,9 @@ pub(crate) struct Timeouts {
     pub(crate) response: Duration,
     /// Set by the user: leases are checked against it.
     pub(crate) explicit: bool,
+    /// Replica sync after each acquisition ([`ManagerBuilder::replica_sync`]): a wait
+    /// bound too, carried with the timeouts to every backend.
+    pub(crate) replica_sync: Option<ReplicaSync>,
 }
 
 impl Timeouts {
@@ -231,6 +407,17 @@ impl Timeouts {
             });
         }
         Ok(())
+    }
+}
+
+impl Timeouts {
+    /// The settings of a connection for commands followed by `WAIT`: its response
+    /// timeout covers the `WAIT`.
+    pub(crate) fn sync_config(&self) -> redis::AsyncConnectionConfig {
+        let wait = self.replica_sync.map_or(Duration::ZERO, |s| s.timeout);
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response + wait))
     }
 }
 

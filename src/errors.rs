@@ -107,6 +107,17 @@ pub enum RdLockError {
     /// the watchdog stopped renewing and the lease ran out.
     #[error("the maximum hold of the lock was reached")]
     MaxHoldReached,
+    /// Replica sync ([`ManagerBuilder::replica_sync`](crate::ManagerBuilder::replica_sync))
+    /// is on and fewer replicas than wanted acknowledged the acquisition in time; it
+    /// was released again. `lock()` and `lock_timeout()` retry until their deadline;
+    /// `try_lock()` returns it.
+    #[error("the acquisition reached {acked} replica(s) of the {wanted} wanted in time; released")]
+    NotReplicated {
+        /// Replicas that acknowledged it (`WAIT`'s reply).
+        acked: u32,
+        /// Replicas wanted.
+        wanted: u32,
+    },
     /// A manager option is out of range ([`ManagerBuilder`](crate::ManagerBuilder));
     /// reported by its `connect` before anything is opened.
     #[error("invalid manager option `{option}`: {reason}")]
@@ -149,6 +160,12 @@ impl RdLockError {
     #[must_use]
     pub fn is_connection_error(&self) -> bool {
         matches!(self, Self::Unreachable(_) | Self::ConnectionError)
+    }
+
+    /// Whether the blocking acquire methods wait through it (retrying with backoff):
+    /// a connection error, or an acquisition not replicated in time.
+    pub(crate) fn is_retried_by_lock(&self) -> bool {
+        self.is_connection_error() || matches!(self, Self::NotReplicated { .. })
     }
 
     /// Maps a redis-rs error: connection failures and "retry later" server errors

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::cluster::Cluster;
+use crate::backend::sentinel::Sentinel;
 use crate::backend::single::Single;
 use crate::backend::Backend;
 use crate::config::{ManagerBuilder, Timeouts};
@@ -172,6 +173,66 @@ impl RdLockConnectionManager {
         ManagerBuilder::new().cluster(nodes).await
     }
 
+    /// Connects to the master of `service` behind Redis Sentinel, through any of
+    /// `sentinels`, and starts the shared subscriber, with every option at its
+    /// default; the same as `builder().sentinel(sentinels, service)`.
+    ///
+    /// The master is resolved through the sentinels on every (re)connect — every
+    /// sentinel that answers is asked, and the answer with the highest config epoch
+    /// wins — and the node must say `ROLE` master (`INFO replication` where `ROLE` is
+    /// refused). A broken connection, a timeout, a `READONLY` reply, a
+    /// `+switch-master` announcement or a periodic check (every second) that finds the
+    /// node demoted or another master named drops the connection at once and resolves
+    /// again; commands wait for the new master (up to the response timeout each), and
+    /// `lock()` waits through the failover. The shared subscriber follows the master
+    /// and wakes every waiter when it moves. What a failover does to held locks and
+    /// fencing tokens (replication is asynchronous): see the crate docs, "Redis
+    /// Sentinel".
+    ///
+    /// Each sentinel URL carries its own credentials and TLS; the data nodes use
+    /// [`ManagerBuilder::sentinel_master_params`] (default: no credentials,
+    /// database 0). Keyspace events are not used (the next master may not have them
+    /// on). [`get_connection_manager`](Self::get_connection_manager) gives a plain
+    /// connection to the master of the moment, which does not follow failovers;
+    /// [`get_connection_info`](Self::get_connection_info) gives the first sentinel's
+    /// parameters.
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidUrl`] when a sentinel's parameters cannot be parsed;
+    /// - [`RdLockError::InvalidConfig`] when `sentinels` is empty (option
+    ///   `"sentinels"`), or the service name is empty or unknown to every sentinel that
+    ///   answered (option `"service"`): not transient;
+    /// - [`RdLockError::Unreachable`] when no sentinel can be reached (every sentinel is
+    ///   asked at once, about 2 s at most), or the master they name cannot be reached
+    ///   or is not a master (a failover is under way);
+    /// - [`RdLockError::RedisError`] when a server refuses the set-up (wrong password,
+    ///   ...).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// let manager = rdlock::RdLockConnectionManager::sentinel(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     "mymaster",
+    /// )
+    /// .await?;
+    /// let _guard = manager.new_lock("nightly-report").lock().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sentinel<T: IntoConnectionInfo>(
+        sentinels: impl IntoIterator<Item = T>,
+        service: &str,
+    ) -> Result<Self, RdLockError> {
+        ManagerBuilder::new().sentinel(sentinels, service).await
+    }
+
     /// A [`ManagerBuilder`], to set options before connecting; its
     /// [`connect`](ManagerBuilder::connect) gives the manager.
     ///
@@ -224,6 +285,32 @@ impl RdLockConnectionManager {
         let info = cluster.first_seed().clone();
         // Keyspace events are node-local on a cluster: not used (see the crate docs).
         Ok(Self::start(Backend::Cluster(cluster), info, None, timeouts))
+    }
+
+    /// A master behind Sentinel, with validated options ([`ManagerBuilder::sentinel`]).
+    pub(crate) async fn connect_sentinel<T: IntoConnectionInfo>(
+        sentinels: impl IntoIterator<Item = T>,
+        service: &str,
+        node: redis::ConnectionInfo,
+        timeouts: Timeouts,
+    ) -> Result<Self, RdLockError> {
+        let sentinels = sentinels
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RdLockError::InvalidUrl)?;
+        let info = sentinels.first().cloned();
+        let sentinel = Sentinel::connect(sentinels, service.to_owned(), node, timeouts).await?;
+        let info = info.ok_or(RdLockError::InvalidConfig {
+            option: "sentinels",
+            reason: "no sentinel given: give the address of at least one sentinel",
+        })?;
+        Ok(Self::start(
+            Backend::Sentinel(sentinel),
+            info,
+            None,
+            timeouts,
+        ))
     }
 
     /// The manager around a connected backend; starts the subscriber.
@@ -326,6 +413,7 @@ impl RdLockConnectionManager {
         match &*self.inner.conn {
             Backend::Single(single) => single.connection_manager(),
             Backend::Cluster(cluster) => cluster.seed_connection(),
+            Backend::Sentinel(sentinel) => sentinel.connection_manager(),
         }
     }
 
@@ -540,6 +628,7 @@ impl fmt::Debug for RdLockConnectionManager {
                 .field("addr", &self.inner.info.addr())
                 .field("db", &self.inner.info.redis_settings().db()),
             Backend::Cluster(cluster) => f.field("cluster", cluster),
+            Backend::Sentinel(sentinel) => f.field("sentinel", sentinel),
         }
         .field("keyspace_events", &self.keyspace_events())
         .field("response_timeout", &self.inner.timeouts.response)

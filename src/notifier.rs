@@ -375,6 +375,9 @@ impl Subscriber {
     async fn run(mut self) {
         let mut delay = RECONNECT_MIN;
         loop {
+            // Read before connecting: a master that moves while the subscriber connects
+            // to it is left at once (`Backend::moved`).
+            let generation = self.backend.generation();
             let Some(connected) = self.connect().await else {
                 return;
             };
@@ -411,7 +414,7 @@ impl Subscriber {
                     // were not subscribed is lost, so every waiter retries.
                     let mut subscribed = HashSet::new();
                     self.settle(batch, refused, &mut subscribed);
-                    let leave = self.serve(sink, stream, subscribed).await;
+                    let leave = self.serve(sink, stream, subscribed, generation).await;
                     self.status.connected.store(false, Ordering::Release);
                     for entry in self.channels.values() {
                         entry.confirmed.send_replace(false);
@@ -469,7 +472,11 @@ impl Subscriber {
         sink: PubSubSink,
         mut stream: PubSubStream,
         mut subscribed: HashSet<String>,
+        generation: u64,
     ) -> Leave {
+        let backend = self.backend.clone();
+        let moved = backend.moved(generation);
+        tokio::pin!(moved);
         // Whatever came in during the resubscription.
         let mut pending = self.next_round(&sink, &mut subscribed);
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -501,6 +508,9 @@ impl Subscriber {
                         pending = self.next_round(&sink, &mut subscribed);
                     }
                 }
+                // Behind Sentinel the master moved: this connection may be on a demoted
+                // or dead node; reconnecting to the new one wakes every waiter.
+                () = &mut moved => return Leave::Failed,
                 message = stream.next() => match message {
                     Some(message) => self.dispatch(&message),
                     None => return Leave::Failed,
@@ -762,6 +772,7 @@ mod tests {
                 connect: Duration::from_secs(2),
                 response: Duration::from_secs(2),
                 explicit: false,
+                replica_sync: None,
             },
             channels: HashMap::new(),
             keyspace_ok: true,

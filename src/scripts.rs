@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation};
 
 use crate::backend::{mismatch, Backend, Ticket};
+use crate::config::ReplicaSync;
 use crate::names::LockNames;
 
 static ACQUIRE: LazyLock<Script> =
@@ -107,7 +108,63 @@ pub(crate) async fn acquire(
     let (lease, reply) = invoke(conn, &invocation).await;
     let (ok, value, echo): (i64, i64, String) = reply?;
     echoed(conn, &lease, &echo, token)?;
-    Ok(if ok == 1 {
+    Ok(acquire_outcome(ok, value))
+}
+
+/// [`acquire`] followed, when it acquired, by `WAIT replicas timeout` on the same
+/// connection (`WAIT` counts the replicas that have the writes of *its* connection),
+/// one of the backend's sync connections: `WAIT` blocks the connection it is sent on.
+/// Also returns how many replicas acknowledged an acquisition.
+pub(crate) async fn acquire_synced(
+    conn: &Backend,
+    sync: ReplicaSync,
+    names: &LockNames,
+    token: &str,
+    lease_ms: u64,
+    owner: &str,
+) -> RedisResult<(Acquire, Option<u32>)> {
+    let Some(pooled) = conn.sync_connection().await else {
+        // No sync connections on this backend (refused when connecting).
+        return acquire(conn, names, token, lease_ms, owner)
+            .await
+            .map(|a| (a, None));
+    };
+    let (generation, mut sync_conn) = pooled?;
+    let (ok, value, echo): (i64, i64, String) = ACQUIRE
+        .key(&names.key)
+        .key(&names.fence)
+        .key(&names.owner)
+        .arg(token)
+        .arg(lease_ms)
+        .arg(owner)
+        .invoke_async(&mut sync_conn)
+        .await?;
+    if echo != token {
+        // The connection is dropped (not given back): its replies are out of step.
+        return Err(mismatch());
+    }
+    let outcome = acquire_outcome(ok, value);
+    let acked = match outcome {
+        Acquire::Acquired { .. } => {
+            let timeout_ms = u64::try_from(sync.timeout.as_millis()).unwrap_or(u64::MAX);
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(sync.replicas)
+                .arg(timeout_ms)
+                .query_async(&mut sync_conn)
+                .await?;
+            Some(u32::try_from(acked).unwrap_or(0))
+        }
+        Acquire::Held { .. } => None,
+    };
+    if let Some(pool) = conn.sync_pool() {
+        pool.put(generation, sync_conn);
+    }
+    Ok((outcome, acked))
+}
+
+/// The acquire script's reply: `ok` 1 with the fence, or 0 with the holder's PTTL.
+fn acquire_outcome(ok: i64, value: i64) -> Acquire {
+    if ok == 1 {
         // INCR starts at 1 and can only go up; a negative value would need someone to
         // have written the fence key by hand.
         Acquire::Acquired {
@@ -121,7 +178,7 @@ pub(crate) async fn acquire(
                 v => Some(Duration::from_millis(v.unsigned_abs())),
             },
         }
-    })
+    }
 }
 
 /// Extends the lease if the key still holds `token`; `Ok(false)` when it does not.

@@ -4,8 +4,8 @@
 //! notifier) is the same for every deployment; it reaches Redis only through
 //! [`Backend`]: run one lock's script where the lock lives, run a pipeline on one lock's
 //! keys, open a subscriber connection, and say what it is connected to. One file per
-//! deployment: [`single`] (one server) and [`cluster`] (Redis Cluster). Sentinel and
-//! Redlock add variants.
+//! deployment: [`single`] (one server), [`cluster`] (Redis Cluster) and [`sentinel`]
+//! (a master behind Redis Sentinel, followed across failovers). Redlock adds a variant.
 //!
 //! # Connections that can no longer be trusted
 //!
@@ -21,6 +21,7 @@
 //! (`cluster::Cluster::retire`): that is how a hung master is noticed.
 
 pub(crate) mod cluster;
+pub(crate) mod sentinel;
 pub(crate) mod single;
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub(crate) enum Backend {
     Single(Box<single::Single>),
     /// A Redis Cluster.
     Cluster(cluster::Cluster),
+    /// A master behind Redis Sentinel.
+    Sentinel(sentinel::Sentinel),
 }
 
 /// Which connection a reply came on, to retire that one (and no later one) when the
@@ -61,6 +64,10 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Sentinel(sentinel) => match sentinel.get().await {
+                (ticket, Ok(mut conn)) => (ticket, invocation.invoke_async(&mut conn).await),
+                (ticket, Err(e)) => (ticket, Err(e)),
+            },
         };
         (ticket, self.check(ticket, result))
     }
@@ -88,6 +95,12 @@ impl Backend {
                     (ticket, Err(e), None)
                 }
             }
+            // The master moved (or its connection broke): once more, on the master the
+            // sentinels name now (the call waits for it, up to a response timeout).
+            (Self::Sentinel(_), Err(e)) if e.is_timeout() || sentinel::lost_master(&e) => {
+                let (ticket, retried) = self.invoke(invocation).await;
+                (ticket, retried, Some(e))
+            }
             (_, result) => (ticket, result, None),
         }
     }
@@ -107,6 +120,10 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Sentinel(sentinel) => match sentinel.get().await {
+                (ticket, Ok(mut conn)) => (ticket, pipe.query_async(&mut conn).await),
+                (ticket, Err(e)) => (ticket, Err(e)),
+            },
         };
         self.check(ticket, result)
     }
@@ -115,11 +132,19 @@ impl Backend {
     /// retires that connection.
     pub(crate) fn check<T>(&self, ticket: Ticket, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
-            if e.is_timeout() || is_mismatch(e) {
-                match self {
-                    Self::Single(single) => single.retire(ticket),
-                    Self::Cluster(cluster) => cluster.retire(ticket),
+            match self {
+                Self::Single(single) if e.is_timeout() || is_mismatch(e) => single.retire(ticket),
+                Self::Cluster(cluster) if e.is_timeout() || is_mismatch(e) => {
+                    cluster.retire(ticket);
                 }
+                // Behind Sentinel a broken connection or a `READONLY` reply means the
+                // master may have moved: never reconnect to the same address blindly.
+                Self::Sentinel(sentinel)
+                    if e.is_timeout() || is_mismatch(e) || sentinel::lost_master(e) =>
+                {
+                    sentinel.retire(ticket);
+                }
+                _ => {}
             }
         }
         result
@@ -140,13 +165,23 @@ impl Backend {
     ///   `ASK` replies are followed inside redis-rs, where they cannot be seen
     ///   cheaply, so they are not counted; one that redis-rs's retries did not absorb
     ///   fails the command, which a renewal reports on its own.
-    ///
-    /// Backends to come (Sentinel, Redlock) bump it on a switch of master or a node
-    /// that lost a key.
+    /// - Sentinel: bumped each time the master moved to another node (a
+    ///   `+switch-master`, a role check or a `READONLY` that found another master).
     pub(crate) fn generation(&self) -> u64 {
         match self {
             Self::Single(single) => single.conn.generation(),
             Self::Cluster(cluster) => cluster.conn.generation(),
+            Self::Sentinel(sentinel) => sentinel.generation(),
+        }
+    }
+
+    /// Completes once the master has moved since `generation` (Sentinel); never on
+    /// other backends. The notifier then leaves its subscriber connection (it may be
+    /// on a demoted or dead master) and reconnects, waking every waiter.
+    pub(crate) async fn moved(&self, generation: u64) {
+        match self {
+            Self::Sentinel(sentinel) => sentinel.moved(generation).await,
+            _ => std::future::pending().await,
         }
     }
 
@@ -155,6 +190,7 @@ impl Backend {
         match self {
             Self::Single(_) => "single",
             Self::Cluster(_) => "cluster",
+            Self::Sentinel(_) => "sentinel",
         }
     }
 
@@ -165,6 +201,94 @@ impl Backend {
         match self {
             Self::Single(single) => single.subscriber().await,
             Self::Cluster(cluster) => cluster.subscriber(attempt).await,
+            Self::Sentinel(sentinel) => sentinel.subscriber().await,
+        }
+    }
+}
+
+impl Backend {
+    /// A connection of its own to the master, for a command followed by `WAIT` (which
+    /// blocks the connection it is sent on: never the shared one). Give it back with
+    /// [`SyncPool::put`] after a clean exchange; drop it otherwise. `None` on a
+    /// cluster (replica sync is refused there).
+    pub(crate) async fn sync_connection(
+        &self,
+    ) -> Option<RedisResult<(u64, redis::aio::MultiplexedConnection)>> {
+        let (generation, info) = match self {
+            Self::Single(single) => (0, single.info().clone()),
+            Self::Sentinel(sentinel) => match sentinel.master_info() {
+                Some(info) => (sentinel.generation(), info),
+                None => {
+                    return Some(Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no master: the sentinels have not named a reachable master yet",
+                    ))))
+                }
+            },
+            Self::Cluster(_) => return None,
+        };
+        let pool = self.sync_pool()?;
+        if let Some(conn) = pool.take(generation) {
+            return Some(Ok((generation, conn)));
+        }
+        Some(pool.open(generation, info).await)
+    }
+
+    /// The pool of [`sync_connection`](Self::sync_connection)s.
+    pub(crate) fn sync_pool(&self) -> Option<&SyncPool> {
+        match self {
+            Self::Single(single) => Some(&single.sync),
+            Self::Sentinel(sentinel) => Some(sentinel.sync_pool()),
+            Self::Cluster(_) => None,
+        }
+    }
+}
+
+/// Idle connections for commands followed by `WAIT`, each tagged with the backend
+/// generation (the master) it goes to: one of an older generation is dropped.
+pub(crate) struct SyncPool {
+    idle: Mutex<Vec<(u64, redis::aio::MultiplexedConnection)>>,
+    /// Connect and response timeouts; the response timeout covers the `WAIT` too.
+    config: redis::AsyncConnectionConfig,
+}
+
+/// Idle sync connections kept at most; more are opened when needed and dropped.
+const SYNC_POOL_IDLE: usize = 4;
+
+impl SyncPool {
+    pub(crate) fn new(config: redis::AsyncConnectionConfig) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            config,
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<(u64, redis::aio::MultiplexedConnection)>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self, generation: u64) -> Option<redis::aio::MultiplexedConnection> {
+        let mut idle = self.idle();
+        idle.retain(|(g, _)| *g == generation);
+        idle.pop().map(|(_, conn)| conn)
+    }
+
+    async fn open(
+        &self,
+        generation: u64,
+        info: redis::ConnectionInfo,
+    ) -> RedisResult<(u64, redis::aio::MultiplexedConnection)> {
+        let conn = redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok((generation, conn))
+    }
+
+    /// Gives back a connection after a clean exchange.
+    pub(crate) fn put(&self, generation: u64, conn: redis::aio::MultiplexedConnection) {
+        let mut idle = self.idle();
+        if idle.len() < SYNC_POOL_IDLE {
+            idle.push((generation, conn));
         }
     }
 }
@@ -182,6 +306,7 @@ impl fmt::Debug for Backend {
         match self {
             Self::Single(single) => single.fmt(f),
             Self::Cluster(cluster) => cluster.fmt(f),
+            Self::Sentinel(sentinel) => sentinel.fmt(f),
         }
     }
 }
@@ -236,6 +361,30 @@ impl<C: Clone> Replaceable<C> {
             current.generation += 1;
             current.conn = conn;
         }
+    }
+
+    /// Replaces the connection `ticket` was for with `fresh(&current)`, unless that was
+    /// done already or `fresh` returns `None`; `true` if it replaced it.
+    pub(crate) fn replace_if(&self, ticket: Ticket, fresh: impl FnOnce(&C) -> Option<C>) -> bool {
+        let mut current = self.current();
+        if current.generation != ticket.generation {
+            return false;
+        }
+        match fresh(&current.conn) {
+            Some(conn) => {
+                current.generation += 1;
+                current.conn = conn;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the connection, whatever it is.
+    pub(crate) fn set(&self, conn: C) {
+        let mut current = self.current();
+        current.generation += 1;
+        current.conn = conn;
     }
 
     fn current(&self) -> MutexGuard<'_, Current<C>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionInfo, RedisResult};
 
-use super::{Replaceable, Ticket};
+use super::{Replaceable, SyncPool, Ticket};
 use crate::config::Timeouts;
 use crate::errors::RdLockError;
 
@@ -21,6 +21,8 @@ pub(crate) struct Single {
     config: ConnectionManagerConfig,
     pub(super) conn: Replaceable<ConnectionManager>,
     info: ConnectionInfo,
+    /// Connections for acquisitions followed by `WAIT` (replica sync).
+    pub(super) sync: SyncPool,
 }
 
 /// What connecting found out besides the connection.
@@ -59,6 +61,7 @@ impl Single {
                 config,
                 conn: Replaceable::new(conn),
                 info,
+                sync: SyncPool::new(timeouts.sync_config()),
             },
             keyspace_db,
         })
@@ -75,7 +78,13 @@ impl Single {
             client,
             config,
             conn: Replaceable::new(conn),
+            sync: SyncPool::new(redis::AsyncConnectionConfig::new()),
         }
+    }
+
+    /// The server's connection parameters.
+    pub(super) fn info(&self) -> &ConnectionInfo {
+        &self.info
     }
 
     /// A clone of the current command connection.

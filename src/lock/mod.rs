@@ -690,6 +690,9 @@ impl Lock {
     ///   is in flight (the attempt is then undone);
     /// - [`RdLockError::LeaseLost`] when the reply came so late that the lease it
     ///   granted may already be over (the key is released again);
+    /// - [`RdLockError::NotReplicated`] when replica sync is on
+    ///   ([`ManagerBuilder::replica_sync`](crate::ManagerBuilder::replica_sync)) and
+    ///   too few replicas acknowledged the acquisition in time (it is released again);
     /// - bad input and Redis refusals as for [`lock`](Self::lock).
     ///
     /// # Cancel safety
@@ -988,20 +991,54 @@ impl Lock {
         let generation = inner.conn.generation();
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
-        let reply =
-            match scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner).await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    if crate::errors::is_retry_later_reply(&e) {
-                        // The server refused the script ("retry later"): it did not run,
-                        // there is nothing to undo.
-                        undo.token = None;
-                    }
-                    return Err(RdLockError::from_redis(e));
+        let sync = inner.timeouts.replica_sync;
+        let outcome = match sync {
+            Some(sync) => {
+                scripts::acquire_synced(
+                    &inner.conn,
+                    sync,
+                    &self.names,
+                    &token,
+                    lease_ms,
+                    &self.owner,
+                )
+                .await
+            }
+            None => scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner)
+                .await
+                .map(|reply| (reply, None)),
+        };
+        let (reply, acked) = match outcome {
+            Ok(reply) => reply,
+            Err(e) => {
+                if crate::errors::is_retry_later_reply(&e) {
+                    // The server refused the script ("retry later"): it did not run,
+                    // there is nothing to undo.
+                    undo.token = None;
                 }
-            };
+                return Err(RdLockError::from_redis(e));
+            }
+        };
         match reply {
             Acquire::Acquired { fence } => {
+                if let (Some(sync), Some(acked)) = (sync, acked) {
+                    if acked < sync.replicas {
+                        // Not on enough replicas: a failover now could hand it to a
+                        // second client. Released before the error is reported, so that
+                        // nothing is left behind (`undo` retries in the background if
+                        // this release fails).
+                        if scripts::release(&inner.conn, &self.names, &token)
+                            .await
+                            .is_ok()
+                        {
+                            undo.token = None;
+                        }
+                        return Err(RdLockError::NotReplicated {
+                            acked,
+                            wanted: sync.replicas,
+                        });
+                    }
+                }
                 if Instant::now() >= valid_until(sent, self.lease)
                     || SystemTime::now() >= wall_valid_until(sent_wall, self.lease)
                 {

@@ -95,7 +95,7 @@ impl Lock {
             Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
             Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
             Ok(Attempt::TooLate) => Some(jitter()),
-            Err(e) if e.is_connection_error() => None,
+            Err(e) if e.is_retried_by_lock() => None,
             Err(e) => return Err(e),
         };
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -148,7 +148,7 @@ impl Lock {
                     jitter()
                 }
                 // Unreachable, or not serving for now (LOADING, BUSY, a failover).
-                Err(e) if e.is_connection_error() => {
+                Err(e) if e.is_retried_by_lock() => {
                     baton.disarm();
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if !reported && since.elapsed() >= REPORT_FAILING_AFTER {

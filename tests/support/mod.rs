@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod gate;
 pub mod history;
 pub mod proxy;
+pub mod sentinel;
 
 use std::future::Future;
 use std::net::TcpListener;

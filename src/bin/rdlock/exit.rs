@@ -6,7 +6,8 @@ use rdlock::RdLockError;
 use crate::output::say;
 
 /// Bad usage: unknown option, bad duration, bad URL, empty id, a wrong --url / --cluster
-/// combination, or --cluster given a server that is not a cluster.
+/// / --sentinel combination, --cluster given a server that is not a cluster, or
+/// --sentinel given a service no sentinel knows.
 pub(crate) const USAGE: u8 = 64;
 /// Redis could not be reached.
 pub(crate) const UNREACHABLE: u8 = 69;
@@ -30,9 +31,11 @@ Exit codes:
   0                  status / release: done (release: also when the lock was not held)
   1                  release: not released (declined, or no longer held by the holder shown / --fence)
   64                 bad usage (unknown option, bad duration, bad URL, empty id, several
-                     --url without --cluster, --cluster without a URL or on a server
-                     that is not a cluster)
-  69                 Redis unreachable
+                     --url without --cluster or --sentinel, --cluster or --sentinel
+                     without a URL, --cluster on a server that is not a cluster,
+                     --sentinel with a service no sentinel knows)
+  69                 Redis unreachable (or, with --replica-sync and --no-wait, too few
+                     replicas acknowledged the acquisition)
   70                 other failure (an error reply from Redis)
   75                 lock not obtained (held with --no-wait, or --wait ran out); see --conflict-exit-code
   79                 exec: the lease was lost while the command ran
@@ -54,10 +57,13 @@ pub(crate) fn report(context: &str, error: &RdLockError) -> u8 {
         | RdLockError::InvalidLockId { .. }
         | RdLockError::InvalidLease { .. }
         | RdLockError::InvalidMaxHold { .. }
-        // --cluster on a server that is not a cluster (option "nodes"): the CLI sets
-        // no other option.
+        // --cluster on a server that is not a cluster (option "nodes"), --sentinel with
+        // a service no sentinel knows (option "service"): the CLI sets no other option.
         | RdLockError::InvalidConfig { .. } => USAGE,
+        // Not on enough replicas in time (--replica-sync): Redis is not serving the
+        // guarantee asked for, as when it is unreachable.
         e if e.is_connection_error() => UNREACHABLE,
+        RdLockError::NotReplicated { .. } => UNREACHABLE,
         RdLockError::LockUnavailable | RdLockError::TimeoutReached => NOT_OBTAINED,
         RdLockError::LeaseLost => LEASE_LOST,
         RdLockError::MaxHoldReached => MAX_HOLD,

@@ -5,6 +5,7 @@
 //! rdlock status nightly-backup --json
 //! rdlock release --force nightly-backup --yes
 //! rdlock exec --cluster --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 nightly-backup -- ./backup.sh
+//! rdlock exec --sentinel mymaster --url redis://10.0.0.1:26379 --url redis://10.0.0.2:26379 nightly-backup -- ./backup.sh
 //! ```
 
 mod duration;
@@ -18,7 +19,7 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rdlock::RdLockConnectionManager;
+use rdlock::{ManagerBuilder, RdLockConnectionManager};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +38,32 @@ struct Cli {
     /// enough; the others are learnt from it).
     #[arg(long, global = true)]
     cluster: bool,
+    /// The server is the master SERVICE behind Redis Sentinel: --url gives the sentinels
+    /// (repeatable, or separated by commas or spaces, also in $REDIS_URL); the master is
+    /// resolved through them and followed across failovers. The data nodes are reached
+    /// without credentials (database 0).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SERVICE",
+        conflicts_with = "cluster"
+    )]
+    sentinel: Option<String>,
+    /// Replica sync: after each acquisition, wait until N replicas have it (`WAIT`);
+    /// an acquisition fewer replicas acknowledged in time is released again and
+    /// retried (exec waits on; with --no-wait it exits 69). One server with replicas or
+    /// --sentinel; not with --cluster.
+    #[arg(long, global = true, value_name = "N", conflicts_with = "cluster")]
+    replica_sync: Option<u32>,
+    /// How long each acquisition waits for the replicas of --replica-sync.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "500ms",
+        value_parser = duration::parse
+    )]
+    replica_sync_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,24 +135,44 @@ fn main() -> ExitCode {
 /// a cluster has no default address).
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Where to connect: one server, or the seed nodes of a Redis Cluster.
+/// Where to connect: one server, the seed nodes of a Redis Cluster, or the sentinels
+/// of a service.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+    Sentinel {
+        service: String,
+        sentinels: Vec<String>,
+    },
 }
 
-/// Checks the --url / --cluster combination; `Err` is the message of a usage error.
-fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
+/// Several URLs may also come in one value, as $REDIS_URL can hold only one string:
+/// separated by commas or white space (which a URL never holds unencoded).
+fn split_urls(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks the --url / --cluster / --sentinel combination; `Err` is the message of a
+/// usage error.
+fn target(urls: Vec<String>, cluster: bool, sentinel: Option<String>) -> Result<Target, String> {
+    if let Some(service) = sentinel {
+        let sentinels = split_urls(&urls);
+        if sentinels.is_empty() {
+            return Err(
+                "--sentinel needs at least one sentinel: give --url URL (repeatable) or \
+                 set REDIS_URL"
+                    .to_owned(),
+            );
+        }
+        return Ok(Target::Sentinel { service, sentinels });
+    }
     if cluster {
-        // Seeds may also come several to a value, as $REDIS_URL can hold only one
-        // string: separated by commas or white space (which a URL never holds unencoded).
-        let seeds: Vec<String> = urls
-            .iter()
-            .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
-            .filter(|seed| !seed.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let seeds = split_urls(&urls);
         if seeds.is_empty() {
             return Err(
                 "--cluster needs at least one seed node: give --url URL (repeatable) \
@@ -141,42 +188,58 @@ fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
         (Some(url), None) => Ok(Target::Single(url)),
         (Some(_), Some(_)) => Err(
             "several --url given: add --cluster to reach a Redis Cluster through these \
-             seed nodes (one server takes one --url)"
+             seed nodes, or --sentinel SERVICE for sentinels (one server takes one --url)"
                 .to_owned(),
         ),
     }
 }
 
-async fn connect(target: &Target) -> Result<RdLockConnectionManager, u8> {
+async fn connect(target: &Target, builder: ManagerBuilder) -> Result<RdLockConnectionManager, u8> {
     match target {
-        Target::Single(url) => RdLockConnectionManager::new(url.as_str())
+        Target::Single(url) => builder
+            .connect(url.as_str())
             .await
             .map_err(|e| exit::report(&format!("cannot connect to {url}"), &e)),
-        Target::Cluster(seeds) => {
-            RdLockConnectionManager::cluster(seeds.iter().map(String::as_str))
-                .await
-                .map_err(|e| {
-                    exit::report(
-                        &format!(
-                            "cannot connect to the Redis Cluster at {}",
-                            seeds.join(", ")
-                        ),
-                        &e,
-                    )
-                })
-        }
+        Target::Cluster(seeds) => builder
+            .cluster(seeds.iter().map(String::as_str))
+            .await
+            .map_err(|e| {
+                exit::report(
+                    &format!(
+                        "cannot connect to the Redis Cluster at {}",
+                        seeds.join(", ")
+                    ),
+                    &e,
+                )
+            }),
+        Target::Sentinel { service, sentinels } => builder
+            .sentinel(sentinels.iter().map(String::as_str), service)
+            .await
+            .map_err(|e| {
+                exit::report(
+                    &format!(
+                        "cannot reach the master {service} through the sentinels at {}",
+                        sentinels.join(", ")
+                    ),
+                    &e,
+                )
+            }),
     }
 }
 
 async fn run(cli: Cli) -> u8 {
-    let target = match target(cli.url, cli.cluster) {
+    let target = match target(cli.url, cli.cluster, cli.sentinel) {
         Ok(target) => target,
         Err(message) => {
             output::say!("rdlock: {message}");
             return exit::USAGE;
         }
     };
-    let manager = match connect(&target).await {
+    let mut builder = RdLockConnectionManager::builder();
+    if let Some(replicas) = cli.replica_sync {
+        builder = builder.replica_sync(replicas, cli.replica_sync_timeout);
+    }
+    let manager = match connect(&target, builder).await {
         Ok(manager) => manager,
         Err(code) => return code,
     };
