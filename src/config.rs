@@ -61,6 +61,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct ManagerBuilder {
     response_timeout: Option<Duration>,
+    node_timeout: Option<Duration>,
 }
 
 impl ManagerBuilder {
@@ -112,6 +113,33 @@ impl ManagerBuilder {
         self
     }
 
+    /// Redlock only ([`redlock`](Self::redlock)): how long each node may take to
+    /// answer one request of a quorum operation (an acquire, a renewal, a release)
+    /// before it counts as failed for that operation. A node that does not answer in
+    /// time slows an operation by at most this much, and an operation returns as soon
+    /// as a quorum has decided it, so a slow or paused node costs nothing once the
+    /// others have answered.
+    ///
+    /// Default: 5 % of the lock's lease (as redsync), at least 50 ms and at most the
+    /// [`response_timeout`](Self::response_timeout), for acquisitions and renewals;
+    /// 500 ms (at most the response timeout) for releases and reads. Keep it well
+    /// below the lease: the time an acquisition takes is subtracted from its validity.
+    ///
+    /// Refused (with [`RdLockError::InvalidConfig`]) below 1 ms, above the response
+    /// timeout, and by the backends that are not Redlock.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = rdlock::RdLockConnectionManager::builder()
+    ///     .node_timeout(Duration::from_millis(50));
+    /// ```
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+
     /// Validates the options, connects to one Redis server and starts the shared
     /// subscriber.
     ///
@@ -146,6 +174,7 @@ impl ManagerBuilder {
         params: T,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.refuse_node_timeout()?;
         RdLockConnectionManager::connect_single(params, timeouts).await
     }
 
@@ -180,7 +209,68 @@ impl ManagerBuilder {
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.refuse_node_timeout()?;
         RdLockConnectionManager::connect_cluster(nodes, timeouts).await
+    }
+
+    /// Validates the options, connects to `nodes`, independent Redis masters (not
+    /// replicas of one another, not a cluster), and starts one subscriber per node.
+    /// See [`RdLockConnectionManager::redlock`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidConfig`] when an option is out of range, or `nodes` is
+    ///   empty, has more than 64 nodes, or names a node twice (`option` is then
+    ///   `"nodes"`);
+    /// - otherwise those of [`RdLockConnectionManager::redlock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .node_timeout(Duration::from_millis(100))
+    ///     .redlock(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redlock<T: IntoConnectionInfo>(
+        self,
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<RdLockConnectionManager, RdLockError> {
+        let timeouts = self.timeouts()?;
+        if let Some(node) = self.node_timeout {
+            if node < MIN_RESPONSE_TIMEOUT {
+                return Err(RdLockError::InvalidConfig {
+                    option: "node_timeout",
+                    reason: "shorter than 1 ms: no round trip fits",
+                });
+            }
+            if node > timeouts.response {
+                return Err(RdLockError::InvalidConfig {
+                    option: "node_timeout",
+                    reason: "longer than the response timeout",
+                });
+            }
+        }
+        RdLockConnectionManager::connect_redlock(nodes, self.node_timeout, timeouts).await
+    }
+
+    /// The per-node timeout is a Redlock option.
+    fn refuse_node_timeout(&self) -> Result<(), RdLockError> {
+        if self.node_timeout.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "node_timeout",
+                reason: "only Redlock (`redlock`) has per-node timeouts",
+            });
+        }
+        Ok(())
     }
 
     /// Checks the options and resolves their defaults.

@@ -65,6 +65,9 @@ pub(crate) async fn acquire(
     lease_ms: u64,
     owner: &str,
 ) -> RedisResult<Acquire> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.acquire(names, token, lease_ms, owner).await;
+    }
     let (lease, reply) = invoke(
         conn,
         ACQUIRE
@@ -102,6 +105,9 @@ pub(crate) async fn renew(
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.renew(names, token, lease_ms).await;
+    }
     // A retry that finds the key not ours means it is lost: a first attempt that ran
     // would have left it ours.
     let (lease, reply, _) = invoke_idempotent(
@@ -124,6 +130,9 @@ pub(crate) async fn renew(
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.release(names, token).await;
+    }
     let (lease, reply, first_attempt) = invoke_idempotent(
         conn,
         RELEASE
@@ -147,6 +156,9 @@ pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> R
 
 /// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
 pub(crate) async fn force_release(conn: &Backend, names: &LockNames) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.force_release(names, None).await;
+    }
     let (_, reply) = invoke(
         conn,
         FORCE_RELEASE
@@ -165,6 +177,9 @@ pub(crate) async fn force_release_if(
     names: &LockNames,
     fence: u64,
 ) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.force_release(names, Some(fence)).await;
+    }
     let (_, reply) = invoke(
         conn,
         FORCE_RELEASE
@@ -183,6 +198,9 @@ pub(crate) async fn inspect(
     conn: &Backend,
     names: &LockNames,
 ) -> RedisResult<(Option<String>, i64, Option<u64>)> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.inspect(names).await;
+    }
     conn.query(
         redis::pipe()
             .get(&names.owner)

@@ -21,6 +21,7 @@
 //! (`cluster::Cluster::retire`): that is how a hung master is noticed.
 
 pub(crate) mod cluster;
+pub(crate) mod redlock;
 pub(crate) mod single;
 
 use std::fmt;
@@ -34,6 +35,9 @@ pub(crate) enum Backend {
     Single(Box<single::Single>),
     /// A Redis Cluster.
     Cluster(cluster::Cluster),
+    /// N independent masters, each lock on a quorum (`redlock.rs`: the scripts run
+    /// as quorum operations there, not through [`Backend::invoke`]).
+    Redlock(redlock::Redlock),
 }
 
 /// Which connection a reply came on, to retire that one (and no later one) when the
@@ -61,6 +65,7 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Redlock(_) => (Ticket { generation: 0 }, Err(not_one_connection())),
         };
         (ticket, self.check(ticket, result))
     }
@@ -107,6 +112,7 @@ impl Backend {
                 in_flight.answered();
                 (ticket, result)
             }
+            Self::Redlock(_) => (Ticket { generation: 0 }, Err(not_one_connection())),
         };
         self.check(ticket, result)
     }
@@ -119,6 +125,8 @@ impl Backend {
                 match self {
                     Self::Single(single) => single.retire(ticket),
                     Self::Cluster(cluster) => cluster.retire(ticket),
+                    // Each node's connection is checked where its reply comes in.
+                    Self::Redlock(_) => {}
                 }
             }
         }
@@ -132,8 +140,49 @@ impl Backend {
         match self {
             Self::Single(single) => single.subscriber().await,
             Self::Cluster(cluster) => cluster.subscriber(attempt).await,
+            Self::Redlock(redlock) => redlock.subscriber(0).await,
         }
     }
+
+    /// How many subscriber connections the notifier keeps: one per Redlock node, else
+    /// one.
+    pub(crate) fn subscribers(&self) -> usize {
+        match self {
+            Self::Redlock(redlock) => redlock.len(),
+            _ => 1,
+        }
+    }
+
+    /// How many subscribers must have heard the release of the same holder before a
+    /// waiter is woken: a Redlock quorum, else one.
+    pub(crate) fn wake_quorum(&self) -> usize {
+        match self {
+            Self::Redlock(redlock) => redlock.quorum(),
+            _ => 1,
+        }
+    }
+
+    /// A new subscriber connection for the notifier's `node`-th subscriber (see
+    /// [`subscribers`](Self::subscribers)).
+    pub(crate) async fn subscriber_at(
+        &self,
+        node: usize,
+        attempt: u64,
+    ) -> RedisResult<redis::aio::PubSub> {
+        match self {
+            Self::Redlock(redlock) => redlock.subscriber(node).await,
+            _ => self.subscriber(attempt).await,
+        }
+    }
+}
+
+/// What [`Backend::invoke`] and [`Backend::query`] answer on a Redlock backend, whose
+/// operations are quorum operations (`scripts.rs` sends them to `redlock.rs`).
+fn not_one_connection() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "a Redlock lock is not one script on one connection",
+    ))
 }
 
 #[cfg(test)]
@@ -149,6 +198,7 @@ impl fmt::Debug for Backend {
         match self {
             Self::Single(single) => single.fmt(f),
             Self::Cluster(cluster) => cluster.fmt(f),
+            Self::Redlock(redlock) => redlock.fmt(f),
         }
     }
 }
@@ -217,6 +267,6 @@ pub(crate) fn mismatch() -> RedisError {
     ))
 }
 
-fn is_mismatch(e: &RedisError) -> bool {
+pub(crate) fn is_mismatch(e: &RedisError) -> bool {
     e.is_io_error() && e.to_string().contains(MISMATCH)
 }
