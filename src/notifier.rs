@@ -89,6 +89,8 @@ struct Shared {
     status: Arc<Status>,
     /// How long [`Watch::ready`] waits for a confirmation.
     ready_timeout: Duration,
+    /// How many subscribers must hear one holder's release (a Redlock quorum, else 1).
+    quorum: usize,
 }
 
 struct Registered {
@@ -219,6 +221,7 @@ impl Notifier {
                 commands,
                 status,
                 ready_timeout: timeouts.response,
+                quorum,
             }),
         }
     }
@@ -290,15 +293,18 @@ impl Watch {
     /// the waiter (see the module docs), and waits are always also bounded by the
     /// holder's PTTL.
     pub(crate) async fn ready(&self) {
-        // Every subscriber connected now (one per Redlock node) must have confirmed.
+        // On Redlock, a quorum of the subscribers connected now (one per node) must
+        // have confirmed: a release heard from fewer wakes nobody, and a paused node,
+        // whose connection is open but silent, must not hold every waiter up.
         let connected = self.shared.status.connected.load(Ordering::Acquire);
         if connected == 0 {
             return;
         }
+        let need = connected.min(self.shared.quorum);
         let mut confirmed = self.entry.confirmed.subscribe();
         let _ = tokio::time::timeout(
             self.shared.ready_timeout,
-            confirmed.wait_for(|mask| mask.count_ones() as usize >= connected),
+            confirmed.wait_for(|mask| mask.count_ones() as usize >= need),
         )
         .await;
     }

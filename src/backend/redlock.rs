@@ -27,7 +27,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
@@ -71,7 +71,7 @@ const SPLIT_BACKOFF_MAX_MS: u64 = 100;
 
 /// N independent masters.
 pub(crate) struct Redlock {
-    nodes: Vec<Node>,
+    nodes: Vec<Arc<Node>>,
     quorum: usize,
     /// Set on the builder; `None`: derived from the lease.
     node_timeout: Option<Duration>,
@@ -84,6 +84,8 @@ struct Node {
     /// whole response timeout is replaced (a paused node costs one new connection per
     /// response timeout, not one per request).
     last_answer: Mutex<Instant>,
+    /// The manager's response timeout.
+    response: Duration,
 }
 
 /// What one node said to an operation: `None` while it has not answered.
@@ -109,9 +111,10 @@ impl Redlock {
             });
         }
         for (i, a) in infos.iter().enumerate() {
-            if infos[..i].iter().any(|b| {
-                b.addr() == a.addr() && b.redis_settings().db() == a.redis_settings().db()
-            }) {
+            if infos[..i]
+                .iter()
+                .any(|b| b.addr() == a.addr() && b.redis_settings().db() == a.redis_settings().db())
+            {
                 return Err(RdLockError::InvalidConfig {
                     option: "nodes",
                     reason: "the same node is given twice: it would count twice in the quorum",
@@ -120,10 +123,11 @@ impl Redlock {
         }
         let mut nodes = Vec::with_capacity(infos.len());
         for info in infos {
-            nodes.push(Node {
+            nodes.push(Arc::new(Node {
                 single: Single::lazy(info, timeouts)?,
                 last_answer: Mutex::new(Instant::now()),
-            });
+                response: timeouts.response,
+            }));
         }
         let quorum = nodes.len() / 2 + 1;
         let redlock = Self {
@@ -133,11 +137,10 @@ impl Redlock {
             timeouts,
         };
         // The first connections: every node in parallel, each within the connect timeout.
-        let this = &redlock;
-        let pings = this
+        let pings = redlock
             .gather(
-                |i| async move {
-                    let (_, mut conn) = this.nodes[i].single.conn.get();
+                |node| async move {
+                    let (_, mut conn) = node.single.conn.get();
                     match tokio::time::timeout(
                         timeouts.connect,
                         redis::cmd("PING").query_async::<()>(&mut conn),
@@ -154,7 +157,9 @@ impl Redlock {
         let answered = pings.iter().filter(|r| matches!(r, Some(Ok(())))).count();
         if answered < quorum {
             let errors = pings.into_iter().flatten().filter_map(Result::err);
-            return Err(RdLockError::from_redis(redlock.no_quorum(errors, "connect")));
+            return Err(RdLockError::from_redis(
+                redlock.no_quorum(errors, "connect"),
+            ));
         }
         Ok(redlock)
     }
@@ -206,20 +211,32 @@ impl Redlock {
             .unwrap_or_else(|| DEFAULT_NODE_TIMEOUT.min(self.timeouts.response))
     }
 
-    /// Runs `op` on every node in parallel and collects the replies until `decided`
-    /// says the outcome is known (or every node has answered). Nodes that have not
-    /// answered by then are left `None`; their requests, once written, still run on
-    /// the server.
-    async fn gather<'a, T, F, Fut>(&'a self, op: F, decided: impl Fn(&Replies<T>) -> bool) -> Replies<T>
+    /// Runs `op` on every node in parallel, each as a task of its own, and collects
+    /// the replies until `decided` says the outcome is known (or every node has
+    /// answered). Nodes that have not answered by then are left `None`; their tasks go
+    /// on to the end (bounded by the per-node timeout), so that a node that is merely
+    /// slower than the quorum still gets the request.
+    async fn gather<T, F, Fut>(&self, op: F, decided: impl Fn(&Replies<T>) -> bool) -> Replies<T>
     where
-        F: Fn(usize) -> Fut,
-        Fut: Future<Output = RedisResult<T>> + 'a,
+        T: Send + 'static,
+        F: Fn(Arc<Node>) -> Fut,
+        Fut: Future<Output = RedisResult<T>> + Send + 'static,
     {
         let mut replies: Replies<T> = (0..self.nodes.len()).map(|_| None).collect();
-        let mut pending: FuturesUnordered<_> = (0..self.nodes.len())
-            .map(|i| {
-                let fut = op(i);
-                async move { (i, fut.await) }
+        let mut pending: FuturesUnordered<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let task = tokio::spawn(op(node.clone()));
+                async move {
+                    let reply = task.await.unwrap_or_else(|e| {
+                        Err(RedisError::from(std::io::Error::other(format!(
+                            "redlock node task failed: {e}"
+                        ))))
+                    });
+                    (i, reply)
+                }
             })
             .collect();
         while let Some((i, reply)) = pending.next().await {
@@ -229,70 +246,6 @@ impl Redlock {
             }
         }
         replies
-    }
-
-    /// One script on node `i`, within `timeout`.
-    async fn script<T: FromRedisValue>(
-        &self,
-        i: usize,
-        invocation: &ScriptInvocation<'_>,
-        timeout: Duration,
-    ) -> RedisResult<T> {
-        let node = &self.nodes[i];
-        let (ticket, mut conn) = node.single.conn.get();
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await;
-        self.settle(node, ticket, started, result)
-    }
-
-    /// One pipeline on node `i`, within `timeout`.
-    async fn pipeline<T: FromRedisValue>(
-        &self,
-        i: usize,
-        pipe: &Pipeline,
-        timeout: Duration,
-    ) -> RedisResult<T> {
-        let node = &self.nodes[i];
-        let (ticket, mut conn) = node.single.conn.get();
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, pipe.query_async(&mut conn)).await;
-        self.settle(node, ticket, started, result)
-    }
-
-    /// Books a node's reply: an answer refreshes it; a redis-rs timeout or a wrong
-    /// echo retires its connection, and so does the per-node timeout once the node
-    /// has been silent for a whole response timeout.
-    fn settle<T>(
-        &self,
-        node: &Node,
-        ticket: super::Ticket,
-        started: Instant,
-        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
-    ) -> RedisResult<T> {
-        let mut last = node
-            .last_answer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(Err(e)) if e.is_timeout() || is_mismatch(&e) => {
-                drop(last);
-                node.single.retire(ticket);
-                Err(e)
-            }
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(e),
-            Ok(result) => {
-                *last = Instant::now().max(*last);
-                result
-            }
-            Err(_) => {
-                if started.saturating_duration_since(*last) >= self.timeouts.response {
-                    *last = Instant::now();
-                    drop(last);
-                    node.single.retire(ticket);
-                }
-                Err(node_timed_out())
-            }
-        }
     }
 
     /// The error for "no quorum could be reached": the first node error that retrying
@@ -330,14 +283,16 @@ impl Redlock {
         let timeout = self.timeout_for(lease_ms);
         let mut invocation = ACQUIRE.key(&names.key);
         invocation.key(&names.fence).arg(token).arg(lease_ms);
+        let invocation = Arc::new(invocation);
+        let owned: Arc<str> = Arc::from(token);
         let replies = self
             .gather(
-                |i| {
-                    let invocation = &invocation;
+                |node| {
+                    let (invocation, token) = (invocation.clone(), owned.clone());
                     async move {
                         let (ok, value, echo): (i64, i64, String) =
-                            self.script(i, invocation, timeout).await?;
-                        self.echoed(i, &echo, token)?;
+                            node.script(&invocation, timeout).await?;
+                        node.echoed(&echo, &token)?;
                         Ok((ok == 1, value))
                     }
                 },
@@ -412,14 +367,16 @@ impl Redlock {
                 .arg(token)
                 .arg(proposal)
                 .arg(owner);
+            let invocation = Arc::new(invocation);
+            let owned: Arc<str> = Arc::from(token);
             let replies = self
                 .gather(
-                    |i| {
-                        let invocation = &invocation;
+                    |node| {
+                        let (invocation, token) = (invocation.clone(), owned.clone());
                         async move {
                             let (taken, current, echo): (i64, i64, String) =
-                                self.script(i, invocation, timeout).await?;
-                            self.echoed(i, &echo, token)?;
+                                node.script(&invocation, timeout).await?;
+                            node.echoed(&echo, &token)?;
                             Ok((taken == 1, current))
                         }
                     },
@@ -471,16 +428,18 @@ impl Redlock {
         let timeout = self.timeout_for(lease_ms);
         let mut invocation = RENEW.key(&names.key);
         invocation.key(&names.owner).arg(token).arg(lease_ms);
+        let invocation = Arc::new(invocation);
+        let owned: Arc<str> = Arc::from(token);
         let replies = self
             .gather(
-                |i| {
-                    let invocation = &invocation;
+                |node| {
+                    let (invocation, token) = (invocation.clone(), owned.clone());
                     async move {
                         let (status, echo): (i64, String) =
-                            self.script(i, invocation, timeout).await?;
-                        self.echoed(i, &echo, token)?;
+                            node.script(&invocation, timeout).await?;
+                        node.echoed(&echo, &token)?;
                         if status == 2 {
-                            tracing::info!(key = %names.key, node = i, "redlock: key restored on a node that had lost it");
+                            tracing::info!(node = ?node.single.info().addr(), "redlock: lock key restored on a node that had lost it");
                         }
                         Ok(status != 0)
                     }
@@ -512,14 +471,16 @@ impl Redlock {
             .key(&names.owner)
             .arg(token)
             .arg(&names.release_channel);
+        let invocation = Arc::new(invocation);
+        let owned: Arc<str> = Arc::from(token);
         let replies = self
             .gather(
-                |i| {
-                    let invocation = &invocation;
+                |node| {
+                    let (invocation, token) = (invocation.clone(), owned.clone());
                     async move {
-                        let echo: Option<String> = self.script(i, invocation, timeout).await?;
+                        let echo: Option<String> = node.script(&invocation, timeout).await?;
                         match echo {
-                            Some(echo) => self.echoed(i, &echo, token).map(|()| true),
+                            Some(echo) => node.echoed(&echo, &token).map(|()| true),
                             None => Ok(false),
                         }
                     }
@@ -551,11 +512,12 @@ impl Redlock {
         if let Some(fence) = fence {
             invocation.arg(fence);
         }
+        let invocation = Arc::new(invocation);
         let replies = self
             .gather(
-                |i| {
-                    let invocation = &invocation;
-                    async move { self.script::<bool>(i, invocation, timeout).await }
+                |node| {
+                    let invocation = invocation.clone();
+                    async move { node.script::<bool>(&invocation, timeout).await }
                 },
                 |_| false,
             )
@@ -584,11 +546,12 @@ impl Redlock {
             .get(&names.fence)
             .get(&names.key);
         type Read = (Option<String>, i64, Option<u64>, Option<String>);
+        let pipe = Arc::new(pipe);
         let replies = self
             .gather(
-                |i| {
-                    let pipe = &pipe;
-                    async move { self.pipeline::<Read>(i, pipe, timeout).await }
+                |node| {
+                    let pipe = pipe.clone();
+                    async move { node.pipeline::<Read>(&pipe, timeout).await }
                 },
                 |_| false,
             )
@@ -597,7 +560,11 @@ impl Redlock {
             let errors = replies.into_iter().flatten().filter_map(Result::err);
             return Err(self.no_quorum(errors, "read"));
         }
-        let reads: Vec<Read> = replies.into_iter().flatten().filter_map(Result::ok).collect();
+        let reads: Vec<Read> = replies
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .collect();
         let fence = reads.iter().filter_map(|r| r.2).max();
         for (record, _, _, token) in &reads {
             let Some(token) = token else { continue };
@@ -620,15 +587,75 @@ impl Redlock {
         }
         Ok((None, -2, fence))
     }
+}
 
-    /// Checks a node's echo of `token`; a wrong one retires that node's connection.
-    fn echoed(&self, i: usize, echo: &str, token: &str) -> RedisResult<()> {
+impl Node {
+    /// One script on this node, within `timeout`.
+    async fn script<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> RedisResult<T> {
+        let (ticket, mut conn) = self.single.conn.get();
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await;
+        self.settle(ticket, started, result)
+    }
+
+    /// One pipeline on this node, within `timeout`.
+    async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        timeout: Duration,
+    ) -> RedisResult<T> {
+        let (ticket, mut conn) = self.single.conn.get();
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, pipe.query_async(&mut conn)).await;
+        self.settle(ticket, started, result)
+    }
+
+    /// Books a reply: an answer refreshes the node; a redis-rs timeout or a wrong echo
+    /// retires its connection, and so does the per-node timeout once the node has been
+    /// silent for a whole response timeout.
+    fn settle<T>(
+        &self,
+        ticket: super::Ticket,
+        started: Instant,
+        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> RedisResult<T> {
+        let mut last = self
+            .last_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(Err(e)) if e.is_timeout() || is_mismatch(&e) => {
+                drop(last);
+                self.single.retire(ticket);
+                Err(e)
+            }
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(e),
+            Ok(result) => {
+                *last = Instant::now().max(*last);
+                result
+            }
+            Err(_) => {
+                if started.saturating_duration_since(*last) >= self.response {
+                    *last = Instant::now();
+                    drop(last);
+                    self.single.retire(ticket);
+                }
+                Err(node_timed_out())
+            }
+        }
+    }
+
+    /// Checks the node's echo of `token`; a wrong one retires its connection.
+    fn echoed(&self, echo: &str, token: &str) -> RedisResult<()> {
         if echo == token {
             return Ok(());
         }
-        let node = &self.nodes[i];
-        let (ticket, _) = node.single.conn.get();
-        node.single.retire(ticket);
+        let (ticket, _) = self.single.conn.get();
+        self.single.retire(ticket);
         Err(mismatch())
     }
 }
