@@ -178,8 +178,8 @@ impl RdLockConnectionManager {
     /// while a minority of the nodes is down. The same as `builder().redlock(nodes)`;
     /// the builder sets the per-node timeout ([`ManagerBuilder::node_timeout`]).
     ///
-    /// Everything else is the same API as on one server: [`Lock`], [`LockGuard`]
-    /// (`crate::LockGuard`), `run`, `holder`, `force_release`, `shutdown`, fencing,
+    /// Everything else is the same API as on one server: [`Lock`],
+    /// [`LockGuard`](crate::LockGuard), `run`, `holder`, `force_release`, `shutdown`, fencing,
     /// [`BasicLock`]. Acquisitions, renewals and releases run on every node in parallel
     /// and return once a quorum decided; fencing tokens come from a quorum
     /// compare-and-set and strictly increase as long as a majority of the nodes keeps
@@ -428,6 +428,7 @@ impl RdLockConnectionManager {
 
     /// How many times the shared subscriber connection has been established (1 after
     /// start-up; each reconnect adds one). Useful for health checks and diagnostics.
+    /// On Redlock, summed over the subscribers, one per node (N after start-up).
     ///
     /// # Example
     ///

@@ -393,7 +393,7 @@ async fn fencing_tokens_never_go_back_across_empty_restarts() {
     let a = manager(&nodes).await;
     let lock = a.new_lock("fence");
     let mut last = 0;
-    for restart in 0..nodes.len() {
+    for node in &mut nodes {
         for _ in 0..3 {
             let g = lock.lock_timeout(WAKE_BOUND).await.unwrap();
             assert!(
@@ -405,7 +405,7 @@ async fn fencing_tokens_never_go_back_across_empty_restarts() {
             g.release().await.unwrap();
         }
         // One node at a time loses everything (its fence counter too).
-        nodes[restart].restart();
+        node.restart();
     }
     let g = lock.lock_timeout(WAKE_BOUND).await.unwrap();
     assert!(g.fencing_token() > last);
