@@ -202,6 +202,20 @@ async fn a_minority_down_keeps_locks_working_and_guards_held() {
         b.new_lock("minority").try_lock().await.unwrap_err(),
         RdLockError::LockUnavailable
     );
+    // A third node restarts empty: still a quorum of two; the next renewal puts the
+    // key back on it (SET NX).
+    nodes[0].restart();
+    let key = guard.lock().key().to_owned();
+    wait_until(
+        Duration::from_secs(5),
+        "the key is back on the restarted node",
+        || async {
+            let mut conn = nodes[0].conn().await;
+            support::get(&mut conn, &key).await.is_some()
+        },
+    )
+    .await;
+    assert!(guard.is_held());
     let fence = guard.fencing_token();
     guard.release().await.unwrap();
     // New acquisitions work, with larger tokens.

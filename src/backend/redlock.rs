@@ -52,7 +52,7 @@ static RENEW: LazyLock<Script> =
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/redlock_release.lua")));
 static FORCE_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/force_release.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/redlock_force_release.lua")));
 
 /// The most nodes a Redlock manager takes (the subscriber keeps one bit per node).
 pub(crate) const MAX_NODES: usize = 64;
@@ -414,9 +414,10 @@ impl Redlock {
         }
     }
 
-    /// Renews on a quorum; a node that lost the key gets it back (`SET NX`, never over
-    /// another token). `Ok(false)` as soon as so many nodes hold another token that no
-    /// quorum is possible; an error when no quorum answered.
+    /// Renews on a quorum; a node that lost the key (restarted empty) gets it back
+    /// with `SET NX`, never over another token, and counts as ours. `Ok(false)` as soon
+    /// as so many nodes hold another token (or revoked ours: a force release) that no
+    /// quorum is possible; an error when too few answered.
     pub(crate) async fn renew(
         &self,
         names: &LockNames,
@@ -427,7 +428,11 @@ impl Redlock {
         let q = self.quorum;
         let timeout = self.timeout_for(lease_ms);
         let mut invocation = RENEW.key(&names.key);
-        invocation.key(&names.owner).arg(token).arg(lease_ms);
+        invocation
+            .key(&names.owner)
+            .key(revoked_key(names))
+            .arg(token)
+            .arg(lease_ms);
         let invocation = Arc::new(invocation);
         let owned: Arc<str> = Arc::from(token);
         let replies = self
@@ -439,7 +444,7 @@ impl Redlock {
                             node.script(&invocation, timeout).await?;
                         node.echoed(&echo, &token)?;
                         if status == 2 {
-                            tracing::info!(node = ?node.single.info().addr(), "redlock: lock key restored on a node that had lost it");
+                            tracing::info!(node = ?node.single.info().addr(), "redlock: lock key put back on a node that had lost it");
                         }
                         Ok(status != 0)
                     }
@@ -450,8 +455,7 @@ impl Redlock {
                 },
             )
             .await;
-        let ours = count(&replies, |r| matches!(r, Ok(true)));
-        if ours >= q {
+        if count(&replies, |r| matches!(r, Ok(true))) >= q {
             return Ok(true);
         }
         if count(&replies, |r| matches!(r, Ok(false))) > n - q {
@@ -508,7 +512,10 @@ impl Redlock {
     ) -> RedisResult<bool> {
         let timeout = self.timeout_without_lease();
         let mut invocation = FORCE_RELEASE.key(&names.key);
-        invocation.key(&names.owner).arg(&names.release_channel);
+        invocation
+            .key(&names.owner)
+            .key(revoked_key(names))
+            .arg(&names.release_channel);
         if let Some(fence) = fence {
             invocation.arg(fence);
         }
@@ -591,27 +598,54 @@ impl Redlock {
 
 impl Node {
     /// One script on this node, within `timeout`.
+    ///
+    /// A connection found broken (the node restarted: the first command on the old
+    /// connection fails) is retried once on the reconnected one, within the same
+    /// timeout. Every Redlock script may run twice: they act by token (a second
+    /// acquire finds the key and counts as "held", which only loses a vote; the undo
+    /// releases it by token).
     async fn script<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
         timeout: Duration,
     ) -> RedisResult<T> {
-        let (ticket, mut conn) = self.single.conn.get();
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await;
-        self.settle(ticket, started, result)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut retried = false;
+        loop {
+            let (ticket, mut conn) = self.single.conn.get();
+            let result =
+                tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
+            match result {
+                Ok(Err(e)) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
+                    tracing::debug!(error = %e, "redlock node: connection broken, retrying once");
+                    retried = true;
+                }
+                result => return self.settle(ticket, started, result),
+            }
+        }
     }
 
-    /// One pipeline on this node, within `timeout`.
+    /// One pipeline on this node, within `timeout` (retried once as
+    /// [`script`](Self::script)).
     async fn pipeline<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
         timeout: Duration,
     ) -> RedisResult<T> {
-        let (ticket, mut conn) = self.single.conn.get();
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, pipe.query_async(&mut conn)).await;
-        self.settle(ticket, started, result)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut retried = false;
+        loop {
+            let (ticket, mut conn) = self.single.conn.get();
+            let result = tokio::time::timeout_at(deadline, pipe.query_async(&mut conn)).await;
+            match result {
+                Ok(Err(e)) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
+                    retried = true;
+                }
+                result => return self.settle(ticket, started, result),
+            }
+        }
     }
 
     /// Books a reply: an answer refreshes the node; a redis-rs timeout or a wrong echo
@@ -658,6 +692,12 @@ impl Node {
         self.single.retire(ticket);
         Err(mismatch())
     }
+}
+
+/// `rdlock:{<id>}:revoked`: a force-released token, for the rest of its lease.
+fn revoked_key(names: &LockNames) -> String {
+    let prefix = names.key.strip_suffix(":lock").unwrap_or(&names.key);
+    format!("{prefix}:revoked")
 }
 
 /// How many replies match.

@@ -5,6 +5,7 @@
 //! rdlock status nightly-backup --json
 //! rdlock release --force nightly-backup --yes
 //! rdlock exec --cluster --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 nightly-backup -- ./backup.sh
+//! rdlock exec --redlock --url redis://a:6379 --url redis://b:6379 --url redis://c:6379 nightly-backup -- ./backup.sh
 //! ```
 
 mod duration;
@@ -29,14 +30,18 @@ use rdlock::RdLockConnectionManager;
 )]
 struct Cli {
     /// The Redis server [default: redis://127.0.0.1:6379]. With --cluster: a seed node of
-    /// the cluster; repeat it, or separate several seeds with commas or spaces (also in
-    /// $REDIS_URL).
+    /// the cluster; with --redlock: one of the independent masters. Repeat it, or
+    /// separate several URLs with commas or spaces (also in $REDIS_URL).
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
     url: Vec<String>,
     /// The server is a Redis Cluster: --url gives seed nodes (any one reachable node is
     /// enough; the others are learnt from it).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "redlock")]
     cluster: bool,
+    /// Redlock over independent Redis masters: --url gives every node (typically 3 or
+    /// 5); a lock is held while a majority of them holds it.
+    #[arg(long, global = true)]
+    redlock: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,24 +113,40 @@ fn main() -> ExitCode {
 /// a cluster has no default address).
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Where to connect: one server, or the seed nodes of a Redis Cluster.
+/// Where to connect: one server, the seed nodes of a Redis Cluster, or Redlock nodes.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+    Redlock(Vec<String>),
 }
 
-/// Checks the --url / --cluster combination; `Err` is the message of a usage error.
-fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
+/// URLs may also come several to a value, as $REDIS_URL can hold only one string:
+/// separated by commas or white space (which a URL never holds unencoded).
+fn split_urls(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks the --url / --cluster / --redlock combination; `Err` is the message of a
+/// usage error.
+fn target(urls: Vec<String>, cluster: bool, redlock: bool) -> Result<Target, String> {
+    if redlock {
+        let nodes = split_urls(&urls);
+        if nodes.is_empty() {
+            return Err(
+                "--redlock needs its nodes: give --url URL once per node (typically 3 or 5) \
+                 or set REDIS_URL"
+                    .to_owned(),
+            );
+        }
+        return Ok(Target::Redlock(nodes));
+    }
     if cluster {
-        // Seeds may also come several to a value, as $REDIS_URL can hold only one
-        // string: separated by commas or white space (which a URL never holds unencoded).
-        let seeds: Vec<String> = urls
-            .iter()
-            .flat_map(|url| url.split(|c: char| c == ',' || c.is_whitespace()))
-            .filter(|seed| !seed.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let seeds = split_urls(&urls);
         if seeds.is_empty() {
             return Err(
                 "--cluster needs at least one seed node: give --url URL (repeatable) \
@@ -141,7 +162,8 @@ fn target(urls: Vec<String>, cluster: bool) -> Result<Target, String> {
         (Some(url), None) => Ok(Target::Single(url)),
         (Some(_), Some(_)) => Err(
             "several --url given: add --cluster to reach a Redis Cluster through these \
-             seed nodes (one server takes one --url)"
+             seed nodes, or --redlock to lock on a majority of independent masters \
+             (one server takes one --url)"
                 .to_owned(),
         ),
     }
@@ -165,11 +187,21 @@ async fn connect(target: &Target) -> Result<RdLockConnectionManager, u8> {
                     )
                 })
         }
+        Target::Redlock(nodes) => {
+            RdLockConnectionManager::redlock(nodes.iter().map(String::as_str))
+                .await
+                .map_err(|e| {
+                    exit::report(
+                        &format!("cannot connect to the Redlock nodes {}", nodes.join(", ")),
+                        &e,
+                    )
+                })
+        }
     }
 }
 
 async fn run(cli: Cli) -> u8 {
-    let target = match target(cli.url, cli.cluster) {
+    let target = match target(cli.url, cli.cluster, cli.redlock) {
         Ok(target) => target,
         Err(message) => {
             output::say!("rdlock: {message}");
