@@ -39,6 +39,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// # Default
 ///
 /// - [`response_timeout`](Self::response_timeout): [`DEFAULT_RESPONSE_TIMEOUT`] (2 s).
+/// - [`node_timeout`](Self::node_timeout) (Redlock only): 5 % of the lease, within 50 ms
+///   and the response timeout; 500 ms for releases and reads.
 ///
 /// # Example
 ///
