@@ -291,7 +291,14 @@ async fn child_worker() {
     // The mutant: a holder that never asks its guard, to prove the harness sees that.
     let blind = std::env::var("RDLOCK_CHILD_BLIND").is_ok();
     let resource = redis::Client::open(env::<String>("RDLOCK_CHILD_RESOURCE")).unwrap();
-    let manager = RdLockConnectionManager::new(url).await.unwrap();
+    // Several URLs: the Redlock mode.
+    let manager = if url.contains(',') {
+        RdLockConnectionManager::redlock(url.split(','))
+            .await
+            .unwrap()
+    } else {
+        RdLockConnectionManager::new(url).await.unwrap()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     // stdin: SYNC requests from the parent, then STOP (or end of file).
     {
@@ -437,9 +444,12 @@ struct Worker {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)] // a test helper; each is one child setting
     fn spawn(
         id: usize,
         proxy: FaultProxy,
+        // The lock servers' URLs when not through the proxy (Redlock nodes).
+        direct: Option<&str>,
         resource: &str,
         seed: u64,
         lease_ms: u64,
@@ -458,7 +468,10 @@ impl Worker {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("RDLOCK_CHILD_URL", proxy.url())
+            .env(
+                "RDLOCK_CHILD_URL",
+                direct.map_or_else(|| proxy.url(), str::to_owned),
+            )
             .env("RDLOCK_CHILD_RESOURCE", resource)
             .env("RDLOCK_CHILD_ID", id.to_string())
             .env("RDLOCK_CHILD_SEED", seed.to_string())
@@ -563,6 +576,8 @@ struct Victim {
 /// The fault schedule of one child, until `until`; returns the faults injected.
 async fn nemesis(
     only_pauses: bool,
+    // Redlock mode: the children talk to the nodes directly; only pauses.
+    direct: bool,
     victim: Victim,
     mut rng: Rng,
     origin: Instant,
@@ -584,7 +599,11 @@ async fn nemesis(
             return faults;
         }
         faults += 1;
-        let kind = if only_pauses { 4 } else { rng.below(5) };
+        let kind = if only_pauses || direct {
+            4
+        } else {
+            rng.below(5)
+        };
         match kind {
             0 => {
                 let d = Duration::from_millis(rng.between(5, 150));
@@ -625,6 +644,55 @@ async fn nemesis(
                 signal("-CONT");
                 log("SIGCONT".into());
             }
+        }
+    }
+}
+
+/// The fault schedule of the Redlock nodes (none when there are none), until `until`:
+/// one node at a time is paused (SIGSTOP 0.2-1.5 s), or killed and restarted *empty*
+/// after staying down longer than the longest lease (1 s), the condition under which
+/// Redlock and its fencing register are safe. Returns the faults injected; every node
+/// runs again when it returns.
+async fn node_nemesis(
+    nodes: Arc<Mutex<Vec<RedisServer>>>,
+    mut rng: Rng,
+    origin: Instant,
+    until: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+) -> u64 {
+    let n = nodes.lock().unwrap().len();
+    if n == 0 {
+        return 0;
+    }
+    let log = |what: String| {
+        events.lock().unwrap().push(Event {
+            at: origin.elapsed(),
+            what: format!("redlock {what}"),
+        });
+    };
+    let mut faults = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.between(300, 1500))).await;
+        if Instant::now() >= until {
+            return faults;
+        }
+        faults += 1;
+        let i = rng.below(n as u64) as usize;
+        if rng.below(2) == 0 {
+            log(format!("node {i}: SIGSTOP"));
+            nodes.lock().unwrap()[i].signal("STOP");
+            tokio::time::sleep(Duration::from_millis(rng.between(200, 1500))).await;
+            nodes.lock().unwrap()[i].signal("CONT");
+            log(format!("node {i}: SIGCONT"));
+        } else {
+            log(format!("node {i}: SIGKILL"));
+            nodes.lock().unwrap()[i].stop();
+            tokio::time::sleep(Duration::from_millis(rng.between(1200, 2000))).await;
+            let nodes = nodes.clone();
+            tokio::task::spawn_blocking(move || nodes.lock().unwrap()[i].start_again())
+                .await
+                .unwrap();
+            log(format!("node {i}: restarted empty"));
         }
     }
 }
@@ -672,6 +740,10 @@ struct Soak {
     only_pauses: bool,
     /// Children that never ask their guard (`is_held`/`lost`): the mutant.
     blind: bool,
+    /// Redlock over this many nodes (0: one server through per-child proxies), with a
+    /// node nemesis: pauses, and kills followed by an empty restart after the longest
+    /// lease (the condition the fencing register needs), one node at a time.
+    redlock_nodes: usize,
 }
 
 /// What a run found.
@@ -692,6 +764,7 @@ async fn soak(config: Soak) -> Summary {
         faulty: soak,
         only_pauses,
         blind,
+        redlock_nodes,
     } = config;
     println!("seed {seed} (replay the choices with RDLOCK_SEED={seed}), faults for {soak:?}");
     let mut rng = Rng::new(seed, 999);
@@ -702,6 +775,17 @@ async fn soak(config: Soak) -> Summary {
         RedisServer::start()
     };
     let resource = RedisServer::start();
+    let nodes: Arc<Mutex<Vec<RedisServer>>> = Arc::new(Mutex::new(
+        (0..redlock_nodes).map(|_| RedisServer::start()).collect(),
+    ));
+    let direct = (redlock_nodes > 0).then(|| {
+        let nodes = nodes.lock().unwrap();
+        nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let origin = Instant::now();
     let mut workers = Vec::new();
     for id in 0..children {
@@ -710,6 +794,7 @@ async fn soak(config: Soak) -> Summary {
         workers.push(Worker::spawn(
             id,
             proxy,
+            direct.as_deref(),
             &resource.url(),
             seed,
             lease_ms,
@@ -743,6 +828,7 @@ async fn soak(config: Soak) -> Summary {
         .map(|w| {
             tokio::spawn(nemesis(
                 only_pauses,
+                direct.is_some(),
                 Victim {
                     id: w.id,
                     proxy: w.proxy.handle(),
@@ -755,7 +841,17 @@ async fn soak(config: Soak) -> Summary {
             ))
         })
         .collect();
-    let mut faults = 0;
+    let node_nemesis = tokio::spawn(node_nemesis(
+        nodes.clone(),
+        Rng::new(seed, 500),
+        origin,
+        until,
+        events.clone(),
+    ));
+    let mut faults = tokio::time::timeout(soak + Duration::from_secs(10), node_nemesis)
+        .await
+        .expect("the node nemesis ends")
+        .unwrap();
     for n in nemeses {
         faults += tokio::time::timeout(soak + Duration::from_secs(10), n)
             .await
@@ -901,6 +997,7 @@ async fn randomized_workload_with_faults() {
         faulty,
         only_pauses: false,
         blind: false,
+        redlock_nodes: 0,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -911,6 +1008,39 @@ async fn randomized_workload_with_faults() {
         run.acquisitions
     );
     assert!(run.faults >= 20, "too few faults: {}", run.faults);
+}
+
+/// Redlock mode: 3 children × 3 tasks on 3 independent nodes (no proxies: the children
+/// talk to the nodes directly), children paused at random, and the node nemesis
+/// (pauses, kills with an empty restart after the longest lease, one node at a time).
+/// No violation: two holders never believe at once, fencing tokens strictly increase
+/// across the empty restarts, no stale write from a holder that did not report its loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_workload_with_node_faults() {
+    let seed = seed();
+    let faulty = Duration::from_secs(
+        std::env::var("RDLOCK_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let run = soak(Soak {
+        seed,
+        children: 3,
+        faulty,
+        only_pauses: false,
+        blind: false,
+        redlock_nodes: 3,
+    })
+    .await;
+    assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
+    assert!(
+        run.stalled.is_empty(),
+        "children {:?} got no lock after their first fault ({} acquisitions in all)",
+        run.stalled,
+        run.acquisitions
+    );
+    assert!(run.faults >= 10, "too few faults: {}", run.faults);
 }
 
 /// The whole harness can fail: children that never ask their guard whether they still
@@ -928,6 +1058,7 @@ async fn the_harness_catches_holders_that_ignore_their_guard() {
             faulty: Duration::from_secs(8),
             only_pauses: true,
             blind: true,
+            redlock_nodes: 0,
         })
         .await;
         if run.violations > 0 {
