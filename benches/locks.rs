@@ -70,6 +70,7 @@ fn main() {
     runtime.block_on(many_waiters(&server, scale));
     println!("\n## Held guards: renewal traffic, CPU and memory\n");
     runtime.block_on(held_guards(&server, scale));
+    runtime.block_on(redlock_tables(scale));
 }
 
 // ---------------------------------------------------------------------------------
@@ -563,6 +564,159 @@ async fn held_guards(server: &RedisServer, scale: Scale) {
         );
         drop(guards);
         manager.shutdown().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Redlock: this crate's Redlock backend against rslock's `LockManager` over the same 3
+// and 5 local servers, in the same run. (A block of its own, apart from the one-server
+// tables above.)
+
+enum Quorum {
+    Ours(rdlock::Lock),
+    Rslock(rslock::LockManager),
+}
+
+impl Quorum {
+    const NAMES: [&'static str; 2] = ["rdlock redlock (this crate)", "rslock 0.10 LockManager"];
+
+    /// `shared`: our manager, shared by the tasks of one process (rslock: one
+    /// `LockManager` per task, as its docs show).
+    fn new(kind: usize, urls: &[String], shared: &rdlock::RdLockConnectionManager) -> Self {
+        match kind {
+            0 => Self::Ours(shared.new_lock(KEY).with_lease(LEASE)),
+            _ => Self::Rslock(rslock::LockManager::new(urls.to_vec())),
+        }
+    }
+
+    /// Acquires and releases; returns the time spent waiting for the lock.
+    async fn hold(&mut self) -> Duration {
+        let asked = Instant::now();
+        match self {
+            Self::Ours(lock) => {
+                let guard = lock.lock().await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await.unwrap();
+                waited
+            }
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await;
+                waited
+            }
+        }
+    }
+}
+
+/// Commands run on all `nodes` since their last reset.
+async fn commands_on(conns: &mut [MultiplexedConnection]) -> u64 {
+    let mut total = 0;
+    for conn in conns {
+        total += commands_run(conn).await;
+    }
+    total
+}
+
+async fn reset_all(conns: &mut [MultiplexedConnection]) {
+    for conn in conns {
+        reset_stats(conn).await;
+    }
+}
+
+async fn redlock_tables(scale: Scale) {
+    let servers: Vec<RedisServer> = (0..5).map(|_| RedisServer::start()).collect();
+    println!("\n## Redlock: uncontended acquire+release cycle (interleaved rounds, median)\n");
+    println!(
+        "| nodes | contender | cycle (median) | vs rslock | Redis commands per cycle, all nodes |"
+    );
+    println!("|---|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+            .await
+            .unwrap();
+        let mut contenders: Vec<Quorum> = (0..2).map(|k| Quorum::new(k, &urls, &shared)).collect();
+        let mut per_cycle = vec![Vec::new(); 2];
+        let mut commands = [0.0; 2];
+        for _ in 0..scale.rounds {
+            for (kind, contender) in contenders.iter_mut().enumerate() {
+                reset_all(&mut conns).await;
+                let started = Instant::now();
+                for _ in 0..scale.cycles {
+                    contender.hold().await;
+                }
+                per_cycle[kind].push(started.elapsed() / scale.cycles as u32);
+                commands[kind] = commands_on(&mut conns).await as f64 / scale.cycles as f64;
+            }
+        }
+        let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            println!(
+                "| {n} | {name} | {:.1} µs | {:.2}x | {:.1} |",
+                micros(medians[kind]),
+                ratio(medians[kind], medians[1]),
+                commands[kind]
+            );
+        }
+        shared.shutdown().await.unwrap();
+    }
+
+    println!("\n## Redlock: contended, one process, 16 tasks on one key\n");
+    println!("| nodes | contender | acquisitions/s | p50 wait | p99 wait | min/mean acquisitions per task | commands per acquisition, all nodes |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+                .await
+                .unwrap();
+            reset_all(&mut conns).await;
+            let started = Instant::now();
+            let run_for = scale.scenario;
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let mut contender = Quorum::new(kind, &urls, &shared);
+                    tokio::spawn(async move {
+                        let mut waits = Vec::new();
+                        while started.elapsed() < run_for {
+                            waits.push(contender.hold().await);
+                        }
+                        waits
+                    })
+                })
+                .collect();
+            let mut per_task = Vec::new();
+            let mut waits = Vec::new();
+            for handle in handles {
+                let w = handle.await.unwrap();
+                per_task.push(w.len() as u64);
+                waits.extend(w);
+            }
+            let elapsed = started.elapsed();
+            let commands = commands_on(&mut conns).await;
+            let total: u64 = per_task.iter().sum();
+            let mean = total as f64 / per_task.len() as f64;
+            let min = per_task.iter().min().copied().unwrap_or(0);
+            waits.sort();
+            println!(
+                "| {n} | {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.1} |",
+                total as f64 / elapsed.as_secs_f64(),
+                millis(percentile(&waits, 0.50)),
+                millis(percentile(&waits, 0.99)),
+                min as f64 / mean.max(1.0),
+                commands as f64 / total.max(1) as f64,
+            );
+            shared.shutdown().await.unwrap();
+        }
     }
 }
 
