@@ -428,7 +428,7 @@ async fn fencing_tokens_never_go_back_across_empty_restarts() {
 
 /// The documented unsafe case: a majority of the nodes restarts empty at once while a
 /// lock is held. Another client can then take the lock (two guards hold), and the
-/// fencing counter of the majority is gone, so its token repeats; the first guard
+/// fencing counter of the majority is gone, so its token can repeat; the first guard
 /// learns of the loss at its next renewal.
 #[tokio::test]
 async fn a_majority_restarting_empty_while_held_shows_the_documented_unsafe_case() {
@@ -461,10 +461,11 @@ async fn a_majority_restarting_empty_while_held_shows_the_documented_unsafe_case
         first.fencing_token(),
         second.fencing_token()
     );
-    assert!(
-        second.fencing_token() <= first.fencing_token(),
-        "the majority lost its counters: the token does not increase (documented)"
-    );
+    // The majority lost its counters: the new token is read from them and may repeat
+    // an earlier one (4 then 1 in our runs); it is larger only when a round of the
+    // compare-and-set met the node that kept its counter. Either way it says nothing
+    // about the first holder: only the two-holder overlap is certain.
+    assert_ne!(second.fencing_token(), 0);
     // The first guard's next renewal finds another token on a majority: lost.
     tokio::time::timeout(Duration::from_secs(5), first.lost())
         .await

@@ -27,21 +27,20 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use redis::{
-    ConnectionInfo, FromRedisValue, Pipeline, RedisError, RedisResult, Script, ScriptInvocation,
-};
+use redis::{ConnectionInfo, RedisError, RedisResult, Script};
 
-use super::single::Single;
-use super::{is_mismatch, mismatch};
+mod node;
+
 use crate::config::Timeouts;
 use crate::errors::{is_transient, RdLockError};
 use crate::names::LockNames;
 use crate::scripts::Acquire;
+use node::{node_timed_out, Node};
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/redlock_acquire.lua")));
@@ -76,16 +75,6 @@ pub(crate) struct Redlock {
     /// Set on the builder; `None`: derived from the lease.
     node_timeout: Option<Duration>,
     timeouts: Timeouts,
-}
-
-struct Node {
-    single: Single,
-    /// When the node last answered anything: a connection that stays silent for a
-    /// whole response timeout is replaced (a paused node costs one new connection per
-    /// response timeout, not one per request).
-    last_answer: Mutex<Instant>,
-    /// The manager's response timeout.
-    response: Duration,
 }
 
 /// What one node said to an operation: `None` while it has not answered.
@@ -123,11 +112,7 @@ impl Redlock {
         }
         let mut nodes = Vec::with_capacity(infos.len());
         for info in infos {
-            nodes.push(Arc::new(Node {
-                single: Single::lazy(info, timeouts)?,
-                last_answer: Mutex::new(Instant::now()),
-                response: timeouts.response,
-            }));
+            nodes.push(Arc::new(Node::lazy(info, timeouts)?));
         }
         let quorum = nodes.len() / 2 + 1;
         let redlock = Self {
@@ -174,7 +159,7 @@ impl Redlock {
         self.nodes.len()
     }
 
-    /// The first node's parameters.
+    /// The first node's parameters (there is one: `connect` refuses an empty list).
     pub(crate) fn first_node(&self) -> &ConnectionInfo {
         self.nodes[0].single.info()
     }
@@ -596,104 +581,6 @@ impl Redlock {
     }
 }
 
-impl Node {
-    /// One script on this node, within `timeout`.
-    ///
-    /// A connection found broken (the node restarted: the first command on the old
-    /// connection fails) is retried once on the reconnected one, within the same
-    /// timeout. Every Redlock script may run twice: they act by token (a second
-    /// acquire finds the key and counts as "held", which only loses a vote; the undo
-    /// releases it by token).
-    async fn script<T: FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-        timeout: Duration,
-    ) -> RedisResult<T> {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut retried = false;
-        loop {
-            let (ticket, mut conn) = self.single.conn.get();
-            let result =
-                tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
-            match result {
-                Ok(Err(e)) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
-                    tracing::debug!(error = %e, "redlock node: connection broken, retrying once");
-                    retried = true;
-                }
-                result => return self.settle(ticket, started, result),
-            }
-        }
-    }
-
-    /// One pipeline on this node, within `timeout` (retried once as
-    /// [`script`](Self::script)).
-    async fn pipeline<T: FromRedisValue>(
-        &self,
-        pipe: &Pipeline,
-        timeout: Duration,
-    ) -> RedisResult<T> {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut retried = false;
-        loop {
-            let (ticket, mut conn) = self.single.conn.get();
-            let result = tokio::time::timeout_at(deadline, pipe.query_async(&mut conn)).await;
-            match result {
-                Ok(Err(e)) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
-                    retried = true;
-                }
-                result => return self.settle(ticket, started, result),
-            }
-        }
-    }
-
-    /// Books a reply: an answer refreshes the node; a redis-rs timeout or a wrong echo
-    /// retires its connection, and so does the per-node timeout once the node has been
-    /// silent for a whole response timeout.
-    fn settle<T>(
-        &self,
-        ticket: super::Ticket,
-        started: Instant,
-        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
-    ) -> RedisResult<T> {
-        let mut last = self
-            .last_answer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(Err(e)) if e.is_timeout() || is_mismatch(&e) => {
-                drop(last);
-                self.single.retire(ticket);
-                Err(e)
-            }
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(e),
-            Ok(result) => {
-                *last = Instant::now().max(*last);
-                result
-            }
-            Err(_) => {
-                if started.saturating_duration_since(*last) >= self.response {
-                    *last = Instant::now();
-                    drop(last);
-                    self.single.retire(ticket);
-                }
-                Err(node_timed_out())
-            }
-        }
-    }
-
-    /// Checks the node's echo of `token`; a wrong one retires its connection.
-    fn echoed(&self, echo: &str, token: &str) -> RedisResult<()> {
-        if echo == token {
-            return Ok(());
-        }
-        let (ticket, _) = self.single.conn.get();
-        self.single.retire(ticket);
-        Err(mismatch())
-    }
-}
-
 /// `rdlock:{<id>}:revoked`: a force-released token, for the rest of its lease.
 fn revoked_key(names: &LockNames) -> String {
     let prefix = names.key.strip_suffix(":lock").unwrap_or(&names.key);
@@ -703,13 +590,6 @@ fn revoked_key(names: &LockNames) -> String {
 /// How many replies match.
 fn count<T>(replies: &Replies<T>, matches: impl Fn(&RedisResult<T>) -> bool) -> usize {
     replies.iter().flatten().filter(|r| matches(r)).count()
-}
-
-fn node_timed_out() -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "the redlock node did not answer within the per-node timeout",
-    ))
 }
 
 /// A random back-off after a split vote: 1..=[`SPLIT_BACKOFF_MAX_MS`] ms.
