@@ -482,3 +482,56 @@ async fn a_majority_restarting_empty_while_held_shows_the_documented_unsafe_case
     )
     .await;
 }
+
+/// Nothing is left behind: acquisitions cut short by their deadline (while a holder
+/// holds), guards dropped without `release()`, and `shutdown()` leave no lock key on
+/// any node and no task running.
+#[tokio::test]
+async fn cut_short_and_dropped_acquisitions_leave_nothing() {
+    let nodes = nodes(3);
+    let a = manager(&nodes).await;
+    let b = manager(&nodes).await;
+    let holder = a
+        .new_lock("left")
+        .with_lease(LONG_LEASE)
+        .lock()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            b.new_lock("left")
+                .lock_timeout(Duration::from_millis(50))
+                .await
+                .unwrap_err(),
+            RdLockError::TimeoutReached
+        );
+    }
+    let key = holder.lock().key().to_owned();
+    drop(holder);
+    wait_until(
+        Duration::from_secs(5),
+        "the dropped guard's key is gone",
+        || async { holding(&nodes, &key).await == 0 },
+    )
+    .await;
+    let guards = take_locks(&b, 5).await;
+    drop(guards);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    assert_eq!(b.pending_tasks(), 0);
+    for i in 0..5 {
+        assert_eq!(
+            holding(&nodes, &format!("rdlock:{{many{i}}}:lock")).await,
+            0
+        );
+    }
+}
+
+/// Takes `n` locks `many0..many{n-1}`.
+async fn take_locks(m: &RdLockConnectionManager, n: usize) -> Vec<rdlock::LockGuard> {
+    let mut guards = Vec::new();
+    for i in 0..n {
+        guards.push(m.new_lock(&format!("many{i}")).lock().await.unwrap());
+    }
+    guards
+}
