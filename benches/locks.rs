@@ -46,7 +46,10 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn main() {
     if let Ok(kind) = std::env::var("RDLOCK_BENCH_WORKER") {
-        worker_process(&kind);
+        match kind.strip_prefix("redlock-") {
+            Some(kind) => redlock_worker(kind),
+            None => worker_process(&kind),
+        }
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
@@ -718,6 +721,91 @@ async fn redlock_tables(scale: Scale) {
             shared.shutdown().await.unwrap();
         }
     }
+
+    println!("\n## Redlock: contended, 4 processes x 4 tasks on one key\n");
+    println!("| nodes | contender | acquisitions/s | commands per acquisition, all nodes |");
+    println!("|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            reset_all(&mut conns).await;
+            let started = Instant::now();
+            let children: Vec<_> = (0..4)
+                .map(|_| {
+                    std::process::Command::new(std::env::current_exe().unwrap())
+                        .env("RDLOCK_BENCH_WORKER", format!("redlock-{kind}"))
+                        .env("RDLOCK_BENCH_URL", urls.join(","))
+                        .env("RDLOCK_BENCH_MS", scale.scenario.as_millis().to_string())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("start a worker process")
+                })
+                .collect();
+            let mut total = 0u64;
+            for child in children {
+                let out = child.wait_with_output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                total += text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("ACQ "))
+                    .map(|n| n.parse::<u64>().unwrap())
+                    .sum::<u64>();
+            }
+            let elapsed = started.elapsed();
+            let commands = commands_on(&mut conns).await;
+            println!(
+                "| {n} | {name} | {:.0} | {:.1} |",
+                total as f64 / elapsed.as_secs_f64(),
+                commands as f64 / total.max(1) as f64
+            );
+        }
+    }
+}
+
+/// A Redlock worker process: 4 tasks contend for `KEY` on the nodes of
+/// `RDLOCK_BENCH_URL` (comma-separated) for the given time; prints `ACQ <n>`.
+fn redlock_worker(kind: &str) {
+    let kind: usize = kind.parse().unwrap();
+    let urls: Vec<String> = std::env::var("RDLOCK_BENCH_URL")
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let ms: u64 = std::env::var("RDLOCK_BENCH_MS").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let mut contender = Quorum::new(kind, &urls, &shared);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while started.elapsed() < Duration::from_millis(ms) {
+                        contender.hold().await;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        println!("ACQ {total}");
+        shared.shutdown().await.unwrap();
+    });
 }
 
 // ---------------------------------------------------------------------------------
