@@ -222,8 +222,9 @@ impl ManagerBuilder {
     /// # Errors
     ///
     /// - [`RdLockError::InvalidConfig`] when an option is out of range, or `nodes` is
-    ///   empty, has more than 64 nodes, or names a node twice (`option` is then
-    ///   `"nodes"`);
+    ///   empty, has more than 64 nodes, or names a node twice — the same address, or
+    ///   the same server process under another name or database, as its `run_id` shows
+    ///   when it answers at start (`option` is then `"nodes"`);
     /// - otherwise those of [`RdLockConnectionManager::redlock`].
     ///
     /// # Cancel safety

@@ -194,9 +194,11 @@ impl RdLockConnectionManager {
     ///
     /// - [`RdLockError::InvalidUrl`] when a node's parameters cannot be parsed;
     /// - [`RdLockError::InvalidConfig`] (option `"nodes"`) when `nodes` is empty, has
-    ///   more than 64 nodes or names one node twice;
+    ///   more than 64 nodes or names one server twice (the same address, another
+    ///   database of it, or another name of a server that answers at start with the same
+    ///   `run_id`; a node whose user may not run `INFO` is not checked);
     /// - [`RdLockError::Unreachable`] when fewer than a quorum of the nodes answer
-    ///   `PING` (each within the connect timeout, 2 s by default), or
+    ///   `INFO server` (each within the connect timeout, 2 s by default), or
     ///   [`RdLockError::RedisError`] when a node refuses the set-up (wrong password)
     ///   and no quorum is left.
     ///

@@ -168,6 +168,33 @@ async fn bad_input_is_a_typed_error() {
             ..
         })
     ));
+    // One server under two names (another host name, another database) would count
+    // twice in the quorum: one process lost would be two nodes lost.
+    let two = self::nodes(1);
+    for aliased in [
+        [
+            nodes[0].url(),
+            format!("redis://localhost:{}/", nodes[0].port()),
+            two[0].url(),
+        ],
+        [
+            format!("redis://127.0.0.1:{}/0", nodes[0].port()),
+            format!("redis://127.0.0.1:{}/1", nodes[0].port()),
+            two[0].url(),
+        ],
+    ] {
+        let refused = RdLockConnectionManager::redlock(aliased.clone()).await;
+        assert!(
+            matches!(
+                refused,
+                Err(RdLockError::InvalidConfig {
+                    option: "nodes",
+                    ..
+                })
+            ),
+            "{aliased:?}: {refused:?}"
+        );
+    }
     // A majority unreachable at start: a clear error, not a hang.
     let dead = format!("redis://127.0.0.1:{}/", support::free_port());
     let dead2 = format!("redis://127.0.0.1:{}/", support::free_port());
@@ -534,4 +561,53 @@ async fn take_locks(m: &RdLockConnectionManager, n: usize) -> Vec<rdlock::LockGu
         guards.push(m.new_lock(&format!("many{i}")).lock().await.unwrap());
     }
     guards
+}
+
+/// An acquisition dropped at any point of its flight (the `lock()` future dropped
+/// after a random delay of 0-3 ms, before or after its requests reached the nodes)
+/// leaves no lock key on any node: the undo of a dropped attempt must not overtake the
+/// attempt's own request on a node (the key would then stay for a whole 30 s lease and
+/// block everyone). Seeded; the seed is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisitions_dropped_in_flight_leave_no_key() {
+    let nodes = nodes(3);
+    let a = manager(&nodes).await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("seed {seed}");
+    let mut state = seed;
+    let mut keys = Vec::new();
+    for i in 0..60 {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_micros(state % 3000);
+        let lock = a.new_lock(&format!("dropped{i}")).with_lease(LONG_LEASE);
+        keys.push(lock.key().to_owned());
+        if let Ok(Ok(guard)) = tokio::time::timeout(delay, lock.lock()).await {
+            drop(guard);
+        }
+    }
+    let mut left = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for key in &keys {
+        loop {
+            let held = holding(&nodes, key).await;
+            if held == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                left.push((key.clone(), held));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "seed {seed}: dropped acquisitions left keys (key, nodes holding it): {left:?}"
+    );
 }

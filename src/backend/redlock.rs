@@ -100,10 +100,8 @@ impl Redlock {
             });
         }
         for (i, a) in infos.iter().enumerate() {
-            if infos[..i]
-                .iter()
-                .any(|b| b.addr() == a.addr() && b.redis_settings().db() == a.redis_settings().db())
-            {
+            // Another database of one server is the same server: it would fail with it.
+            if infos[..i].iter().any(|b| b.addr() == a.addr()) {
                 return Err(RdLockError::InvalidConfig {
                     option: "nodes",
                     reason: "the same node is given twice: it would count twice in the quorum",
@@ -121,27 +119,45 @@ impl Redlock {
             node_timeout,
             timeouts,
         };
-        // The first connections: every node in parallel, each within the connect timeout.
-        let pings = redlock
+        // The first connections: every node in parallel, each within the connect
+        // timeout. Each answering node names its server process (`run_id`): one server
+        // given under two names (a host name and its address, two databases) would
+        // count twice in the quorum, and losing that one process would lose two nodes.
+        let ids = redlock
             .gather(
                 |node| async move {
                     let (_, mut conn) = node.single.conn.get();
                     match tokio::time::timeout(
                         timeouts.connect,
-                        redis::cmd("PING").query_async::<()>(&mut conn),
+                        redis::cmd("INFO")
+                            .arg("server")
+                            .query_async::<String>(&mut conn),
                     )
                     .await
                     {
-                        Ok(result) => result,
+                        Ok(Ok(info)) => Ok(run_id(&info)),
+                        // A user whose ACL refuses INFO: the node answered, it cannot
+                        // be told apart from the others (documented).
+                        Ok(Err(e)) if e.code() == Some("NOPERM") => Ok(None),
+                        Ok(Err(e)) => Err(e),
                         Err(_) => Err(node_timed_out()),
                     }
                 },
                 |_| false,
             )
             .await;
-        let answered = pings.iter().filter(|r| matches!(r, Some(Ok(())))).count();
-        if answered < quorum {
-            let errors = pings.into_iter().flatten().filter_map(Result::err);
+        let answered: Vec<&Option<String>> =
+            ids.iter().flatten().filter_map(|r| r.as_ref().ok()).collect();
+        for (i, id) in answered.iter().enumerate() {
+            if id.is_some() && answered[..i].contains(id) {
+                return Err(RdLockError::InvalidConfig {
+                    option: "nodes",
+                    reason: "two nodes are the same server (the same run_id): it would count twice in the quorum",
+                });
+            }
+        }
+        if answered.len() < quorum {
+            let errors = ids.into_iter().flatten().filter_map(Result::err);
             return Err(RdLockError::from_redis(
                 redlock.no_quorum(errors, "connect"),
             ));
@@ -579,6 +595,13 @@ impl Redlock {
         }
         Ok((None, -2, fence))
     }
+}
+
+/// The `run_id` line of an `INFO server` reply (`None` if a server does not give one).
+fn run_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
 }
 
 /// `rdlock:{<id>}:revoked`: a force-released token, for the rest of its lease.
