@@ -168,6 +168,17 @@ async fn bad_input_is_a_typed_error() {
             ..
         })
     ));
+    // 65 nodes: refused before any connection.
+    let many: Vec<String> = (0..65)
+        .map(|i| format!("redis://127.0.0.1:{}/", 20000 + i))
+        .collect();
+    assert!(matches!(
+        RdLockConnectionManager::redlock(many).await,
+        Err(RdLockError::InvalidConfig {
+            option: "nodes",
+            ..
+        })
+    ));
     // One server under two names (another host name, another database) would count
     // twice in the quorum: one process lost would be two nodes lost.
     let two = self::nodes(1);
@@ -610,4 +621,43 @@ async fn acquisitions_dropped_in_flight_leave_no_key() {
         left.is_empty(),
         "seed {seed}: dropped acquisitions left keys (key, nodes holding it): {left:?}"
     );
+}
+
+/// A guard lost while a majority of the nodes was paused (its renewals queued on their
+/// connections) does not come back: once the paused nodes resume, after its lease has
+/// ended on them, the queued renewals must not put the lost holder's key back (`SET
+/// NX` on a key that expired there) and block the lock for another whole lease.
+#[tokio::test]
+async fn renewals_queued_on_paused_nodes_do_not_revive_a_lost_guard() {
+    let nodes = nodes(3);
+    let lease = Duration::from_secs(4);
+    let a = manager(&nodes).await;
+    let b = manager(&nodes).await;
+    let guard = a.new_lock("zombie").with_lease(lease).lock().await.unwrap();
+    let key = guard.lock().key().to_owned();
+    nodes[0].signal("STOP");
+    nodes[1].signal("STOP");
+    tokio::time::timeout(lease + Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost by the local deadline");
+    // Past the lease on the paused nodes too (their clocks run on while paused).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[0].signal("CONT");
+    nodes[1].signal("CONT");
+    // The lock is free: nobody holds it. Give the resumed nodes well under a lease.
+    let started = Instant::now();
+    let mut taken = None;
+    while started.elapsed() < lease / 2 {
+        if let Ok(g) = b.new_lock("zombie").try_lock().await {
+            taken = Some(g);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = holding(&nodes, &key).await;
+    assert!(
+        taken.is_some(),
+        "the lost guard's key came back on {held} nodes and blocks the lock for a lease"
+    );
+    drop(guard);
 }

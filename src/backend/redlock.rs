@@ -146,8 +146,11 @@ impl Redlock {
                 |_| false,
             )
             .await;
-        let answered: Vec<&Option<String>> =
-            ids.iter().flatten().filter_map(|r| r.as_ref().ok()).collect();
+        let answered: Vec<&Option<String>> = ids
+            .iter()
+            .flatten()
+            .filter_map(|r| r.as_ref().ok())
+            .collect();
         for (i, id) in answered.iter().enumerate() {
             if id.is_some() && answered[..i].contains(id) {
                 return Err(RdLockError::InvalidConfig {
