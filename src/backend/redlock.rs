@@ -27,12 +27,13 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use redis::{ConnectionInfo, RedisError, RedisResult, Script};
+use redis::{ConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation};
 
 mod node;
 
@@ -288,16 +289,37 @@ impl Redlock {
         let mut invocation = ACQUIRE.key(&names.key);
         invocation.key(&names.fence).arg(token).arg(lease_ms);
         let invocation = Arc::new(invocation);
+        let undo_one = Arc::new(self.release_invocation(names, token));
         let owned: Arc<str> = Arc::from(token);
+        // Set when this acquisition will not be ours (it failed, or its future was
+        // dropped): a node's request still in flight then undoes itself on that node,
+        // *after* it ran there. A release sent beside it (the undo below, or the lock's
+        // undo of a dropped attempt) can reach the node first (seen in tests on the first
+        // ids of a run: most likely the script's first run on a connection, which takes
+        // two round trips, NOSCRIPT then the script) and would leave the key there for a
+        // whole lease.
+        let abandon = Abandon::armed();
         let replies = self
             .gather(
                 |node| {
                     let (invocation, token) = (invocation.clone(), owned.clone());
+                    let (undo_one, abandoned) = (undo_one.clone(), abandon.flag());
                     async move {
-                        let (ok, value, echo): (i64, i64, String) =
-                            node.script(&invocation, timeout).await?;
-                        node.echoed(&echo, &token)?;
-                        Ok((ok == 1, value))
+                        if abandoned.load(Ordering::SeqCst) {
+                            return Err(node_timed_out());
+                        }
+                        let reply = node
+                            .script::<(i64, i64, String)>(&invocation, timeout)
+                            .await
+                            .and_then(|(ok, value, echo)| {
+                                node.echoed(&echo, &token)?;
+                                Ok((ok == 1, value))
+                            });
+                        // Granted, or unknown (an error, a timeout): the key may be ours.
+                        if abandoned.load(Ordering::SeqCst) && !matches!(reply, Ok((false, _))) {
+                            let _ = node.script::<Option<String>>(&undo_one, timeout).await;
+                        }
+                        reply
                     }
                 },
                 |replies| {
@@ -320,14 +342,21 @@ impl Redlock {
         if granted_fences.len() >= q {
             let base = granted_fences.iter().copied().max().unwrap_or(0);
             match self.fence(names, token, owner, base, timeout).await {
-                Ok(fence) => return Ok(Acquire::Acquired { fence }),
+                Ok(fence) => {
+                    // Ours: the nodes still to answer set our key, as they should.
+                    abandon.disarm();
+                    return Ok(Acquire::Acquired { fence });
+                }
                 Err(e) => {
+                    abandon.set();
                     self.undo(names, token).await;
                     return Err(e);
                 }
             }
         }
-        // Not a quorum: undo on every node (those that did not answer may have run it).
+        abandon.set();
+        // Not a quorum: undo on every node (those that did not answer may have run it;
+        // they also undo themselves once they answer).
         if held_pttls.len() < n {
             self.undo(names, token).await;
         }
@@ -474,12 +503,7 @@ impl Redlock {
     pub(crate) async fn release(&self, names: &LockNames, token: &str) -> RedisResult<bool> {
         let q = self.quorum;
         let timeout = self.timeout_without_lease();
-        let mut invocation = RELEASE.key(&names.key);
-        invocation
-            .key(&names.owner)
-            .arg(token)
-            .arg(&names.release_channel);
-        let invocation = Arc::new(invocation);
+        let invocation = Arc::new(self.release_invocation(names, token));
         let owned: Arc<str> = Arc::from(token);
         let replies = self
             .gather(
@@ -505,6 +529,16 @@ impl Redlock {
         }
         let errors = replies.into_iter().flatten().filter_map(Result::err);
         Err(self.no_quorum(errors, "release"))
+    }
+
+    /// The release script of `token` on one node.
+    fn release_invocation(&self, names: &LockNames, token: &str) -> ScriptInvocation<'static> {
+        let mut invocation = RELEASE.key(&names.key);
+        invocation
+            .key(&names.owner)
+            .arg(token)
+            .arg(&names.release_channel);
+        invocation
     }
 
     /// Deletes the lock on every node (only the acquisition with fencing token `fence`
@@ -597,6 +631,42 @@ impl Redlock {
             }
         }
         Ok((None, -2, fence))
+    }
+}
+
+/// Marks an acquisition abandoned when dropped while armed (its future dropped, or a
+/// failure), so that its node requests still in flight undo themselves.
+struct Abandon {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Abandon {
+    fn armed() -> Self {
+        Self {
+            flag: Arc::new(AtomicBool::new(false)),
+            armed: true,
+        }
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.armed {
+            self.set();
+        }
     }
 }
 
