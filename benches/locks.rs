@@ -49,7 +49,10 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn main() {
     if let Ok(kind) = std::env::var("RDLOCK_BENCH_WORKER") {
-        worker_process(&kind);
+        match kind.strip_prefix("redlock-") {
+            Some(kind) => redlock_worker(kind),
+            None => worker_process(&kind),
+        }
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
@@ -62,6 +65,7 @@ fn main() {
     // RDLOCK_BENCH_CLUSTER_ONLY=1: only the Redis Cluster tables (about 1 minute).
     if std::env::var_os("RDLOCK_BENCH_CLUSTER_ONLY").is_none() {
         one_server(&runtime, scale, full);
+        runtime.block_on(redlock_tables(scale));
     }
     let cluster = runtime.block_on(RedisCluster::start());
     println!("\n## Redis Cluster (3 masters + 3 replicas): uncontended acquire+release cycle\n");
@@ -909,6 +913,244 @@ async fn cluster_contended(cluster: &RedisCluster, scale: Scale, our_cycle: Dura
         );
         shared.shutdown().await.unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Redlock: this crate's Redlock backend against rslock's `LockManager` over the same 3
+// and 5 local servers, in the same run. (A block of its own, apart from the one-server
+// tables above.)
+
+enum Quorum {
+    Ours(rdlock::Lock),
+    Rslock(rslock::LockManager),
+}
+
+impl Quorum {
+    const NAMES: [&'static str; 2] = ["rdlock redlock (this crate)", "rslock 0.10 LockManager"];
+
+    /// `shared`: our manager, shared by the tasks of one process (rslock: one
+    /// `LockManager` per task, as its docs show).
+    fn new(kind: usize, urls: &[String], shared: &rdlock::RdLockConnectionManager) -> Self {
+        match kind {
+            0 => Self::Ours(shared.new_lock(KEY).with_lease(LEASE)),
+            _ => Self::Rslock(rslock::LockManager::new(urls.to_vec())),
+        }
+    }
+
+    /// Acquires and releases; returns the time spent waiting for the lock.
+    async fn hold(&mut self) -> Duration {
+        let asked = Instant::now();
+        match self {
+            Self::Ours(lock) => {
+                let guard = lock.lock().await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await.unwrap();
+                waited
+            }
+            Self::Rslock(manager) => {
+                let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
+                let waited = asked.elapsed();
+                guard.release().await;
+                waited
+            }
+        }
+    }
+}
+
+/// Commands run on all `nodes` since their last reset.
+async fn commands_on(conns: &mut [MultiplexedConnection]) -> u64 {
+    let mut total = 0;
+    for conn in conns {
+        total += commands_run(conn).await;
+    }
+    total
+}
+
+async fn reset_all(conns: &mut [MultiplexedConnection]) {
+    for conn in conns {
+        reset_stats(conn).await;
+    }
+}
+
+async fn redlock_tables(scale: Scale) {
+    let servers: Vec<RedisServer> = (0..5).map(|_| RedisServer::start()).collect();
+    println!("\n## Redlock: uncontended acquire+release cycle (interleaved rounds, median)\n");
+    println!(
+        "| nodes | contender | cycle (median) | vs rslock | Redis commands per cycle, all nodes |"
+    );
+    println!("|---|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+            .await
+            .unwrap();
+        let mut contenders: Vec<Quorum> = (0..2).map(|k| Quorum::new(k, &urls, &shared)).collect();
+        let mut per_cycle = vec![Vec::new(); 2];
+        let mut commands = [0.0; 2];
+        for _ in 0..scale.rounds {
+            for (kind, contender) in contenders.iter_mut().enumerate() {
+                reset_all(&mut conns).await;
+                let started = Instant::now();
+                for _ in 0..scale.cycles {
+                    contender.hold().await;
+                }
+                per_cycle[kind].push(started.elapsed() / scale.cycles as u32);
+                commands[kind] = commands_on(&mut conns).await as f64 / scale.cycles as f64;
+            }
+        }
+        let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            println!(
+                "| {n} | {name} | {:.1} µs | {:.2}x | {:.1} |",
+                micros(medians[kind]),
+                ratio(medians[kind], medians[1]),
+                commands[kind]
+            );
+        }
+        shared.shutdown().await.unwrap();
+    }
+
+    println!("\n## Redlock: contended, one process, 16 tasks on one key\n");
+    println!("| nodes | contender | acquisitions/s | p50 wait | p99 wait | min/mean acquisitions per task | commands per acquisition, all nodes |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+                .await
+                .unwrap();
+            reset_all(&mut conns).await;
+            let started = Instant::now();
+            let run_for = scale.scenario;
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let mut contender = Quorum::new(kind, &urls, &shared);
+                    tokio::spawn(async move {
+                        let mut waits = Vec::new();
+                        while started.elapsed() < run_for {
+                            waits.push(contender.hold().await);
+                        }
+                        waits
+                    })
+                })
+                .collect();
+            let mut per_task = Vec::new();
+            let mut waits = Vec::new();
+            for handle in handles {
+                let w = handle.await.unwrap();
+                per_task.push(w.len() as u64);
+                waits.extend(w);
+            }
+            let elapsed = started.elapsed();
+            let commands = commands_on(&mut conns).await;
+            let total: u64 = per_task.iter().sum();
+            let mean = total as f64 / per_task.len() as f64;
+            let min = per_task.iter().min().copied().unwrap_or(0);
+            waits.sort();
+            println!(
+                "| {n} | {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.1} |",
+                total as f64 / elapsed.as_secs_f64(),
+                millis(percentile(&waits, 0.50)),
+                millis(percentile(&waits, 0.99)),
+                min as f64 / mean.max(1.0),
+                commands as f64 / total.max(1) as f64,
+            );
+            shared.shutdown().await.unwrap();
+        }
+    }
+
+    println!("\n## Redlock: contended, 4 processes x 4 tasks on one key\n");
+    println!("| nodes | contender | acquisitions/s | commands per acquisition, all nodes |");
+    println!("|---|---|---|---|");
+    for n in [3, 5] {
+        let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
+        let mut conns = Vec::new();
+        for server in &servers[..n] {
+            conns.push(server.conn().await);
+        }
+        for (kind, name) in Quorum::NAMES.iter().enumerate() {
+            reset_all(&mut conns).await;
+            let started = Instant::now();
+            let children: Vec<_> = (0..4)
+                .map(|_| {
+                    std::process::Command::new(std::env::current_exe().unwrap())
+                        .env("RDLOCK_BENCH_WORKER", format!("redlock-{kind}"))
+                        .env("RDLOCK_BENCH_URL", urls.join(","))
+                        .env("RDLOCK_BENCH_MS", scale.scenario.as_millis().to_string())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("start a worker process")
+                })
+                .collect();
+            let mut total = 0u64;
+            for child in children {
+                let out = child.wait_with_output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                total += text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("ACQ "))
+                    .map(|n| n.parse::<u64>().unwrap())
+                    .sum::<u64>();
+            }
+            let elapsed = started.elapsed();
+            let commands = commands_on(&mut conns).await;
+            println!(
+                "| {n} | {name} | {:.0} | {:.1} |",
+                total as f64 / elapsed.as_secs_f64(),
+                commands as f64 / total.max(1) as f64
+            );
+        }
+    }
+}
+
+/// A Redlock worker process: 4 tasks contend for `KEY` on the nodes of
+/// `RDLOCK_BENCH_URL` (comma-separated) for the given time; prints `ACQ <n>`.
+fn redlock_worker(kind: &str) {
+    let kind: usize = kind.parse().unwrap();
+    let urls: Vec<String> = std::env::var("RDLOCK_BENCH_URL")
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let ms: u64 = std::env::var("RDLOCK_BENCH_MS").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let shared = rdlock::RdLockConnectionManager::redlock(urls.clone())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let mut contender = Quorum::new(kind, &urls, &shared);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while started.elapsed() < Duration::from_millis(ms) {
+                        contender.hold().await;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.await.unwrap();
+        }
+        println!("ACQ {total}");
+        shared.shutdown().await.unwrap();
+    });
 }
 
 // ---------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// - [`replica_sync`](Self::replica_sync): off.
 /// - [`sentinel_master_params`](Self::sentinel_master_params): `redis://` (no
 ///   credentials, database 0, plain TCP).
+/// - [`node_timeout`](Self::node_timeout) (Redlock only): 5 % of the lease, within 50 ms
+///   and the response timeout; 500 ms for releases and reads.
 ///
 /// # Example
 ///
@@ -68,6 +70,7 @@ pub struct ManagerBuilder {
     /// For [`sentinel`](Self::sentinel): how to connect to the data nodes.
     sentinel_master_params: Option<Result<redis::ConnectionInfo, redis::RedisError>>,
     replica_sync: Option<ReplicaSync>,
+    node_timeout: Option<Duration>,
 }
 
 /// The longest replica-sync wait accepted ([`ManagerBuilder::replica_sync`]).
@@ -130,6 +133,33 @@ impl ManagerBuilder {
         self
     }
 
+    /// Redlock only ([`redlock`](Self::redlock)): how long each node may take to
+    /// answer one request of a quorum operation (an acquire, a renewal, a release)
+    /// before it counts as failed for that operation. A node that does not answer in
+    /// time slows an operation by at most this much, and an operation returns as soon
+    /// as a quorum has decided it, so a slow or paused node costs nothing once the
+    /// others have answered.
+    ///
+    /// Default: 5 % of the lock's lease (as redsync), at least 50 ms and at most the
+    /// [`response_timeout`](Self::response_timeout), for acquisitions and renewals;
+    /// 500 ms (at most the response timeout) for releases and reads. Keep it well
+    /// below the lease: the time an acquisition takes is subtracted from its validity.
+    ///
+    /// Refused (with [`RdLockError::InvalidConfig`]) below 1 ms, above the response
+    /// timeout, and by the backends that are not Redlock.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = rdlock::RdLockConnectionManager::builder()
+    ///     .node_timeout(Duration::from_millis(50));
+    /// ```
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+
     /// Validates the options, connects to one Redis server and starts the shared
     /// subscriber.
     ///
@@ -165,6 +195,7 @@ impl ManagerBuilder {
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
         self.sentinel_only()?;
+        self.refuse_node_timeout()?;
         RdLockConnectionManager::connect_single(params, timeouts).await
     }
 
@@ -200,6 +231,7 @@ impl ManagerBuilder {
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
         self.sentinel_only()?;
+        self.refuse_node_timeout()?;
         if timeouts.replica_sync.is_some() {
             return Err(RdLockError::InvalidConfig {
                 option: "replica_sync",
@@ -267,7 +299,7 @@ impl ManagerBuilder {
     /// of their own (a small pool), never over the shared command connection.
     ///
     /// For one server with replicas ([`connect`](Self::connect)) and Sentinel
-    /// ([`sentinel`](Self::sentinel)); a Redis Cluster refuses it
+    /// ([`sentinel`](Self::sentinel)); a Redis Cluster and Redlock refuse it
     /// ([`RdLockError::InvalidConfig`]). Out of range (checked when connecting):
     /// `replicas` 0, `timeout` 0 (which `WAIT` reads as "for ever") or above 60 s.
     ///
@@ -321,6 +353,7 @@ impl ManagerBuilder {
         service: &str,
     ) -> Result<RdLockConnectionManager, RdLockError> {
         let timeouts = self.timeouts()?;
+        self.refuse_node_timeout()?;
         let node = match self.sentinel_master_params {
             Some(params) => params.map_err(RdLockError::InvalidUrl)?,
             None => "redis://127.0.0.1/"
@@ -328,6 +361,75 @@ impl ManagerBuilder {
                 .map_err(RdLockError::InvalidUrl)?,
         };
         RdLockConnectionManager::connect_sentinel(sentinels, service, node, timeouts).await
+    }
+
+    /// Validates the options, connects to `nodes`, independent Redis masters (not
+    /// replicas of one another, not a cluster), and starts one subscriber per node.
+    /// See [`RdLockConnectionManager::redlock`].
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidConfig`] when an option is out of range, or `nodes` is
+    ///   empty, has more than 64 nodes, or names a node twice — the same address, or
+    ///   the same server process under another name or database, as its `run_id` shows
+    ///   when it answers at start (`option` is then `"nodes"`);
+    /// - otherwise those of [`RdLockConnectionManager::redlock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// # use std::time::Duration;
+    /// let manager = rdlock::RdLockConnectionManager::builder()
+    ///     .node_timeout(Duration::from_millis(100))
+    ///     .redlock(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redlock<T: IntoConnectionInfo>(
+        self,
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<RdLockConnectionManager, RdLockError> {
+        let timeouts = self.timeouts()?;
+        self.sentinel_only()?;
+        if timeouts.replica_sync.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "replica_sync",
+                reason:
+                    "not available on Redlock (each node is a master without replicas to wait for)",
+            });
+        }
+        if let Some(node) = self.node_timeout {
+            if node < MIN_RESPONSE_TIMEOUT {
+                return Err(RdLockError::InvalidConfig {
+                    option: "node_timeout",
+                    reason: "shorter than 1 ms: no round trip fits",
+                });
+            }
+            if node > timeouts.response {
+                return Err(RdLockError::InvalidConfig {
+                    option: "node_timeout",
+                    reason: "longer than the response timeout",
+                });
+            }
+        }
+        RdLockConnectionManager::connect_redlock(nodes, self.node_timeout, timeouts).await
+    }
+
+    /// The per-node timeout is a Redlock option.
+    fn refuse_node_timeout(&self) -> Result<(), RdLockError> {
+        if self.node_timeout.is_some() {
+            return Err(RdLockError::InvalidConfig {
+                option: "node_timeout",
+                reason: "only Redlock (`redlock`) has per-node timeouts",
+            });
+        }
+        Ok(())
     }
 
     /// Refuses the options only a Sentinel manager has (`option` names the first).

@@ -256,6 +256,35 @@
 //! master may not have them on). The sentinel URLs carry the sentinels' credentials and
 //! TLS; the data nodes use [`ManagerBuilder::sentinel_master_params`].
 //!
+//! # Redlock
+//!
+//! [`RdLockConnectionManager::redlock`] (or [`ManagerBuilder::redlock`]) locks on N
+//! independent masters: a lock is held while a quorum (N/2 + 1) holds its token. The
+//! backend runs each acquire, renewal, release and read as a quorum operation — the
+//! same script on every node in parallel, each request bounded by the per-node timeout
+//! ([`ManagerBuilder::node_timeout`]) — and returns as soon as a quorum has decided;
+//! the lock code above it is the same as on one server.
+//!
+//! - **Acquire:** validity from before the first request, minus 1 % + 2 ms; without a
+//!   quorum, undone on every node by token; random back-off (1-100 ms) only after a
+//!   split vote; otherwise the waiter waits for release messages or for enough of the
+//!   holders' keys to expire.
+//! - **Watchdog:** lost at the local deadline without a quorum round, or at once when
+//!   no quorum is possible; a node that lost the key gets it back with `SET NX` (never
+//!   over another token), unless `force_release` revoked the token there
+//!   (`rdlock:{<id>}:revoked`, for the rest of its lease).
+//! - **Waiting:** one subscriber per node; a waiter wakes when a quorum of nodes
+//!   published the release of the same holder (the release message is the SHA-1 of
+//!   its token), at the holders' PTTL, or when a subscriber (re)connects.
+//! - **Fencing:** a quorum compare-and-set register: tokens strictly increase as long
+//!   as a majority of the nodes keeps its data (fence keys never expire; a node
+//!   restarts with its data, or stays down for at least one maximum lease).
+//! - **Not promised:** Redlock assumes bounded pauses, delays and clock drift. A
+//!   holder paused past its lease, a node clock that jumps, or a majority that restarts
+//!   empty while a lock is held can give two holders (the last also repeats fencing
+//!   tokens); fencing checked by the resource covers the first two. See the README,
+//!   "Redlock".
+//!
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![doc(test(attr(deny(warnings), allow(unused))))]

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::cluster::Cluster;
+use crate::backend::redlock::Redlock;
 use crate::backend::sentinel::Sentinel;
 use crate::backend::single::Single;
 use crate::backend::Backend;
@@ -233,6 +234,60 @@ impl RdLockConnectionManager {
         ManagerBuilder::new().sentinel(sentinels, service).await
     }
 
+    /// Connects to `nodes`, independent Redis masters, for Redlock: every lock is held
+    /// while a quorum of them (`N / 2 + 1`) holds its token, so locks keep working
+    /// while a minority of the nodes is down. The same as `builder().redlock(nodes)`;
+    /// the builder sets the per-node timeout ([`ManagerBuilder::node_timeout`]).
+    ///
+    /// Everything else is the same API as on one server: [`Lock`],
+    /// [`LockGuard`](crate::LockGuard), `run`, `holder`, `force_release`, `shutdown`, fencing,
+    /// [`BasicLock`]. Acquisitions, renewals and releases run on every node in parallel
+    /// and return once a quorum decided; fencing tokens come from a quorum
+    /// compare-and-set and strictly increase as long as a majority of the nodes keeps
+    /// its data; the manager keeps one subscriber connection per node. What Redlock
+    /// assumes and does not promise: the crate docs, "Redlock".
+    ///
+    /// [`get_connection_manager`](Self::get_connection_manager) and
+    /// [`get_connection_info`](Self::get_connection_info) give the first node's.
+    /// Keyspace events are not used.
+    ///
+    /// # Errors
+    ///
+    /// - [`RdLockError::InvalidUrl`] when a node's parameters cannot be parsed;
+    /// - [`RdLockError::InvalidConfig`] (option `"nodes"`) when `nodes` is empty, has
+    ///   more than 64 nodes or names one server twice (the same address, another
+    ///   database of it, or another name of a server that answers at start with the same
+    ///   `run_id`; a node whose user may not run `INFO` is not checked);
+    /// - [`RdLockError::Unreachable`] when fewer than a quorum of the nodes answer
+    ///   `INFO server` (each within the connect timeout, 2 s by default), or
+    ///   [`RdLockError::RedisError`] when a node refuses the set-up (wrong password)
+    ///   and no quorum is left.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes whatever it opened.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rdlock::RdLockError> {
+    /// let manager = rdlock::RdLockConnectionManager::redlock([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    ///     "redis://10.0.0.3:6379",
+    /// ])
+    /// .await?;
+    /// let guard = manager.new_lock("nightly-report").lock().await?;
+    /// println!("fencing token {}", guard.fencing_token());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redlock<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RdLockError> {
+        ManagerBuilder::new().redlock(nodes).await
+    }
+
     /// A [`ManagerBuilder`], to set options before connecting; its
     /// [`connect`](ManagerBuilder::connect) gives the manager.
     ///
@@ -311,6 +366,22 @@ impl RdLockConnectionManager {
             None,
             timeouts,
         ))
+    }
+
+    /// Redlock nodes, with validated options ([`ManagerBuilder::redlock`]).
+    pub(crate) async fn connect_redlock<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+        node_timeout: Option<Duration>,
+        timeouts: Timeouts,
+    ) -> Result<Self, RdLockError> {
+        let infos = nodes
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RdLockError::InvalidUrl)?;
+        let redlock = Redlock::connect(infos, node_timeout, timeouts).await?;
+        let info = redlock.first_node().clone();
+        Ok(Self::start(Backend::Redlock(redlock), info, None, timeouts))
     }
 
     /// The manager around a connected backend; starts the subscriber.
@@ -414,6 +485,7 @@ impl RdLockConnectionManager {
             Backend::Single(single) => single.connection_manager(),
             Backend::Cluster(cluster) => cluster.seed_connection(),
             Backend::Sentinel(sentinel) => sentinel.connection_manager(),
+            Backend::Redlock(redlock) => redlock.first_connection(),
         }
     }
 
@@ -629,6 +701,7 @@ impl fmt::Debug for RdLockConnectionManager {
                 .field("db", &self.inner.info.redis_settings().db()),
             Backend::Cluster(cluster) => f.field("cluster", cluster),
             Backend::Sentinel(sentinel) => f.field("sentinel", sentinel),
+            Backend::Redlock(redlock) => f.field("redlock", redlock),
         }
         .field("keyspace_events", &self.keyspace_events())
         .field("response_timeout", &self.inner.timeouts.response)

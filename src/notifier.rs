@@ -27,6 +27,18 @@
 //! subscriber connection that died silently must not keep a waiter from a lock that
 //! expired.
 //!
+//! # Redlock: one subscriber per node
+//!
+//! On a Redlock backend the notifier runs one subscriber task, with its own connection,
+//! per node (connections O(nodes), never O(waiters)); each task keeps every watched
+//! lock subscribed on its node, and an entry counts as confirmed on each node
+//! separately. A release message carries the SHA-1 of the holder's token
+//! (`redlock_release.lua`), and wakes a waiter only once a quorum of nodes has
+//! published the release of the same token: an undone minority attempt (a split vote)
+//! wakes nobody, and the holder's deletes, which land on the nodes microseconds apart,
+//! wake one waiter once. A (re)subscription confirmed on any node wakes every waiter,
+//! as on one server.
+//!
 //! # Keeping up
 //!
 //! The subscriber task never waits for one command at a time while others queue: it
@@ -73,10 +85,13 @@ pub(crate) struct Notifier {
 
 struct Shared {
     registry: Mutex<HashMap<String, Registered>>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// One queue per subscriber task (one per Redlock node, else one).
+    commands: Vec<mpsc::UnboundedSender<Command>>,
     status: Arc<Status>,
     /// How long [`Watch::ready`] waits for a confirmation.
     ready_timeout: Duration,
+    /// How many subscribers must hear one holder's release (a Redlock quorum, else 1).
+    quorum: usize,
 }
 
 struct Registered {
@@ -87,7 +102,8 @@ struct Registered {
 /// What the subscriber task reports about itself.
 #[derive(Default)]
 struct Status {
-    connected: AtomicBool,
+    /// Subscriber tasks connected now.
+    connected: AtomicUsize,
     /// Completed (re)connections of the subscriber, the first one included.
     connections: AtomicU64,
     /// Channels the task keeps subscribed (or will, once connected).
@@ -99,8 +115,12 @@ struct Entry {
     release_channel: String,
     keyspace_channel: Option<String>,
     notify: Notify,
-    /// `true` while the channels are subscribed on the live connection.
-    confirmed: watch::Sender<bool>,
+    /// One bit per subscriber task: set while the channels are subscribed on its live
+    /// connection.
+    confirmed: watch::Sender<u64>,
+    /// Redlock: which nodes published the release of which holder (by the SHA-1 of its
+    /// token), so that a waiter is woken once a quorum did.
+    votes: Mutex<Vec<Vote>>,
     /// A keyspace `del` woke a waiter and the release message of the same release is
     /// still to come: it must not wake a second one.
     del_seen: AtomicBool,
@@ -140,12 +160,74 @@ impl Entry {
         }
     }
 
-    /// The subscription is in place on the server (its reply came): every waiter
-    /// retries once, since a release may have been published while it was not.
-    fn confirm(&self) {
-        self.confirmed.send_replace(true);
+    /// The subscription is in place on node `node`'s server (its reply came): every
+    /// waiter retries once, since a release may have been published while it was not.
+    fn confirm(&self, node: usize) {
+        self.confirmed.send_modify(|mask| *mask |= bit(node));
         self.notify.notify_waiters();
     }
+
+    /// Counts node `node`'s release message for the holder `payload` names; `true`
+    /// once `quorum` nodes have published it (only the first time).
+    fn vote(&self, node: usize, payload: &[u8], quorum: usize) -> bool {
+        let mut votes = self.votes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let index = match votes.iter().position(|v| v.payload == payload) {
+            // Long after the first message of that payload: another release with the
+            // same payload (a force release's "released"), counted afresh.
+            Some(index) if now.duration_since(votes[index].since) > VOTE_WINDOW => {
+                votes[index] = Vote {
+                    payload: payload.to_vec(),
+                    nodes: 0,
+                    woke: false,
+                    since: now,
+                };
+                index
+            }
+            Some(index) => index,
+            None => {
+                if votes.len() >= MAX_VOTES {
+                    votes.remove(0); // the oldest release: long settled
+                }
+                votes.push(Vote {
+                    payload: payload.to_vec(),
+                    nodes: 0,
+                    woke: false,
+                    since: now,
+                });
+                votes.len() - 1
+            }
+        };
+        let vote = &mut votes[index];
+        vote.nodes |= bit(node);
+        if vote.woke || (vote.nodes.count_ones() as usize) < quorum {
+            return false;
+        }
+        vote.woke = true;
+        true
+    }
+}
+
+/// The release messages of one holder, as heard from the nodes.
+struct Vote {
+    payload: Vec<u8>,
+    nodes: u64,
+    woke: bool,
+    /// When the first node's message came.
+    since: std::time::Instant,
+}
+
+/// How long the release messages of one holder are counted together: its deletes land
+/// on the nodes microseconds apart. A payload seen again later is another release (a
+/// force release publishes the same payload every time).
+const VOTE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The releases remembered per lock (a holder's messages arrive within milliseconds
+/// of each other; older ones are long settled).
+const MAX_VOTES: usize = 16;
+
+fn bit(node: usize) -> u64 {
+    1u64 << (node % 64)
 }
 
 enum Command {
@@ -160,27 +242,36 @@ impl Notifier {
         timeouts: Timeouts,
         shutdown: CancellationToken,
     ) -> Self {
-        let (commands, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Status::default());
-        let subscriber = Subscriber {
-            backend,
-            attempts: 0,
-            commands: receiver,
-            status: status.clone(),
-            timeouts,
-            channels: HashMap::new(),
-            keyspace_ok: true,
-            backlog: Vec::new(),
-        };
-        tokio::spawn(async move {
-            shutdown.run_until_cancelled(subscriber.run()).await;
-        });
+        let quorum = backend.wake_quorum();
+        let mut commands = Vec::new();
+        for node in 0..backend.subscribers() {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            commands.push(sender);
+            let subscriber = Subscriber {
+                backend: backend.clone(),
+                node,
+                quorum,
+                attempts: 0,
+                commands: receiver,
+                status: status.clone(),
+                timeouts,
+                channels: HashMap::new(),
+                keyspace_ok: true,
+                backlog: Vec::new(),
+            };
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.run_until_cancelled(subscriber.run()).await;
+            });
+        }
         Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(HashMap::new()),
                 commands,
                 status,
                 ready_timeout: timeouts.response,
+                quorum,
             }),
         }
     }
@@ -201,14 +292,17 @@ impl Notifier {
                     release_channel: names.release_channel.clone(),
                     keyspace_channel: names.keyspace_channel.clone(),
                     notify: Notify::new(),
-                    confirmed: watch::Sender::new(false),
+                    confirmed: watch::Sender::new(0),
+                    votes: Mutex::new(Vec::new()),
                     del_seen: AtomicBool::new(false),
                     v1_channel: v1_channel.cloned().map(OnceLock::from).unwrap_or_default(),
                     v1_waiters: AtomicBool::new(false),
                 });
                 // A send error means the task is gone (runtime shutting down): waiters
                 // then fall back to the holder's PTTL.
-                let _ = self.shared.commands.send(Command::Subscribe(entry.clone()));
+                for commands in &self.shared.commands {
+                    let _ = commands.send(Command::Subscribe(entry.clone()));
+                }
                 Registered { entry, watchers: 0 }
             });
         if names.v1.is_some() {
@@ -221,10 +315,9 @@ impl Notifier {
             // first subscription does, so this waiter misses no 1.x release either
             // (`ready` returns at once, the entry being confirmed already).
             if registered.entry.v1_channel.set(channel.clone()).is_ok() {
-                let _ = self
-                    .shared
-                    .commands
-                    .send(Command::Subscribe(registered.entry.clone()));
+                for commands in &self.shared.commands {
+                    let _ = commands.send(Command::Subscribe(registered.entry.clone()));
+                }
             }
         }
         registered.watchers += 1;
@@ -271,11 +364,20 @@ impl Watch {
     /// the waiter (see the module docs), and waits are always also bounded by the
     /// holder's PTTL.
     pub(crate) async fn ready(&self) {
-        if !self.shared.status.connected.load(Ordering::Acquire) {
+        // On Redlock, a quorum of the subscribers connected now (one per node) must
+        // have confirmed: a release heard from fewer wakes nobody, and a paused node,
+        // whose connection is open but silent, must not hold every waiter up.
+        let connected = self.shared.status.connected.load(Ordering::Acquire);
+        if connected == 0 {
             return;
         }
+        let need = connected.min(self.shared.quorum);
         let mut confirmed = self.entry.confirmed.subscribe();
-        let _ = tokio::time::timeout(self.shared.ready_timeout, confirmed.wait_for(|c| *c)).await;
+        let _ = tokio::time::timeout(
+            self.shared.ready_timeout,
+            confirmed.wait_for(|mask| mask.count_ones() as usize >= need),
+        )
+        .await;
     }
 
     /// The wake-up future; create and `enable()` it *before* the attempt it follows.
@@ -297,10 +399,9 @@ impl Drop for Watch {
                 registered.watchers -= 1;
                 if registered.watchers == 0 {
                     registry.remove(&self.entry.release_channel);
-                    let _ = self
-                        .shared
-                        .commands
-                        .send(Command::Unsubscribe(self.entry.clone()));
+                    for commands in &self.shared.commands {
+                        let _ = commands.send(Command::Unsubscribe(self.entry.clone()));
+                    }
                 }
             }
         }
@@ -310,8 +411,13 @@ impl Drop for Watch {
 /// The subscriber task's state: (re)connects, keeps the server's subscriptions in line
 /// with the registry, and routes messages to waiters.
 struct Subscriber {
-    /// Where the subscriber connects ([`Backend::subscriber`]).
+    /// Where the subscriber connects ([`Backend::subscriber_at`]).
     backend: Arc<Backend>,
+    /// Which of the backend's subscribers this is (a Redlock node; else 0).
+    node: usize,
+    /// How many nodes must publish one holder's release to wake a waiter (1 but on
+    /// Redlock).
+    quorum: usize,
     /// Connection attempts so far: a cluster backend rotates nodes by it.
     attempts: u64,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -408,16 +514,17 @@ impl Subscriber {
                 };
                 if let Done::Batch(batch, refused) = done {
                     delay = RECONNECT_MIN;
-                    self.status.connected.store(true, Ordering::Release);
+                    self.status.connected.fetch_add(1, Ordering::AcqRel);
                     self.status.connections.fetch_add(1, Ordering::Relaxed);
                     // Confirms every entry: whatever was published while the channels
                     // were not subscribed is lost, so every waiter retries.
                     let mut subscribed = HashSet::new();
                     self.settle(batch, refused, &mut subscribed);
                     let leave = self.serve(sink, stream, subscribed, generation).await;
-                    self.status.connected.store(false, Ordering::Release);
+                    self.status.connected.fetch_sub(1, Ordering::AcqRel);
+                    let node = bit(self.node);
                     for entry in self.channels.values() {
-                        entry.confirmed.send_replace(false);
+                        entry.confirmed.send_modify(|mask| *mask &= !node);
                     }
                     if let Leave::Stop = leave {
                         return;
@@ -450,9 +557,10 @@ impl Subscriber {
     async fn connect(&mut self) -> Option<Option<redis::aio::PubSub>> {
         let backend = self.backend.clone();
         let attempt = self.attempts;
+        let node = self.node;
         self.attempts += 1;
         let connecting = tokio::time::timeout(self.timeouts.connect, async move {
-            backend.subscriber(attempt).await
+            backend.subscriber_at(node, attempt).await
         });
         tokio::pin!(connecting);
         loop {
@@ -647,7 +755,7 @@ impl Subscriber {
                 .get(&entry.release_channel)
                 .is_some_and(|current| Arc::ptr_eq(current, entry))
             {
-                entry.confirm();
+                entry.confirm(self.node);
             }
         }
     }
@@ -682,6 +790,12 @@ impl Subscriber {
             return;
         };
         if *name == entry.release_channel {
+            if self.quorum > 1 {
+                if entry.vote(self.node, message.get_payload_bytes(), self.quorum) {
+                    entry.notify.notify_one();
+                }
+                return;
+            }
             if !entry.del_seen.swap(false, Ordering::Relaxed) {
                 entry.wake();
             }
@@ -765,6 +879,8 @@ mod tests {
         let (commands, receiver) = mpsc::unbounded_channel();
         let subscriber = Subscriber {
             backend: Arc::new(Backend::unconnected("redis://127.0.0.1:1/")),
+            node: 0,
+            quorum: 1,
             attempts: 0,
             commands: receiver,
             status: Arc::new(Status::default()),
@@ -787,7 +903,8 @@ mod tests {
             release_channel: names.release_channel,
             keyspace_channel: names.keyspace_channel,
             notify: Notify::new(),
-            confirmed: watch::Sender::new(false),
+            confirmed: watch::Sender::new(0),
+            votes: Mutex::new(Vec::new()),
             del_seen: AtomicBool::new(false),
             v1_channel: OnceLock::new(),
             v1_waiters: AtomicBool::new(false),
@@ -812,9 +929,9 @@ mod tests {
         let batch = next_batch(&mut subscriber, &subscribed);
         assert_eq!(batch.release, std::slice::from_ref(&a.release_channel));
         assert_eq!(batch.keyspace.len(), 1);
-        assert!(!*a.confirmed.borrow());
+        assert!(*a.confirmed.borrow() == 0);
         subscriber.settle(batch, None, &mut subscribed);
-        assert!(*a.confirmed.borrow());
+        assert!(*a.confirmed.borrow() != 0);
         tokio::time::timeout(Duration::from_secs(1), woken)
             .await
             .expect("woken by the confirmation");
@@ -847,9 +964,9 @@ mod tests {
         assert!(batch.unsubscribe.is_empty());
         assert_eq!(chunks(&batch.release).len(), 2, "two SUBSCRIBE commands");
         subscriber.settle(batch, None, &mut subscribed);
-        assert!(burst.iter().all(|e| *e.confirmed.borrow()));
-        assert!(*new.confirmed.borrow());
-        assert!(!*brief.confirmed.borrow());
+        assert!(burst.iter().all(|e| *e.confirmed.borrow() != 0));
+        assert!(*new.confirmed.borrow() != 0);
+        assert!(*brief.confirmed.borrow() == 0);
         assert_eq!(subscribed.len(), 1001);
 
         for e in &burst {
@@ -872,7 +989,7 @@ mod tests {
         let batch = next_batch(&mut subscriber, &subscribed);
         let refusal = RedisError::from((redis::ErrorKind::Client, "NOPERM"));
         subscriber.settle(batch, Some(refusal), &mut subscribed);
-        assert!(*a.confirmed.borrow());
+        assert!(*a.confirmed.borrow() != 0);
         assert!(!subscriber.keyspace_ok);
         assert_eq!(subscribed, HashSet::from([a.release_channel.clone()]));
         // Later locks subscribe their release channel only.
@@ -897,6 +1014,24 @@ mod tests {
             "no channel left without a watcher"
         );
         assert!(subscriber.backlog.is_empty());
+    }
+
+    #[test]
+    fn a_quorum_of_nodes_for_the_same_holder_wakes_once() {
+        let a = entry("a", false);
+        // Quorum 3 of 5: two nodes for holder x, one for y: nobody yet.
+        assert!(!a.vote(0, b"x", 3));
+        assert!(!a.vote(1, b"y", 3));
+        assert!(!a.vote(2, b"x", 3));
+        // A node counted twice is one node.
+        assert!(!a.vote(2, b"x", 3));
+        assert!(a.vote(4, b"x", 3), "the third node for x wakes");
+        assert!(!a.vote(3, b"x", 3), "once");
+        // Many holders later, the table stays bounded.
+        for i in 0..100u8 {
+            a.vote(0, &[i], 3);
+        }
+        assert!(a.votes.lock().unwrap().len() <= MAX_VOTES);
     }
 
     #[test]

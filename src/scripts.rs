@@ -98,6 +98,9 @@ pub(crate) async fn acquire(
     lease_ms: u64,
     owner: &str,
 ) -> RedisResult<Acquire> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.acquire(names, token, lease_ms, owner).await;
+    }
     let mut invocation = pick(names, &ACQUIRE, &ACQUIRE_V1).prepare_invoke();
     invocation
         .key(&names.key)
@@ -188,6 +191,9 @@ pub(crate) async fn renew(
     token: &str,
     lease_ms: u64,
 ) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.renew(names, token, lease_ms).await;
+    }
     // A retry that finds the key not ours means it is lost: a first attempt that ran
     // would have left it ours.
     let mut invocation = pick(names, &RENEW, &RENEW_V1).prepare_invoke();
@@ -206,6 +212,9 @@ pub(crate) async fn renew(
 /// Deletes the key and publishes the release if it still holds `token`; `Ok(false)`
 /// when it does not (expired, taken over, or already released).
 pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.release(names, token).await;
+    }
     let mut invocation = pick(names, &RELEASE, &RELEASE_V1).prepare_invoke();
     invocation.key(&names.key).key(&names.owner);
     v1_key(&mut invocation, names);
@@ -225,6 +234,9 @@ pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> R
 
 /// Deletes the lock whoever holds it and wakes waiters; `Ok(true)` if it was held.
 pub(crate) async fn force_release(conn: &Backend, names: &LockNames) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.force_release(names, None).await;
+    }
     let mut invocation = pick(names, &FORCE_RELEASE, &FORCE_RELEASE_V1).prepare_invoke();
     invocation.key(&names.key).key(&names.owner);
     v1_key(&mut invocation, names);
@@ -240,6 +252,9 @@ pub(crate) async fn force_release_if(
     names: &LockNames,
     fence: u64,
 ) -> RedisResult<bool> {
+    if let Backend::Redlock(redlock) = conn {
+        return redlock.force_release(names, Some(fence)).await;
+    }
     let mut invocation = pick(names, &FORCE_RELEASE, &FORCE_RELEASE_V1).prepare_invoke();
     invocation.key(&names.key).key(&names.owner);
     v1_key(&mut invocation, names);
@@ -254,6 +269,10 @@ pub(crate) async fn inspect(
     conn: &Backend,
     names: &LockNames,
 ) -> RedisResult<(Option<String>, i64, Option<u64>, Option<i64>)> {
+    if let Backend::Redlock(redlock) = conn {
+        let (record, pttl, fence) = redlock.inspect(names).await?;
+        return Ok((record, pttl, fence, None));
+    }
     let mut pipe = redis::pipe();
     pipe.get(&names.owner).pttl(&names.key).get(&names.fence);
     match &names.v1 {

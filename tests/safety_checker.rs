@@ -514,6 +514,10 @@ async fn child_worker() {
         RdLockConnectionManager::cluster(url.split(','))
             .await
             .unwrap()
+    } else if std::env::var("RDLOCK_CHILD_REDLOCK").is_ok() {
+        RdLockConnectionManager::redlock(url.split(','))
+            .await
+            .unwrap()
     } else {
         RdLockConnectionManager::new(url).await.unwrap()
     };
@@ -676,6 +680,10 @@ impl Worker {
                 command.env("RDLOCK_CHILD_CLUSTER", "1");
                 (seeds, None)
             }
+            Target::Redlock(nodes) => {
+                command.env("RDLOCK_CHILD_REDLOCK", "1");
+                (nodes, None)
+            }
         };
         let mut child = command
             .args([
@@ -787,6 +795,8 @@ enum Target {
     Proxy(FaultProxy),
     /// A cluster: seed URLs separated by commas.
     Cluster(String),
+    /// Redlock: the nodes' URLs separated by commas, reached directly (no proxy).
+    Redlock(String),
 }
 
 /// What every child of a run shares.
@@ -800,7 +810,7 @@ struct Setup {
 /// A child as the nemesis sees it.
 struct Victim {
     id: usize,
-    /// `None` on a cluster: then only pauses.
+    /// `None` on a cluster or Redlock: then only pauses.
     proxy: Option<support::proxy::Handle>,
     pid: u32,
     /// SIGSTOP lengths, in ms.
@@ -836,7 +846,11 @@ async fn nemesis(
             return faults;
         }
         faults += 1;
-        let kind = if only_pauses { 4 } else { rng.below(5) };
+        let kind = if only_pauses || proxy.is_none() {
+            4
+        } else {
+            rng.below(5)
+        };
         let proxy = match (kind, proxy.as_ref()) {
             (4, _) => None,
             (_, Some(proxy)) => Some(proxy),
@@ -878,6 +892,55 @@ async fn nemesis(
                 signal("-CONT");
                 log("SIGCONT".into());
             }
+        }
+    }
+}
+
+/// The fault schedule of the Redlock nodes (none when there are none), until `until`:
+/// one node at a time is paused (SIGSTOP 0.2-1.5 s), or killed and restarted *empty*
+/// after staying down longer than the longest lease (1 s), the condition under which
+/// Redlock and its fencing register are safe. Returns the faults injected; every node
+/// runs again when it returns.
+async fn node_nemesis(
+    nodes: Arc<Mutex<Vec<RedisServer>>>,
+    mut rng: Rng,
+    origin: Instant,
+    until: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+) -> u64 {
+    let n = nodes.lock().unwrap().len();
+    if n == 0 {
+        return 0;
+    }
+    let log = |what: String| {
+        events.lock().unwrap().push(Event {
+            at: origin.elapsed(),
+            what: format!("redlock {what}"),
+        });
+    };
+    let mut faults = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.between(300, 1500))).await;
+        if Instant::now() >= until {
+            return faults;
+        }
+        faults += 1;
+        let i = rng.below(n as u64) as usize;
+        if rng.below(2) == 0 {
+            log(format!("node {i}: SIGSTOP"));
+            nodes.lock().unwrap()[i].signal("STOP");
+            tokio::time::sleep(Duration::from_millis(rng.between(200, 1500))).await;
+            nodes.lock().unwrap()[i].signal("CONT");
+            log(format!("node {i}: SIGCONT"));
+        } else {
+            log(format!("node {i}: SIGKILL"));
+            nodes.lock().unwrap()[i].stop();
+            tokio::time::sleep(Duration::from_millis(rng.between(1200, 2000))).await;
+            let nodes = nodes.clone();
+            tokio::task::spawn_blocking(move || nodes.lock().unwrap()[i].start_again())
+                .await
+                .unwrap();
+            log(format!("node {i}: restarted empty"));
         }
     }
 }
@@ -941,6 +1004,11 @@ struct Soak {
     /// `Some`: the locks live on a 3-master + 3-replica cluster, one lock per shard,
     /// and the faults hit the cluster's nodes (see [`cluster_nemesis`]).
     cluster: Option<ClusterFaults>,
+    /// Redlock over this many nodes (0: not Redlock), with a node nemesis
+    /// ([`node_nemesis`]): pauses, and kills followed by an empty restart after the
+    /// longest lease (the condition the fencing register needs), one node at a time;
+    /// the children are only paused.
+    redlock_nodes: usize,
 }
 
 /// What a run found.
@@ -1161,15 +1229,29 @@ async fn soak(config: Soak) -> Summary {
         only_pauses,
         blind,
         cluster: cluster_faults,
+        redlock_nodes,
     } = config;
     println!("seed {seed} (replay the choices with RDLOCK_SEED={seed}), faults for {soak:?}");
     let mut rng = Rng::new(seed, 999);
-    let keyspace = cluster_faults.is_none() && rng.below(2) == 0;
+    let keyspace = cluster_faults.is_none() && redlock_nodes == 0 && rng.below(2) == 0;
     let resource = RedisServer::start();
     // One server (keyspace events on or off), or a cluster with one lock per shard.
     let mut server = None;
     let mut cluster = None;
+    // Redlock: independent nodes, reached directly by the children.
+    let nodes: Arc<Mutex<Vec<RedisServer>>> = Arc::new(Mutex::new(
+        (0..redlock_nodes).map(|_| RedisServer::start()).collect(),
+    ));
+    let direct = (redlock_nodes > 0).then(|| {
+        let nodes = nodes.lock().unwrap();
+        nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let locks: Vec<String> = match cluster_faults {
+        None if direct.is_some() => vec!["soak-a".into(), "soak-b".into()],
         None => {
             server = Some(if keyspace {
                 RedisServer::start_with(ServerConfig::keyspace("KA"))
@@ -1206,10 +1288,11 @@ async fn soak(config: Soak) -> Summary {
     let origin = Instant::now();
     let mut workers = Vec::new();
     for id in 0..children {
-        let target = match (&server, &cluster) {
-            (Some(server), _) => Target::Proxy(FaultProxy::to_port(server.port()).await),
-            (None, Some(cluster)) => Target::Cluster(cluster.urls().join(",")),
-            (None, None) => unreachable!(),
+        let target = match (&server, &cluster, &direct) {
+            (Some(server), _, _) => Target::Proxy(FaultProxy::to_port(server.port()).await),
+            (None, Some(cluster), _) => Target::Cluster(cluster.urls().join(",")),
+            (None, None, Some(nodes)) => Target::Redlock(nodes.clone()),
+            (None, None, None) => unreachable!(),
         };
         let lease_ms = rng.between(leases.0, leases.1);
         workers.push(Worker::spawn(id, target, &setup, lease_ms, origin));
@@ -1231,6 +1314,7 @@ async fn soak(config: Soak) -> Summary {
         "{}; locks {locks:?}; leases {:?} ms; clock offsets known to within {widest:?}",
         match (&cluster, keyspace) {
             (Some(_), _) => "3-master + 3-replica cluster",
+            (None, _) if redlock_nodes > 0 => "Redlock over independent nodes",
             (None, true) => "one server, keyspace events on",
             (None, false) => "one server, keyspace events off",
         },
@@ -1261,6 +1345,13 @@ async fn soak(config: Soak) -> Summary {
             ))
         })
         .collect();
+    let node_nemesis = tokio::spawn(node_nemesis(
+        nodes.clone(),
+        Rng::new(seed, 600),
+        origin,
+        until,
+        events.clone(),
+    ));
     let cluster_run = match (cluster.as_mut(), cluster_faults) {
         (Some(c), Some(kinds)) => {
             cluster_nemesis(
@@ -1278,6 +1369,10 @@ async fn soak(config: Soak) -> Summary {
         _ => ClusterRun::default(),
     };
     let mut faults = cluster_run.faults;
+    faults += tokio::time::timeout(soak + Duration::from_secs(10), node_nemesis)
+        .await
+        .expect("the node nemesis ends")
+        .unwrap();
     for n in nemeses {
         faults += tokio::time::timeout(soak + Duration::from_secs(10), n)
             .await
@@ -1474,6 +1569,7 @@ async fn randomized_workload_with_faults() {
         only_pauses: false,
         blind: false,
         cluster: None,
+        redlock_nodes: 0,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -1484,6 +1580,40 @@ async fn randomized_workload_with_faults() {
         run.acquisitions
     );
     assert!(run.faults >= 20, "too few faults: {}", run.faults);
+}
+
+/// Redlock mode: 3 children × 3 tasks on 3 independent nodes (no proxies: the children
+/// talk to the nodes directly), children paused at random, and the node nemesis
+/// (pauses, kills with an empty restart after the longest lease, one node at a time).
+/// No violation: two holders never believe at once, fencing tokens strictly increase
+/// across the empty restarts, no stale write from a holder that did not report its loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_workload_with_node_faults() {
+    let seed = seed();
+    let faulty = Duration::from_secs(
+        std::env::var("RDLOCK_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let run = soak(Soak {
+        seed,
+        children: 3,
+        faulty,
+        only_pauses: false,
+        blind: false,
+        cluster: None,
+        redlock_nodes: 3,
+    })
+    .await;
+    assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
+    assert!(
+        run.stalled.is_empty(),
+        "children {:?} got no lock after their first fault ({} acquisitions in all)",
+        run.stalled,
+        run.acquisitions
+    );
+    assert!(run.faults >= 10, "too few faults: {}", run.faults);
 }
 
 /// The cluster mode: 3 children × 3 tasks on one lock per shard of a 3-master +
@@ -1505,6 +1635,7 @@ async fn cluster_workload_with_failovers_kills_pauses_and_migrations() {
         only_pauses: false,
         blind: false,
         cluster: Some(ClusterFaults::All),
+        redlock_nodes: 0,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -1559,6 +1690,7 @@ async fn catch_the_mutant(cluster: Option<ClusterFaults>, faulty: Duration) {
             only_pauses: true,
             blind: true,
             cluster,
+            redlock_nodes: 0,
         })
         .await;
         if run.violations > 0 {

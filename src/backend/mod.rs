@@ -4,8 +4,9 @@
 //! notifier) is the same for every deployment; it reaches Redis only through
 //! [`Backend`]: run one lock's script where the lock lives, run a pipeline on one lock's
 //! keys, open a subscriber connection, and say what it is connected to. One file per
-//! deployment: [`single`] (one server), [`cluster`] (Redis Cluster) and [`sentinel`]
-//! (a master behind Redis Sentinel, followed across failovers). Redlock adds a variant.
+//! deployment: [`single`] (one server), [`cluster`] (Redis Cluster), [`sentinel`] (a
+//! master behind Redis Sentinel, followed across failovers) and [`redlock`] (N
+//! independent masters, each lock on a quorum).
 //!
 //! # Connections that can no longer be trusted
 //!
@@ -21,6 +22,7 @@
 //! (`cluster::Cluster::retire`): that is how a hung master is noticed.
 
 pub(crate) mod cluster;
+pub(crate) mod redlock;
 pub(crate) mod sentinel;
 pub(crate) mod single;
 
@@ -37,6 +39,9 @@ pub(crate) enum Backend {
     Cluster(cluster::Cluster),
     /// A master behind Redis Sentinel.
     Sentinel(sentinel::Sentinel),
+    /// N independent masters, each lock on a quorum (`redlock.rs`: the scripts run
+    /// as quorum operations there, not through [`Backend::invoke`]).
+    Redlock(redlock::Redlock),
 }
 
 /// Which connection a reply came on, to retire that one (and no later one) when the
@@ -68,6 +73,7 @@ impl Backend {
                 (ticket, Ok(mut conn)) => (ticket, invocation.invoke_async(&mut conn).await),
                 (ticket, Err(e)) => (ticket, Err(e)),
             },
+            Self::Redlock(_) => (Ticket { generation: 0 }, Err(not_one_connection())),
         };
         (ticket, self.check(ticket, result))
     }
@@ -124,6 +130,7 @@ impl Backend {
                 (ticket, Ok(mut conn)) => (ticket, pipe.query_async(&mut conn).await),
                 (ticket, Err(e)) => (ticket, Err(e)),
             },
+            Self::Redlock(_) => (Ticket { generation: 0 }, Err(not_one_connection())),
         };
         self.check(ticket, result)
     }
@@ -144,6 +151,7 @@ impl Backend {
                 {
                     sentinel.retire(ticket);
                 }
+                // Redlock: each node's connection is checked where its reply comes in.
                 _ => {}
             }
         }
@@ -167,11 +175,15 @@ impl Backend {
     ///   fails the command, which a renewal reports on its own.
     /// - Sentinel: bumped each time the master moved to another node (a
     ///   `+switch-master`, a role check or a `READONLY` that found another master).
+    /// - Redlock: the sum of the nodes' connection replacements. A node that lost the
+    ///   key is not counted here: the renewal that finds it puts the key back (`SET NX`)
+    ///   or, when a quorum no longer has it, reports the lease lost.
     pub(crate) fn generation(&self) -> u64 {
         match self {
             Self::Single(single) => single.conn.generation(),
             Self::Cluster(cluster) => cluster.conn.generation(),
             Self::Sentinel(sentinel) => sentinel.generation(),
+            Self::Redlock(redlock) => redlock.generation(),
         }
     }
 
@@ -191,6 +203,7 @@ impl Backend {
             Self::Single(_) => "single",
             Self::Cluster(_) => "cluster",
             Self::Sentinel(_) => "sentinel",
+            Self::Redlock(_) => "redlock",
         }
     }
 
@@ -202,6 +215,38 @@ impl Backend {
             Self::Single(single) => single.subscriber().await,
             Self::Cluster(cluster) => cluster.subscriber(attempt).await,
             Self::Sentinel(sentinel) => sentinel.subscriber().await,
+            Self::Redlock(redlock) => redlock.subscriber(0).await,
+        }
+    }
+
+    /// How many subscriber connections the notifier keeps: one per Redlock node, else
+    /// one.
+    pub(crate) fn subscribers(&self) -> usize {
+        match self {
+            Self::Redlock(redlock) => redlock.len(),
+            _ => 1,
+        }
+    }
+
+    /// How many subscribers must have heard the release of the same holder before a
+    /// waiter is woken: a Redlock quorum, else one.
+    pub(crate) fn wake_quorum(&self) -> usize {
+        match self {
+            Self::Redlock(redlock) => redlock.quorum(),
+            _ => 1,
+        }
+    }
+
+    /// A new subscriber connection for the notifier's `node`-th subscriber (see
+    /// [`subscribers`](Self::subscribers)).
+    pub(crate) async fn subscriber_at(
+        &self,
+        node: usize,
+        attempt: u64,
+    ) -> RedisResult<redis::aio::PubSub> {
+        match self {
+            Self::Redlock(redlock) => redlock.subscriber(node).await,
+            _ => self.subscriber(attempt).await,
         }
     }
 }
@@ -225,7 +270,7 @@ impl Backend {
                     ))))
                 }
             },
-            Self::Cluster(_) => return None,
+            Self::Cluster(_) | Self::Redlock(_) => return None,
         };
         let pool = self.sync_pool()?;
         if let Some(conn) = pool.take(generation) {
@@ -239,7 +284,7 @@ impl Backend {
         match self {
             Self::Single(single) => Some(&single.sync),
             Self::Sentinel(sentinel) => Some(sentinel.sync_pool()),
-            Self::Cluster(_) => None,
+            Self::Cluster(_) | Self::Redlock(_) => None,
         }
     }
 }
@@ -293,6 +338,15 @@ impl SyncPool {
     }
 }
 
+/// What [`Backend::invoke`] and [`Backend::query`] answer on a Redlock backend, whose
+/// operations are quorum operations (`scripts.rs` sends them to `redlock.rs`).
+fn not_one_connection() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "a Redlock lock is not one script on one connection",
+    ))
+}
+
 #[cfg(test)]
 impl Backend {
     /// A single-server backend that has not connected (it connects on first use).
@@ -307,6 +361,7 @@ impl fmt::Debug for Backend {
             Self::Single(single) => single.fmt(f),
             Self::Cluster(cluster) => cluster.fmt(f),
             Self::Sentinel(sentinel) => sentinel.fmt(f),
+            Self::Redlock(redlock) => redlock.fmt(f),
         }
     }
 }
@@ -404,6 +459,6 @@ pub(crate) fn mismatch() -> RedisError {
     ))
 }
 
-fn is_mismatch(e: &RedisError) -> bool {
+pub(crate) fn is_mismatch(e: &RedisError) -> bool {
     e.is_io_error() && e.to_string().contains(MISMATCH)
 }

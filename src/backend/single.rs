@@ -67,6 +67,26 @@ impl Single {
         })
     }
 
+    /// A server whose command connection is opened on first use (a Redlock node: the
+    /// manager must start while a minority of its nodes is down).
+    pub(crate) fn lazy(info: ConnectionInfo, timeouts: Timeouts) -> Result<Self, RdLockError> {
+        let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(RdLockError::InvalidUrl)?;
+        Ok(Self {
+            client,
+            config,
+            conn: Replaceable::new(conn),
+            info,
+            sync: SyncPool::new(timeouts.sync_config()),
+        })
+    }
+
     #[cfg(test)]
     pub(super) fn unconnected(url: &str) -> Self {
         let client = Client::open(url).expect("a valid test URL");
@@ -83,7 +103,7 @@ impl Single {
     }
 
     /// The server's connection parameters.
-    pub(super) fn info(&self) -> &ConnectionInfo {
+    pub(crate) fn info(&self) -> &ConnectionInfo {
         &self.info
     }
 

@@ -40,8 +40,8 @@ use crate::scripts;
 /// `DEL` can still delete the 1.x key, and a `BasicLock`, having no watchdog, does not
 /// notice a 1.x process that takes it then before [`release`](Self::release), which
 /// reports [`RdLockError::LockNotAcquired`]), fencing tokens are ours only. On a Redis
-/// Cluster it is off: the 1.x key is outside the lock's hash tag, and 1.x never ran on
-/// a cluster.
+/// Cluster and on Redlock it is off: the 1.x key is outside the lock's hash tag, and
+/// 1.x never ran on a cluster or over several masters.
 ///
 /// # Example
 ///
@@ -89,8 +89,12 @@ impl BasicLock {
             .with_lease(Duration::from_secs(ttl))
             .without_watchdog();
         // 1.x compatibility by default where it can work (see the type docs).
-        let cluster = matches!(*manager.inner().conn, crate::backend::Backend::Cluster(_));
-        lock.set_v1_compat(!cluster);
+        // 1.x ran on one server only: no compatibility on a cluster or on Redlock.
+        let one_server = !matches!(
+            *manager.inner().conn,
+            crate::backend::Backend::Cluster(_) | crate::backend::Backend::Redlock(_)
+        );
+        lock.set_v1_compat(one_server);
         Self {
             lock,
             ttl,

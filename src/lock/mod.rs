@@ -96,6 +96,9 @@ pub struct Lock {
 /// Why a lock with 1.x compatibility is refused on a Redis Cluster.
 const V1_CLUSTER: &str = "the 1.x key `/rdlock/<id>/.lock` lies outside the lock's hash tag, \
      so it needs a single server (or Sentinel), not a Redis Cluster";
+/// Why a lock with 1.x compatibility is refused on Redlock.
+const V1_REDLOCK: &str = "1.x takes its key on one server, which a quorum lock over independent \
+     masters cannot exclude: it needs a single server (or Sentinel), not Redlock";
 
 /// An acquisition, before it is wrapped in a guard.
 pub(crate) struct Acquired {
@@ -203,9 +206,10 @@ impl Lock {
     ///   (also when that 1.x process has already released it again);
     /// - fencing tokens are ours only: 1.x holders do not take one, so a resource that
     ///   checks them cannot tell a 1.x holder's writes from anyone's;
-    /// - it needs one server (or Sentinel): on a Redis Cluster the 1.x key is outside
-    ///   the lock's hash tag, and every method of the lock that talks to Redis returns
-    ///   [`RdLockError::V1CompatUnsupported`].
+    /// - it needs one server (or Sentinel): on a Redis Cluster (the 1.x key is outside
+    ///   the lock's hash tag) and on Redlock (1.x takes its key on one server, which a
+    ///   quorum lock cannot exclude), every method of the lock that talks to Redis
+    ///   returns [`RdLockError::V1CompatUnsupported`].
     ///
     /// # Example
     ///
@@ -250,17 +254,20 @@ impl Lock {
         self.names.v1.as_ref().map(|v1| v1.key.as_str())
     }
 
-    /// Refuses 1.x compatibility on a cluster, before anything is sent.
+    /// Refuses 1.x compatibility on a cluster or Redlock, before anything is sent.
     fn check_v1(&self) -> Result<(), RdLockError> {
-        if self.names.v1.is_some()
-            && matches!(
-                *self.manager.inner().conn,
-                crate::backend::Backend::Cluster(_)
-            )
-        {
-            return Err(RdLockError::V1CompatUnsupported { reason: V1_CLUSTER });
+        if self.names.v1.is_none() {
+            return Ok(());
         }
-        Ok(())
+        match *self.manager.inner().conn {
+            crate::backend::Backend::Cluster(_) => {
+                Err(RdLockError::V1CompatUnsupported { reason: V1_CLUSTER })
+            }
+            crate::backend::Backend::Redlock(_) => {
+                Err(RdLockError::V1CompatUnsupported { reason: V1_REDLOCK })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Who holds the lock now, or `None` when it is free. One round trip.

@@ -6,6 +6,7 @@
 //! rdlock release --force nightly-backup --yes
 //! rdlock exec --cluster --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 nightly-backup -- ./backup.sh
 //! rdlock exec --sentinel mymaster --url redis://10.0.0.1:26379 --url redis://10.0.0.2:26379 nightly-backup -- ./backup.sh
+//! rdlock exec --redlock --url redis://a:6379 --url redis://b:6379 --url redis://c:6379 nightly-backup -- ./backup.sh
 //! ```
 
 mod duration;
@@ -30,13 +31,13 @@ use rdlock::{ManagerBuilder, RdLockConnectionManager};
 )]
 struct Cli {
     /// The Redis server [default: redis://127.0.0.1:6379]. With --cluster: a seed node of
-    /// the cluster; repeat it, or separate several seeds with commas or spaces (also in
-    /// $REDIS_URL).
+    /// the cluster; with --redlock: one of the independent masters. Repeat it, or
+    /// separate several URLs with commas or spaces (also in $REDIS_URL).
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
     url: Vec<String>,
     /// The server is a Redis Cluster: --url gives seed nodes (any one reachable node is
     /// enough; the others are learnt from it).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "redlock")]
     cluster: bool,
     /// The server is the master SERVICE behind Redis Sentinel: --url gives the sentinels
     /// (repeatable, or separated by commas or spaces, also in $REDIS_URL); the master is
@@ -46,14 +47,19 @@ struct Cli {
         long,
         global = true,
         value_name = "SERVICE",
-        conflicts_with = "cluster"
+        conflicts_with_all = ["cluster", "redlock"]
     )]
     sentinel: Option<String>,
     /// Replica sync: after each acquisition, wait until N replicas have it (`WAIT`);
     /// an acquisition fewer replicas acknowledged in time is released again and
     /// retried (exec waits on; with --no-wait it exits 69). One server with replicas or
-    /// --sentinel; not with --cluster.
-    #[arg(long, global = true, value_name = "N", conflicts_with = "cluster")]
+    /// --sentinel; not with --cluster or --redlock.
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        conflicts_with_all = ["cluster", "redlock"]
+    )]
     replica_sync: Option<u32>,
     /// How long each acquisition waits for the replicas of --replica-sync.
     #[arg(
@@ -64,6 +70,10 @@ struct Cli {
         value_parser = duration::parse
     )]
     replica_sync_timeout: std::time::Duration,
+    /// Redlock over independent Redis masters: --url gives every node (typically 3 or
+    /// 5); a lock is held while a majority of them holds it.
+    #[arg(long, global = true)]
+    redlock: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,8 +145,8 @@ fn main() -> ExitCode {
 /// a cluster has no default address).
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Where to connect: one server, the seed nodes of a Redis Cluster, or the sentinels
-/// of a service.
+/// Where to connect: one server, the seed nodes of a Redis Cluster, the sentinels of
+/// a service, or Redlock nodes.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Single(String),
@@ -145,6 +155,7 @@ enum Target {
         service: String,
         sentinels: Vec<String>,
     },
+    Redlock(Vec<String>),
 }
 
 /// Several URLs may also come in one value, as $REDIS_URL can hold only one string:
@@ -157,9 +168,25 @@ fn split_urls(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Checks the --url / --cluster / --sentinel combination; `Err` is the message of a
+/// Checks the --url / --cluster / --sentinel / --redlock combination; `Err` is the message of a
 /// usage error.
-fn target(urls: Vec<String>, cluster: bool, sentinel: Option<String>) -> Result<Target, String> {
+fn target(
+    urls: Vec<String>,
+    cluster: bool,
+    sentinel: Option<String>,
+    redlock: bool,
+) -> Result<Target, String> {
+    if redlock {
+        let nodes = split_urls(&urls);
+        if nodes.is_empty() {
+            return Err(
+                "--redlock needs its nodes: give --url URL once per node (typically 3 or 5) \
+                 or set REDIS_URL"
+                    .to_owned(),
+            );
+        }
+        return Ok(Target::Redlock(nodes));
+    }
     if let Some(service) = sentinel {
         let sentinels = split_urls(&urls);
         if sentinels.is_empty() {
@@ -188,7 +215,8 @@ fn target(urls: Vec<String>, cluster: bool, sentinel: Option<String>) -> Result<
         (Some(url), None) => Ok(Target::Single(url)),
         (Some(_), Some(_)) => Err(
             "several --url given: add --cluster to reach a Redis Cluster through these \
-             seed nodes, or --sentinel SERVICE for sentinels (one server takes one --url)"
+             seed nodes, --sentinel SERVICE for sentinels, or --redlock to lock on a \
+             majority of independent masters (one server takes one --url)"
                 .to_owned(),
         ),
     }
@@ -224,11 +252,20 @@ async fn connect(target: &Target, builder: ManagerBuilder) -> Result<RdLockConne
                     &e,
                 )
             }),
+        Target::Redlock(nodes) => builder
+            .redlock(nodes.iter().map(String::as_str))
+            .await
+            .map_err(|e| {
+                exit::report(
+                    &format!("cannot connect to the Redlock nodes {}", nodes.join(", ")),
+                    &e,
+                )
+            }),
     }
 }
 
 async fn run(cli: Cli) -> u8 {
-    let target = match target(cli.url, cli.cluster, cli.sentinel) {
+    let target = match target(cli.url, cli.cluster, cli.sentinel, cli.redlock) {
         Ok(target) => target,
         Err(message) => {
             output::say!("rdlock: {message}");
