@@ -408,6 +408,40 @@ async fn compat_on_a_cluster_manager_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn compat_on_a_redlock_manager_is_a_clear_error() {
+    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let manager = RdLockConnectionManager::redlock(nodes.iter().map(RedisServer::url))
+        .await
+        .unwrap();
+    let lock = manager.new_lock("job").with_v1_compat();
+    let refused = |e: RdLockError| {
+        assert!(
+            matches!(e, RdLockError::V1CompatUnsupported { .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("Redlock"), "{e}");
+    };
+    refused(lock.try_lock().await.unwrap_err());
+    refused(lock.lock_timeout(Duration::from_secs(1)).await.unwrap_err());
+    refused(lock.holder().await.unwrap_err());
+    refused(lock.force_release().await.unwrap_err());
+    // Nothing was written on any node.
+    for node in &nodes {
+        let mut conn = node.conn().await;
+        assert!(keys(&mut conn, "*").await.is_empty());
+    }
+    // A BasicLock on Redlock works, without the 1.x key.
+    let mut basic = manager.new_basic_lock("job", 60);
+    assert_eq!(basic.v1_key(), None);
+    basic.try_lock().await.unwrap();
+    basic.release().await.unwrap();
+    for node in &nodes {
+        let mut conn = node.conn().await;
+        assert!(keys(&mut conn, "/rdlock/*").await.is_empty());
+    }
+}
+
+#[tokio::test]
 async fn without_keyspace_events_a_compat_waiter_gets_the_lock_at_the_v1_pttl() {
     let server = RedisServer::start();
     let v2 = RdLockConnectionManager::new(server.url()).await.unwrap();
