@@ -23,7 +23,9 @@
 //!   periodic check finds the node no longer a master or the sentinels naming another
 //!   one (in case an event was missed);
 //! - installs no master while a sentinel reports a failover under way
-//!   (`failover_in_progress`): the leader promotes a replica while every sentinel
+//!   (`failover_in_progress`) and has not yet seen the promoted replica take over
+//!   (then its `GET-MASTER-ADDR-BY-NAME` names that one, which is used): the leader
+//!   promotes a replica while every sentinel
 //!   still names the old master, which takes writes until it is demoted, seconds
 //!   later, and those writes are lost (a `SENTINEL FAILOVER` lost 769 of 6215 locks
 //!   granted across it before this; `tests/sentinel.rs`).
@@ -672,7 +674,29 @@ async fn ask(conn: &mut MultiplexedConnection, service: &str) -> RedisResult<Opt
         .query_async(conn)
         .await;
     match reply {
-        Ok(fields) => Ok(parse_master(&fields)),
+        Ok(fields) => match parse_master(&fields) {
+            // The leader of a failover: once the promoted replica says it is a master,
+            // `GET-MASTER-ADDR-BY-NAME` names it (while `SENTINEL MASTER` still names
+            // the old one until every replica is reconfigured, up to
+            // `failover-timeout`): from then on the promoted node is the master to use.
+            // Before that, no master (the old one may be cut off any moment).
+            Some(answer) if answer.failover_in_progress => {
+                let promoted: RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(service)
+                    .query_async(conn)
+                    .await;
+                Ok(Some(match promoted {
+                    Ok(Some(addr)) if addr != answer.addr => Answer {
+                        addr,
+                        failover_in_progress: false,
+                        ..answer
+                    },
+                    _ => answer,
+                }))
+            }
+            answer => Ok(answer),
+        },
         Err(e) if e.to_string().contains("No such master") => Ok(None),
         Err(e) if is_refused(&e) => {
             // An ACL that allows only GET-MASTER-ADDR-BY-NAME: no epoch to compare.
