@@ -134,8 +134,18 @@ async fn a_restarted_empty_old_master_grants_nothing() {
             "the restarted node was not demoted\n{}",
             group.logs()
         );
-        // The old manager, and a manager made now, through the sentinels.
-        for manager in [m.clone(), manager(&group).await] {
+        // The old manager, and a manager made now, through the sentinels (which may
+        // refuse with a connection error while the failover's aftermath lasts: no
+        // master to give yet).
+        let fresh = match RdLockConnectionManager::sentinel(group.sentinel_urls(), SERVICE).await {
+            Ok(fresh) => Some(fresh),
+            Err(e) if e.is_connection_error() => {
+                println!("a fresh manager: {e}");
+                None
+            }
+            Err(e) => panic!("a fresh manager: {e:?}\n{}", group.logs()),
+        };
+        for manager in std::iter::once(m.clone()).chain(fresh) {
             match manager.new_lock("split").try_lock().await {
                 Err(RdLockError::LockUnavailable) => {}
                 Err(e) if e.is_connection_error() => {}
