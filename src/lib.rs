@@ -217,10 +217,11 @@
 //!   promotion yet still names the old master), and checks that the node says `ROLE`
 //!   master (`INFO replication` where `ROLE` is refused);
 //! - **drops the connection at once** and resolves again when a command fails on I/O,
-//!   times out or is answered `READONLY`/`MASTERDOWN`, when a sentinel publishes
-//!   `+switch-master` (one subscription, moved to the next sentinel when its sentinel
-//!   goes), and when a check every second finds the node demoted or another master
-//!   named. Its command connection never reconnects by itself to the same address;
+//!   times out or is answered `READONLY`/`MASTERDOWN`, when a sentinel publishes a
+//!   failover's start or `+switch-master` (a subscription on every sentinel), and
+//!   when a check every second finds the node demoted or another master named; no
+//!   master is used while a sentinel reports a failover under way (the old master
+//!   takes writes for seconds after the promotion, and loses them). Its command connection never reconnects by itself to the same address;
 //!   commands wait for the new master (up to the response timeout each) and `lock()`
 //!   waits through the failover;
 //! - **moves the subscriber** to the new master when the master moves, which wakes

@@ -181,10 +181,11 @@ impl RdLockConnectionManager {
     /// The master is resolved through the sentinels on every (re)connect — every
     /// sentinel that answers is asked, and the answer with the highest config epoch
     /// wins — and the node must say `ROLE` master (`INFO replication` where `ROLE` is
-    /// refused). A broken connection, a timeout, a `READONLY` reply, a
-    /// `+switch-master` announcement or a periodic check (every second) that finds the
-    /// node demoted or another master named drops the connection at once and resolves
-    /// again; commands wait for the new master (up to the response timeout each), and
+    /// refused). A broken connection, a timeout, a `READONLY` reply, a failover's
+    /// start or `+switch-master` announced by a sentinel, or a periodic check (every
+    /// second) that finds the node demoted or another master named drops the
+    /// connection at once and resolves again (and no master is used while a sentinel
+    /// reports a failover under way); commands wait for the new master (up to the response timeout each), and
     /// `lock()` waits through the failover. The shared subscriber follows the master
     /// and wakes every waiter when it moves. What a failover does to held locks and
     /// fencing tokens (replication is asynchronous): see the crate docs, "Redis

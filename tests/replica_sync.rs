@@ -162,7 +162,9 @@ async fn synced_locks_survive_crash_failovers_and_unsynced_ones_do_not() {
     let without = RdLockConnectionManager::sentinel(group.sentinel_urls(), SERVICE)
         .await
         .expect("manager");
-    const ROUNDS: usize = 10;
+    // Five rounds: each is a full crash failover (~5 s); the point is the contrast
+    // with the lagging rounds below, which lose every unsynced lock.
+    const ROUNDS: usize = 5;
 
     // With sync: every granted lock is on the promoted replica.
     let (mut granted, mut lost) = (0, 0);
@@ -187,17 +189,8 @@ async fn synced_locks_survive_crash_failovers_and_unsynced_ones_do_not() {
     let lagging = crash_after_acquire(&mut group, &with_sync, "sync-lagging", true).await;
     assert_eq!(lagging, None, "a lock was granted without its replicas");
 
-    // Without sync: healthy replicas (the window is tiny on loopback), then lagging
-    // ones: granted and lost.
-    let (mut granted_healthy, mut lost_healthy) = (0, 0);
-    for round in 0..1 {
-        if let Some(present) =
-            crash_after_acquire(&mut group, &without, &format!("plain-{round}"), false).await
-        {
-            granted_healthy += 1;
-            lost_healthy += usize::from(!present);
-        }
-    }
+    // Without sync and lagging replicas: granted and lost (with healthy replicas the
+    // window is too small on loopback to be hit reliably, so no round proves it).
     let (mut granted_lagging, mut lost_lagging) = (0, 0);
     for round in 0..2 {
         if let Some(present) =
@@ -207,10 +200,7 @@ async fn synced_locks_survive_crash_failovers_and_unsynced_ones_do_not() {
             lost_lagging += usize::from(!present);
         }
     }
-    println!(
-        "without replica sync: {lost_healthy} lost of {granted_healthy} (healthy replicas), \
-         {lost_lagging} lost of {granted_lagging} (lagging replicas)"
-    );
+    println!("without replica sync: {lost_lagging} lost of {granted_lagging} (lagging replicas)");
     assert_eq!(granted_lagging, 2);
     assert_eq!(lost_lagging, 2, "the failover lost the unreplicated locks");
 }

@@ -261,7 +261,7 @@ impl Backend {
     ) -> Option<RedisResult<(u64, redis::aio::MultiplexedConnection)>> {
         let (generation, info) = match self {
             Self::Single(single) => (0, single.info().clone()),
-            Self::Sentinel(sentinel) => match sentinel.master_info() {
+            Self::Sentinel(sentinel) => match sentinel.master_info().await {
                 Some(info) => (sentinel.generation(), info),
                 None => {
                     return Some(Err(RedisError::from((

@@ -18,10 +18,17 @@
 //!   refused, as on some managed services) before any command goes to it;
 //! - drops the connection and resolves again when a command on it fails on I/O, times
 //!   out, or is answered `READONLY` ([`Sentinel::retire`]), when a sentinel publishes
-//!   `+switch-master` for the service (one subscription, moved over the sentinel list
-//!   when its sentinel goes), and when a periodic check finds the node no longer a
-//!   master or the sentinels naming another one (in case a `+switch-master` was
-//!   missed).
+//!   the start of a failover or `+switch-master` for the service (a subscription on
+//!   every sentinel: only the leader publishes a failover's steps), and when a
+//!   periodic check finds the node no longer a master or the sentinels naming another
+//!   one (in case an event was missed);
+//! - installs no master while a sentinel reports a failover under way
+//!   (`failover_in_progress`) and has not yet seen the promoted replica take over
+//!   (then its `GET-MASTER-ADDR-BY-NAME` names that one, which is used): the leader
+//!   promotes a replica while every sentinel
+//!   still names the old master, which takes writes until it is demoted, seconds
+//!   later, and those writes are lost (a `SENTINEL FAILOVER` lost 769 of 6215 locks
+//!   granted across it before this; `tests/sentinel.rs`).
 //!
 //! While no master is known, commands wait for one up to the response timeout, then
 //! fail with a transient error (`lock()` waits through it). Each move to another
@@ -141,11 +148,13 @@ impl Sentinel {
                 .clone()
                 .run_until_cancelled_owned(follow(shared.clone())),
         );
-        tokio::spawn(
-            token
-                .clone()
-                .run_until_cancelled_owned(watch_switches(shared.clone())),
-        );
+        for index in 0..shared.sentinels.len() {
+            tokio::spawn(
+                token
+                    .clone()
+                    .run_until_cancelled_owned(watch_switches(shared.clone(), index)),
+            );
+        }
         Ok(Self {
             shared,
             first,
@@ -199,8 +208,12 @@ impl Sentinel {
         }
     }
 
-    /// The connection parameters of the current master, if one is known.
-    pub(super) fn master_info(&self) -> Option<ConnectionInfo> {
+    /// The connection parameters of the current master, for a connection of its own
+    /// (replica sync): waits like [`get`](Self::get) while none is installed (being
+    /// resolved, or a failover under way: the last master may be cut off already);
+    /// `None` when none came.
+    pub(super) async fn master_info(&self) -> Option<ConnectionInfo> {
+        self.get().await.1.ok()?;
         let master = self
             .shared
             .master
@@ -284,6 +297,10 @@ enum ResolveError {
     UnknownService,
     /// The node the sentinels name does not say it is a master.
     NotMaster(Addr),
+    /// A sentinel reports a failover of the service under way: the master it names
+    /// may already have been replaced by a promoted replica, and what is written to it
+    /// now would be lost.
+    FailoverInProgress,
 }
 
 impl ResolveError {
@@ -299,6 +316,7 @@ impl ResolveError {
                 "the node the sentinels name is not a master (a failover is under way)",
                 format!("{host}:{port}"),
             ))),
+            Self::FailoverInProgress => RdLockError::Unreachable(failover_error()),
         }
     }
 }
@@ -358,10 +376,16 @@ impl Shared {
         };
         let mut best: Option<(u64, Addr)> = None;
         let mut unknown = false;
+        let mut failover = false;
         let mut first_error = None;
         for answer in answers {
             match answer {
-                Ok(Some((epoch, addr))) => {
+                Ok(Some(Answer {
+                    epoch,
+                    addr,
+                    failover_in_progress,
+                })) => {
+                    failover |= failover_in_progress;
                     if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
                         best = Some((epoch, addr));
                     }
@@ -378,6 +402,13 @@ impl Shared {
                 _ => ResolveError::UnknownService,
             });
         };
+        // Only the sentinel leading a failover knows of it before `+switch-master`; it
+        // promotes a replica while the others (and itself) still name the old master,
+        // which takes writes until it is demoted: they are lost (measured: thousands of
+        // acquisitions in one `SENTINEL FAILOVER`). No master until it is over.
+        if failover {
+            return Err(ResolveError::FailoverInProgress);
+        }
         Ok(addr)
     }
 
@@ -445,6 +476,7 @@ impl Shared {
             .clone();
         match self.resolve().await {
             Ok(addr) => current.as_ref() == Some(&addr),
+            Err(ResolveError::FailoverInProgress) => false,
             Err(_) => true,
         }
     }
@@ -463,6 +495,7 @@ impl ResolveError {
                 "the node the sentinels name is not a master (a failover is under way)",
                 format!("{host}:{port}"),
             )),
+            Self::FailoverInProgress => failover_error(),
         }
     }
 }
@@ -516,17 +549,29 @@ async fn follow(shared: Arc<Shared>) {
     }
 }
 
-/// Keeps one subscription to `+switch-master` on one sentinel at a time, moving to the
-/// next when it fails; wakes the follower on each switch of the service, and on each
-/// (re)subscription (a switch may have been missed meanwhile).
-async fn watch_switches(shared: Arc<Shared>) {
-    let mut next = 0usize;
+/// The sentinel events that mean the master is about to change or has changed: the
+/// start of a failover (published by the sentinel that tries it), its steps (by the
+/// leader) and the switch (by every sentinel).
+const EVENTS: [&str; 5] = [
+    "+switch-master",
+    "+try-failover",
+    "+elected-leader",
+    "+failover-state-select-slave",
+    "+promoted-slave",
+];
+
+/// Keeps a subscription to [`EVENTS`] on sentinel `index` (every sentinel has one:
+/// only the leader of a failover publishes its steps), reconnecting when it fails;
+/// wakes the follower on each event of the service, and on each (re)subscription (an
+/// event may have been missed meanwhile). A failover's start drops the connection at
+/// once: the master takes no write that the promotion would lose, and the follower
+/// installs none while a sentinel reports the failover under way.
+async fn watch_switches(shared: Arc<Shared>, index: usize) {
+    let sentinel = shared.sentinels[index].clone();
     loop {
-        let sentinel = shared.sentinels[next % shared.sentinels.len()].clone();
-        next = next.wrapping_add(1);
         let subscribed = async {
-            let mut pubsub = Client::open(sentinel)?.get_async_pubsub().await?;
-            pubsub.subscribe("+switch-master").await?;
+            let mut pubsub = Client::open(sentinel.clone())?.get_async_pubsub().await?;
+            pubsub.subscribe(&EVENTS[..]).await?;
             Ok::<_, RedisError>(pubsub)
         };
         if let Ok(Ok(pubsub)) = tokio::time::timeout(SENTINEL_TIMEOUT, subscribed).await {
@@ -534,9 +579,10 @@ async fn watch_switches(shared: Arc<Shared>) {
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
                 let payload: String = message.get_payload().unwrap_or_default();
-                // "<name> <old-ip> <old-port> <new-ip> <new-port>"
-                if payload.split(' ').next() == Some(shared.service.as_str()) {
-                    tracing::warn!(%payload, "sentinel: +switch-master");
+                if event_service(message.get_channel_name(), &payload)
+                    == Some(shared.service.as_str())
+                {
+                    tracing::warn!(channel = message.get_channel_name(), %payload, "sentinel: failover event");
                     shared.drop_current();
                     // Also when there was no connection to drop: the follower may be
                     // waiting between attempts at the master that died.
@@ -548,16 +594,49 @@ async fn watch_switches(shared: Arc<Shared>) {
     }
 }
 
-/// One sentinel's answer: `Ok(Some((config epoch, address)))`, `Ok(None)` when it does
-/// not monitor `service`; with the connection to keep (`None` after a failure).
+/// The service an event of [`EVENTS`] is about. `+switch-master`: "<name> <old-ip>
+/// <old-port> <new-ip> <new-port>"; the others name an instance: "master <name> <ip>
+/// <port>", or "<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>".
+fn event_service<'a>(channel: &str, payload: &'a str) -> Option<&'a str> {
+    let mut words = payload.split(' ');
+    if channel == "+switch-master" {
+        return words.next();
+    }
+    let kind = words.next()?;
+    let name = words.next()?;
+    if kind == "master" {
+        return Some(name);
+    }
+    let mut words = words.skip_while(|w| *w != "@");
+    words.next()?;
+    words.next()
+}
+
+/// What one sentinel says of the service's master.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    /// `config-epoch` (0 where only `GET-MASTER-ADDR-BY-NAME` is allowed).
+    epoch: u64,
+    addr: Addr,
+    /// Its flags include `failover_in_progress` (only the sentinel leading it says so).
+    failover_in_progress: bool,
+}
+
+/// The error commands get while a failover is under way.
+fn failover_error() -> RedisError {
+    RedisError::from((
+        ErrorKind::Io,
+        "a sentinel reports a failover of the master under way",
+    ))
+}
+
+/// One sentinel's answer: `Ok(Some(answer))`, `Ok(None)` when it does not monitor
+/// `service`; with the connection to keep (`None` after a failure).
 async fn ask_sentinel(
     sentinel: ConnectionInfo,
     kept: Option<MultiplexedConnection>,
     service: &str,
-) -> (
-    Option<MultiplexedConnection>,
-    RedisResult<Option<(u64, Addr)>>,
-) {
+) -> (Option<MultiplexedConnection>, RedisResult<Option<Answer>>) {
     let asking = async {
         let mut conn = match kept {
             Some(conn) => conn,
@@ -588,14 +667,36 @@ async fn ask_sentinel(
 }
 
 /// Asks one sentinel connection for the master of `service`.
-async fn ask(conn: &mut MultiplexedConnection, service: &str) -> RedisResult<Option<(u64, Addr)>> {
+async fn ask(conn: &mut MultiplexedConnection, service: &str) -> RedisResult<Option<Answer>> {
     let reply: RedisResult<Vec<String>> = redis::cmd("SENTINEL")
         .arg("MASTER")
         .arg(service)
         .query_async(conn)
         .await;
     match reply {
-        Ok(fields) => Ok(parse_master(&fields)),
+        Ok(fields) => match parse_master(&fields) {
+            // The leader of a failover: once the promoted replica says it is a master,
+            // `GET-MASTER-ADDR-BY-NAME` names it (while `SENTINEL MASTER` still names
+            // the old one until every replica is reconfigured, up to
+            // `failover-timeout`): from then on the promoted node is the master to use.
+            // Before that, no master (the old one may be cut off any moment).
+            Some(answer) if answer.failover_in_progress => {
+                let promoted: RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(service)
+                    .query_async(conn)
+                    .await;
+                Ok(Some(match promoted {
+                    Ok(Some(addr)) if addr != answer.addr => Answer {
+                        addr,
+                        failover_in_progress: false,
+                        ..answer
+                    },
+                    _ => answer,
+                }))
+            }
+            answer => Ok(answer),
+        },
         Err(e) if e.to_string().contains("No such master") => Ok(None),
         Err(e) if is_refused(&e) => {
             // An ACL that allows only GET-MASTER-ADDR-BY-NAME: no epoch to compare.
@@ -604,14 +705,19 @@ async fn ask(conn: &mut MultiplexedConnection, service: &str) -> RedisResult<Opt
                 .arg(service)
                 .query_async(conn)
                 .await?;
-            Ok(addr.map(|a| (0, a)))
+            Ok(addr.map(|addr| Answer {
+                epoch: 0,
+                addr,
+                failover_in_progress: false,
+            }))
         }
         Err(e) => Err(e),
     }
 }
 
-/// The epoch and address in a `SENTINEL MASTER` reply (a flat field/value list).
-fn parse_master(fields: &[String]) -> Option<(u64, Addr)> {
+/// The epoch, address and failover flag in a `SENTINEL MASTER` reply (a flat
+/// field/value list).
+fn parse_master(fields: &[String]) -> Option<Answer> {
     let field = |name: &str| {
         fields
             .chunks(2)
@@ -623,7 +729,13 @@ fn parse_master(fields: &[String]) -> Option<(u64, Addr)> {
     let epoch = field("config-epoch")
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
-    Some((epoch, (host, port)))
+    let failover_in_progress =
+        field("flags").is_some_and(|flags| flags.split(',').any(|f| f == "failover_in_progress"));
+    Some(Answer {
+        epoch,
+        addr: (host, port),
+        failover_in_progress,
+    })
 }
 
 /// A server error that says the command is not allowed or not known (ACL, renamed or
@@ -699,8 +811,35 @@ mod tests {
         .collect();
         assert_eq!(
             parse_master(&fields),
-            Some((7, ("10.0.0.2".to_owned(), 6380)))
+            Some(Answer {
+                epoch: 7,
+                addr: ("10.0.0.2".to_owned(), 6380),
+                failover_in_progress: false,
+            })
         );
+        let mut failing_over = fields.clone();
+        failing_over[7] = "master,failover_in_progress".to_owned();
+        assert!(parse_master(&failing_over).is_some_and(|a| a.failover_in_progress));
         assert_eq!(parse_master(&[]), None);
+    }
+
+    #[test]
+    fn event_service_reads_both_payload_forms() {
+        assert_eq!(
+            event_service("+switch-master", "svc 127.0.0.1 1 127.0.0.1 2"),
+            Some("svc")
+        );
+        assert_eq!(
+            event_service("+try-failover", "master svc 127.0.0.1 6379"),
+            Some("svc")
+        );
+        assert_eq!(
+            event_service(
+                "+promoted-slave",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ svc 127.0.0.1 6379"
+            ),
+            Some("svc")
+        );
+        assert_eq!(event_service("+promoted-slave", "slave x"), None);
     }
 }
