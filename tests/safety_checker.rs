@@ -95,10 +95,38 @@
 //! paused past their lease while the cluster is failed over and migrated (no window):
 //! it must be reported.
 //!
+//! # Sentinel mode (`sentinel_workload_with_crash_failovers`; and, ignored,
+//! `sentinel_workload_with_graceful_and_crash_failovers`)
+//!
+//! 3 children × 3 tasks on the two locks of a private Sentinel group (master + 2
+//! replicas + 3 sentinels, `tests/support/sentinel.rs`), reached through the sentinels
+//! (`RdLockConnectionManager::sentinel`), the children SIGSTOPped at random (0.1-1.5 s),
+//! leases 1-1.5 s. The sentinel nemesis injects, one at a time with the group settled
+//! before and after, in rounds of the two in a seeded random order: `SENTINEL FAILOVER`
+//! (graceful: nothing is excused around it) and SIGKILL of the master, restarted empty
+//! as a replica of the promoted one (a crash failover: a kill [`Window`] on every lock,
+//! since the master serves them all, excusing exactly what the cluster rule excuses
+//! after a kill). After each fault every lock must be acquired again within 45 s.
+//!
+//! Both are ignored (run them with `--ignored`). The crash-only one passed 3 of 4 runs
+//! (twice on Redis, once on Valkey, 0 violations) but failed once on Valkey 9.1.2
+//! (seed 1796685750179010144, 3 kills): a grant with fence 19 believed from
+//! 24.54 s to 24.82 s while another got fence 22 at 24.62 s, inside the window of a kill
+//! at 18.29 s (the group took ~15 s to settle), not excused because the earlier grant
+//! started more than 1 s after the kill; not yet diagnosed (library or rule). The one with
+//! graceful failovers fails because `SENTINEL FAILOVER` is *not* lossless. Sentinel
+//! promotes the replica with `REPLICAOF NO ONE` without pausing the old master, which
+//! stays a writable master until Sentinel reconfigures it; a child still connected to
+//! it (e.g. woken from SIGSTOP before it processed `+switch-master`) is granted a lock
+//! that the new master grants too, and fences are handed out twice. First run (seed
+//! 1796685499884330208, Redis 7.0.15): 19 violations, all after the two graceful
+//! failovers, none after the kill. Run it with `--ignored`.
+//!
 //! Replay: the seed is printed; `RDLOCK_SEED=<seed>` replays the same choices (the timing
 //! of a multi-process run is not replayable). `RDLOCK_SOAK_SECS` sets the length of the
 //! faulty phase (default 35 s), `RDLOCK_CLUSTER_SOAK_SECS` that of the cluster mode
-//! (default 45 s; the nemesis finishes its fault and at least one of each kind).
+//! (default 45 s; the nemesis finishes its fault and at least one of each kind),
+//! `RDLOCK_SENTINEL_SOAK_SECS` that of the Sentinel mode (default 30 s, likewise).
 
 mod support;
 
@@ -113,6 +141,7 @@ use rdlock::{RdLockConnectionManager, RdLockError};
 use support::cluster::{lock_slot, RedisCluster};
 use support::history::{check, token_reissued, ClockMap, Event, Finding, Grant, Window};
 use support::proxy::{FaultProxy, Mode};
+use support::sentinel::{conn_to, SentinelGroup, SERVICE};
 use support::{RedisServer, ServerConfig};
 use tokio::sync::mpsc;
 
@@ -518,6 +547,10 @@ async fn child_worker() {
         RdLockConnectionManager::redlock(url.split(','))
             .await
             .unwrap()
+    } else if std::env::var("RDLOCK_CHILD_SENTINEL").is_ok() {
+        RdLockConnectionManager::sentinel(url.split(','), SERVICE)
+            .await
+            .unwrap()
     } else {
         RdLockConnectionManager::new(url).await.unwrap()
     };
@@ -684,6 +717,10 @@ impl Worker {
                 command.env("RDLOCK_CHILD_REDLOCK", "1");
                 (nodes, None)
             }
+            Target::Sentinel(sentinels) => {
+                command.env("RDLOCK_CHILD_SENTINEL", "1");
+                (sentinels, None)
+            }
         };
         let mut child = command
             .args([
@@ -797,6 +834,9 @@ enum Target {
     Cluster(String),
     /// Redlock: the nodes' URLs separated by commas, reached directly (no proxy).
     Redlock(String),
+    /// Sentinel: the sentinels' URLs separated by commas; the manager follows the
+    /// master they name (no proxy).
+    Sentinel(String),
 }
 
 /// What every child of a run shares.
@@ -990,6 +1030,15 @@ enum ClusterFaults {
     Graceful,
 }
 
+/// Which faults a Sentinel run injects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SentinelFaults {
+    /// `SENTINEL FAILOVER` and SIGKILL of the master, in rounds in a random order.
+    All,
+    /// Only SIGKILL of the master (restarted empty as a replica).
+    Kills,
+}
+
 /// How a run is set up.
 struct Soak {
     seed: u64,
@@ -1009,6 +1058,10 @@ struct Soak {
     /// longest lease (the condition the fencing register needs), one node at a time;
     /// the children are only paused.
     redlock_nodes: usize,
+    /// The locks live on a Sentinel group (master + 2 replicas + 3 sentinels), with
+    /// the sentinel nemesis ([`sentinel_nemesis`]) injecting these faults; the
+    /// children are only paused.
+    sentinel: Option<SentinelFaults>,
 }
 
 /// What a run found.
@@ -1220,6 +1273,154 @@ async fn cluster_nemesis(
     }
 }
 
+const SENTINEL_FAULT_NAMES: [&str; 2] = ["failover", "kill"];
+
+/// Waits until every lock's fencing counter on the master the sentinels name has
+/// changed (as [`acquisitions_on_every_lock`] on a cluster), at most `bound`.
+async fn acquisitions_on_the_sentinel_master(
+    group: &SentinelGroup,
+    locks: &[String],
+    bound: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut first: Vec<Option<Option<u64>>> = vec![None; locks.len()];
+    let mut changed = vec![false; locks.len()];
+    loop {
+        // The group is settled (no fault until this returns): the master stays put.
+        if let Some(master) = group.master_per_sentinels().await {
+            if let Ok(mut conn) = conn_to(&group.node(master).url()).await {
+                for (i, lock) in locks.iter().enumerate() {
+                    let Ok(now) = redis::cmd("GET")
+                        .arg(fence_key(lock))
+                        .query_async::<Option<u64>>(&mut conn)
+                        .await
+                    else {
+                        continue;
+                    };
+                    match first[i] {
+                        None => first[i] = Some(now),
+                        Some(before) => changed[i] |= before != now,
+                    }
+                }
+            }
+        }
+        if changed.iter().all(|&c| c) {
+            return Ok(());
+        }
+        if started.elapsed() > bound {
+            let idle: Vec<&String> = locks
+                .iter()
+                .zip(&changed)
+                .filter(|(_, &c)| !c)
+                .map(|(l, _)| l)
+                .collect();
+            return Err(format!("no acquisition of {idle:?} within {bound:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Sentinel group's fault schedule until `until` (and at least one fault of each
+/// kind), one fault at a time with the group settled ([`SentinelGroup::wait_ready`])
+/// before and after it, in rounds of the two kinds in a random order: a graceful
+/// `SENTINEL FAILOVER`, and a SIGKILL of the master, which is restarted empty as a
+/// replica of the promoted one once the sentinels name it. After each fault every lock
+/// must be acquired again (bounded by 45 s; a longer wait is a recorded stall), then a
+/// fault-free 0.2-1 s. A kill opens a [`Window`] on every lock (the master serves them
+/// all), from the kill to the settled group plus the longest lease plus 1 s; a graceful
+/// failover opens none, and the nemesis lets every window close before the next fault.
+#[allow(clippy::too_many_arguments)]
+async fn sentinel_nemesis(
+    group: &mut SentinelGroup,
+    locks: &[String],
+    faults: SentinelFaults,
+    mut rng: Rng,
+    origin: Instant,
+    until: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+    longest_lease: Duration,
+) -> ClusterRun {
+    let log = |what: String| {
+        events.lock().unwrap().push(Event {
+            at: origin.elapsed(),
+            what: format!("sentinel: {what}"),
+        });
+    };
+    let mut run = ClusterRun::default();
+    let mut round: Vec<u64> = Vec::new();
+    let mut last = "start".to_owned();
+    loop {
+        let progress_bound = Duration::from_secs(45);
+        if let Err(stall) = acquisitions_on_the_sentinel_master(group, locks, progress_bound).await
+        {
+            run.stalls.push(format!("after {last}: {stall}"));
+        }
+        run.intervals += 1;
+        tokio::time::sleep(Duration::from_millis(rng.between(200, 1000))).await;
+        if let Some(to) = run.windows.iter().map(|w| w.to).max() {
+            tokio::time::sleep(to.saturating_sub(origin.elapsed())).await;
+        }
+        let round_done = run.kinds[1] > 0 && (faults == SentinelFaults::Kills || run.kinds[0] > 0);
+        if Instant::now() >= until && round_done {
+            return run;
+        }
+        if round.is_empty() {
+            round = match faults {
+                SentinelFaults::All => vec![0, 1],
+                SentinelFaults::Kills => vec![1],
+            };
+        }
+        let kind = round.swap_remove(rng.below(round.len() as u64) as usize);
+        let master = group.wait_ready("the group settled before a fault").await;
+        run.faults += 1;
+        run.kinds[kind as usize] += 1;
+        let from = origin.elapsed();
+        if kind == 0 {
+            for w in run.windows.iter().filter(|w| w.to > from) {
+                run.graceful_in_windows.push(format!(
+                    "SENTINEL FAILOVER at {from:?}, inside the window of {:?} on {} ({:?}..{:?})",
+                    w.what, w.lock, w.from, w.to
+                ));
+            }
+        }
+        last = format!(
+            "{} of master node {master}",
+            SENTINEL_FAULT_NAMES[kind as usize]
+        );
+        if kind == 0 {
+            log(format!("SENTINEL FAILOVER (master node {master})"));
+            group.failover().await;
+            let new = group.wait_promoted(master).await;
+            log(format!("node {new} promoted"));
+        } else {
+            log(format!("SIGKILL master node {master}"));
+            group.kill(master);
+            let new = group.wait_promoted(master).await;
+            log(format!("node {new} promoted"));
+            group.restart_as_replica(master, new).await;
+            log(format!(
+                "node {master} restarted empty as a replica of node {new}"
+            ));
+        }
+        let settled = group
+            .wait_ready(&format!("the group settled after {last}"))
+            .await;
+        log(format!("settled, master node {settled}"));
+        if kind == 1 {
+            let to = origin.elapsed() + longest_lease + Duration::from_secs(1);
+            for lock in locks {
+                run.windows.push(Window {
+                    lock: lock.clone(),
+                    from,
+                    to,
+                    what: last.clone(),
+                    killed: true,
+                });
+            }
+        }
+    }
+}
+
 /// Runs the workload and the checker; prints the summary line.
 async fn soak(config: Soak) -> Summary {
     let Soak {
@@ -1230,10 +1431,13 @@ async fn soak(config: Soak) -> Summary {
         blind,
         cluster: cluster_faults,
         redlock_nodes,
+        sentinel,
     } = config;
+    let sentinel_faults = sentinel;
+    let sentinel = sentinel.is_some();
     println!("seed {seed} (replay the choices with RDLOCK_SEED={seed}), faults for {soak:?}");
     let mut rng = Rng::new(seed, 999);
-    let keyspace = cluster_faults.is_none() && redlock_nodes == 0 && rng.below(2) == 0;
+    let keyspace = cluster_faults.is_none() && redlock_nodes == 0 && !sentinel && rng.below(2) == 0;
     let resource = RedisServer::start();
     // One server (keyspace events on or off), or a cluster with one lock per shard.
     let mut server = None;
@@ -1250,8 +1454,13 @@ async fn soak(config: Soak) -> Summary {
             .collect::<Vec<_>>()
             .join(",")
     });
+    let mut group = if sentinel {
+        Some(SentinelGroup::start().await)
+    } else {
+        None
+    };
     let locks: Vec<String> = match cluster_faults {
-        None if direct.is_some() => vec!["soak-a".into(), "soak-b".into()],
+        None if direct.is_some() || group.is_some() => vec!["soak-a".into(), "soak-b".into()],
         None => {
             server = Some(if keyspace {
                 RedisServer::start_with(ServerConfig::keyspace("KA"))
@@ -1272,7 +1481,7 @@ async fn soak(config: Soak) -> Summary {
     };
     // Leases: on a cluster, a little longer than a graceful failover takes on a busy
     // machine; the mutant's pauses are longer than every lease.
-    let (leases, pauses) = if cluster.is_some() {
+    let (leases, pauses) = if cluster.is_some() || group.is_some() {
         ((1000, 1500), (2000, 3000))
     } else if only_pauses {
         ((500, 1000), (1200, 2500))
@@ -1288,11 +1497,12 @@ async fn soak(config: Soak) -> Summary {
     let origin = Instant::now();
     let mut workers = Vec::new();
     for id in 0..children {
-        let target = match (&server, &cluster, &direct) {
-            (Some(server), _, _) => Target::Proxy(FaultProxy::to_port(server.port()).await),
-            (None, Some(cluster), _) => Target::Cluster(cluster.urls().join(",")),
-            (None, None, Some(nodes)) => Target::Redlock(nodes.clone()),
-            (None, None, None) => unreachable!(),
+        let target = match (&server, &cluster, &direct, &group) {
+            (Some(server), ..) => Target::Proxy(FaultProxy::to_port(server.port()).await),
+            (None, Some(cluster), ..) => Target::Cluster(cluster.urls().join(",")),
+            (None, None, Some(nodes), _) => Target::Redlock(nodes.clone()),
+            (None, None, None, Some(group)) => Target::Sentinel(group.sentinel_urls().join(",")),
+            (None, None, None, None) => unreachable!(),
         };
         let lease_ms = rng.between(leases.0, leases.1);
         workers.push(Worker::spawn(id, target, &setup, lease_ms, origin));
@@ -1315,6 +1525,7 @@ async fn soak(config: Soak) -> Summary {
         match (&cluster, keyspace) {
             (Some(_), _) => "3-master + 3-replica cluster",
             (None, _) if redlock_nodes > 0 => "Redlock over independent nodes",
+            (None, _) if sentinel => "Sentinel group (master + 2 replicas + 3 sentinels)",
             (None, true) => "one server, keyspace events on",
             (None, false) => "one server, keyspace events off",
         },
@@ -1366,7 +1577,22 @@ async fn soak(config: Soak) -> Summary {
             )
             .await
         }
-        _ => ClusterRun::default(),
+        _ => match (group.as_mut(), sentinel_faults) {
+            (Some(group), Some(kinds)) => {
+                sentinel_nemesis(
+                    group,
+                    &locks,
+                    kinds,
+                    Rng::new(seed, 700),
+                    origin,
+                    until,
+                    events.clone(),
+                    longest_lease,
+                )
+                .await
+            }
+            _ => ClusterRun::default(),
+        },
     };
     let mut faults = cluster_run.faults;
     faults += tokio::time::timeout(soak + Duration::from_secs(10), node_nemesis)
@@ -1481,10 +1707,11 @@ async fn soak(config: Soak) -> Summary {
     let stalled: Vec<usize> = (0..workers.len())
         .filter(|id| {
             let prefix = format!("child {id}: ");
-            let Some(first_fault) = events
-                .iter()
-                .find(|e| e.what.starts_with(&prefix) || e.what.starts_with("cluster: "))
-            else {
+            let Some(first_fault) = events.iter().find(|e| {
+                e.what.starts_with(&prefix)
+                    || e.what.starts_with("cluster: ")
+                    || e.what.starts_with("sentinel: ")
+            }) else {
                 return false;
             };
             let client = format!("c{id}/");
@@ -1508,21 +1735,24 @@ async fn soak(config: Soak) -> Summary {
          grant outcomes {outcomes:?}, failed acquisitions {errors:?}, tolerance {tolerance:?}",
         verdict.expected_overlaps()
     );
-    if cluster.is_some() {
+    if cluster.is_some() || sentinel {
         let excused_overlaps = verdict
             .excused
             .iter()
             .filter(|(f, _)| !matches!(f, Finding::FenceRegression { .. }))
             .count();
+        let names: &[&str] = if sentinel {
+            &SENTINEL_FAULT_NAMES
+        } else {
+            &CLUSTER_FAULT_NAMES
+        };
         println!(
-            "cluster: faults {:?}; {} windows (kill/pause failovers x locks served); inside them \
+            "{}: faults {:?}; {} windows (kill/pause failovers x locks served); inside them \
              {excused_overlaps} overlaps and {} repeated or regressed fences excused, {reissued_rejected} \
              grants with a reissued token rejected by the resource; {} fault-free intervals, {} with no \
              acquisition on some lock",
-            CLUSTER_FAULT_NAMES
-                .iter()
-                .zip(cluster_run.kinds)
-                .collect::<Vec<_>>(),
+            if sentinel { "sentinel" } else { "cluster" },
+            names.iter().zip(cluster_run.kinds).collect::<Vec<_>>(),
             windows.len(),
             verdict.excused.len() - excused_overlaps,
             cluster_run.intervals,
@@ -1570,6 +1800,7 @@ async fn randomized_workload_with_faults() {
         blind: false,
         cluster: None,
         redlock_nodes: 0,
+        sentinel: None,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -1604,6 +1835,7 @@ async fn redlock_workload_with_node_faults() {
         blind: false,
         cluster: None,
         redlock_nodes: 3,
+        sentinel: None,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -1636,6 +1868,7 @@ async fn cluster_workload_with_failovers_kills_pauses_and_migrations() {
         blind: false,
         cluster: Some(ClusterFaults::All),
         redlock_nodes: 0,
+        sentinel: None,
     })
     .await;
     assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
@@ -1671,6 +1904,67 @@ async fn the_harness_catches_holders_that_ignore_their_guard() {
     catch_the_mutant(None, Duration::from_secs(8)).await;
 }
 
+/// Sentinel mode, crash failovers: 3 children × 3 tasks on two locks of a Sentinel
+/// group (master + 2 replicas + 3 sentinels), reached through the sentinels, children
+/// paused at random, while the sentinel nemesis SIGKILLs the master (restarted empty as
+/// a replica: a kill window excuses what the cluster rule excuses after a kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not reliable yet: 1 of 4 runs (Valkey) found an unexplained overlap in a kill window (module docs)"]
+async fn sentinel_workload_with_crash_failovers() {
+    sentinel_workload(SentinelFaults::Kills).await;
+}
+
+/// Sentinel mode with graceful failovers too (`SENTINEL FAILOVER`, nothing excused
+/// around it). Ignored: it finds real violations (module docs, "Sentinel mode").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds real violations: SENTINEL FAILOVER leaves the old master writable (module docs)"]
+async fn sentinel_workload_with_graceful_and_crash_failovers() {
+    sentinel_workload(SentinelFaults::All).await;
+}
+
+async fn sentinel_workload(faults: SentinelFaults) {
+    let seed = seed();
+    let faulty = Duration::from_secs(
+        std::env::var("RDLOCK_SENTINEL_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let run = soak(Soak {
+        seed,
+        children: 3,
+        faulty,
+        only_pauses: false,
+        blind: false,
+        cluster: None,
+        redlock_nodes: 0,
+        sentinel: Some(faults),
+    })
+    .await;
+    assert_eq!(run.violations, 0, "seed {seed}:\n{}", run.report);
+    assert!(
+        run.stalls.is_empty(),
+        "seed {seed}: fault-free intervals without an acquisition on every lock: {:?}",
+        run.stalls
+    );
+    assert!(
+        run.stalled.is_empty(),
+        "seed {seed}: children {:?} got no lock after the first fault ({} acquisitions in all)",
+        run.stalled,
+        run.acquisitions
+    );
+    assert!(
+        run.kinds[1] > 0 && (faults == SentinelFaults::Kills || run.kinds[0] > 0),
+        "seed {seed}: not every kind of fault was injected: {:?}",
+        &run.kinds[..2]
+    );
+    assert!(
+        run.graceful_in_windows.is_empty(),
+        "seed {seed}: graceful failovers whose violations a kill window would excuse: {:?}",
+        run.graceful_in_windows
+    );
+}
+
 /// The same mutant on a cluster, while its masters are failed over and its slots
 /// migrated (faults that lose no acknowledged write, so no window excuses anything):
 /// the cluster mode's classification does not swallow real violations.
@@ -1691,6 +1985,7 @@ async fn catch_the_mutant(cluster: Option<ClusterFaults>, faulty: Duration) {
             blind: true,
             cluster,
             redlock_nodes: 0,
+            sentinel: None,
         })
         .await;
         if run.violations > 0 {
