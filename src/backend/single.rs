@@ -40,11 +40,7 @@ impl Single {
         timeouts: Timeouts,
     ) -> Result<Connected, RdLockError> {
         let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.response))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(Duration::from_secs(1));
+        let config = manager_config(&timeouts);
         let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(RdLockError::from_redis)?;
@@ -71,11 +67,7 @@ impl Single {
     /// manager must start while a minority of its nodes is down).
     pub(crate) fn lazy(info: ConnectionInfo, timeouts: Timeouts) -> Result<Self, RdLockError> {
         let client = Client::open(info.clone()).map_err(RdLockError::InvalidUrl)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.response))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(Duration::from_secs(1));
+        let config = manager_config(&timeouts);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(RdLockError::InvalidUrl)?;
         Ok(Self {
@@ -122,6 +114,16 @@ impl Single {
     pub(super) async fn subscriber(&self) -> RedisResult<redis::aio::PubSub> {
         self.client.get_async_pubsub().await
     }
+}
+
+/// The command connection's settings: bounded connect and response times, and a few
+/// reconnection attempts, so that an unreachable server is reported, not waited for.
+fn manager_config(timeouts: &Timeouts) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.response))
+        .set_number_of_retries(CONNECT_RETRIES)
+        .set_max_delay(Duration::from_secs(1))
 }
 
 impl fmt::Debug for Single {
