@@ -10,38 +10,16 @@
 mod cli_support;
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cli_support::{code, rdlock_at, read, stderr, wait_child, wait_for_file, PROMPTLY, RDLOCK};
+use cli_support::{
+    code, output_within, rdlock_at, read, stderr, stdout, wait_child, wait_for_file, PROMPTLY,
+    RDLOCK,
+};
 use rdlock::RdLockConnectionManager;
 use support::cluster::RedisCluster;
 use support::RedisServer;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Runs rdlock and waits for it, bounded: a hang fails the test instead of stalling it.
-fn output_within(mut command: Command, bound: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rdlock");
-    let pid = child.id();
-    let (done, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match wait.recv_timeout(bound) {
-        Ok(output) => output.expect("rdlock's output"),
-        Err(_) => {
-            cli_support::signal(pid as i32, nix::sys::signal::Signal::SIGKILL);
-            panic!("rdlock did not exit within {bound:?}");
-        }
-    }
-}
 
 /// The holding rdlock: killed with its command if the test fails before it exits, so
 /// that a failure never leaves it running (and holding the test's output open).

@@ -7,15 +7,13 @@
 mod cli_support;
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cli_support::{code, read, stderr, wait_child, wait_for_file, PROMPTLY, RDLOCK};
+use cli_support::{
+    code, output_within, read, stderr, stdout, wait_child, wait_for_file, PROMPTLY, RDLOCK,
+};
 use support::sentinel::{SentinelGroup, SERVICE};
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// rdlock with `--sentinel SERVICE` and every sentinel as a `--url`.
 fn cli(group: &SentinelGroup, service: &str, args: &[&str]) -> Command {
@@ -28,27 +26,6 @@ fn cli(group: &SentinelGroup, service: &str, args: &[&str]) -> Command {
     }
     command.args(args).stdin(Stdio::null());
     command
-}
-
-/// Runs rdlock and waits for it, bounded: a hang fails the test.
-fn output_within(mut command: Command, bound: Duration) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rdlock");
-    let pid = child.id();
-    let (done, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match wait.recv_timeout(bound) {
-        Ok(output) => output.expect("rdlock's output"),
-        Err(_) => {
-            cli_support::signal(pid as i32, nix::sys::signal::Signal::SIGKILL);
-            panic!("rdlock did not exit within {bound:?}");
-        }
-    }
 }
 
 /// The holding rdlock, killed if the test fails before it exits.

@@ -67,6 +67,32 @@ pub fn code(output: &Output) -> i32 {
     output.status.code().expect("exited normally")
 }
 
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs rdlock and waits for it, bounded: a hang fails the test instead of stalling it
+/// (the process is killed first, so that it does not outlive the test).
+pub fn output_within(mut command: Command, bound: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rdlock");
+    let pid = child.id();
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match wait.recv_timeout(bound) {
+        Ok(output) => output.expect("rdlock's output"),
+        Err(_) => {
+            signal(pid as i32, nix::sys::signal::Signal::SIGKILL);
+            panic!("rdlock did not exit within {bound:?}");
+        }
+    }
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
