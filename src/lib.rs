@@ -295,6 +295,7 @@ mod config;
 pub mod errors;
 mod gate;
 mod guard;
+mod handoff;
 mod held;
 mod holder;
 mod lease;
@@ -309,6 +310,7 @@ mod watchdog;
 
 pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT};
 pub use errors::RdLockError;
+pub use gate::HANDOFF_BUDGET;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lease::{LeaseState, LossCause};

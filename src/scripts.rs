@@ -287,3 +287,42 @@ pub(crate) async fn inspect(
         }
     }
 }
+
+static HAND_OFF: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/handoff.lua")));
+
+/// Passes the lock from the holder of `token` to a new holder in one script (see
+/// [`crate::handoff`]): the key takes `next_token` with `lease_ms`, the fence is
+/// incremented and the owner record (`owner`, acquired at `at_ms` on the client's clock)
+/// written. `Ok(Some(fence))` with the new holder's fencing token; `Ok(None)` when the
+/// key no longer held `token` (nothing was written). Not on Redlock, nor for a lock
+/// with 1.x compatibility (the caller checks).
+pub(crate) async fn hand_off(
+    conn: &Backend,
+    names: &LockNames,
+    token: &str,
+    next_token: &str,
+    lease_ms: u64,
+    owner: &str,
+    at_ms: u128,
+) -> RedisResult<Option<u64>> {
+    let mut invocation = HAND_OFF.prepare_invoke();
+    invocation
+        .key(&names.key)
+        .key(&names.fence)
+        .key(&names.owner)
+        .arg(token)
+        .arg(next_token)
+        .arg(lease_ms)
+        .arg(owner)
+        .arg(at_ms.to_string());
+    // Not idempotent (the fence is incremented): never retried.
+    let (lease, reply) = invoke(conn, &invocation).await;
+    match reply? {
+        None::<(i64, String)> => Ok(None),
+        Some((fence, echo)) => {
+            echoed(conn, &lease, &echo, next_token)?;
+            Ok(Some(u64::try_from(fence).unwrap_or(0)))
+        }
+    }
+}

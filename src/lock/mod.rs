@@ -126,6 +126,32 @@ impl Granted {
         self.undo.token = None;
         self.acquired
     }
+
+    /// The local turn that came with a handed-off acquisition.
+    pub(crate) fn take_turn(&mut self) -> Option<Turn> {
+        self.undo.turn.take()
+    }
+
+    /// An acquisition handed off to `lock` (see [`crate::handoff`]): armed like an
+    /// attempt's, so that dropping it releases it by its token and then passes `turn`
+    /// on; `in_flight` counts it among the manager's tasks until it is a guard.
+    pub(crate) fn handed_off(
+        lock: &Lock,
+        acquired: Acquired,
+        turn: Turn,
+        in_flight: TaskTrackerToken,
+    ) -> Self {
+        let token = acquired.token.clone();
+        Self {
+            acquired,
+            undo: Undo {
+                lock: lock.clone(),
+                token: Some(token),
+                turn: Some(turn),
+                _in_flight: in_flight,
+            },
+        }
+    }
 }
 
 /// The outcome of one attempt.
@@ -744,8 +770,29 @@ impl Lock {
             .inner()
             .gates
             .get(&self.names.key)
-            .try_lock_owned()
-            .map_err(|_| RdLockError::LockUnavailable)
+            .try_take()
+            .ok_or(RdLockError::LockUnavailable)
+    }
+
+    /// Whether a hand-off can serve this lock, as giver or as recipient: the hand-off
+    /// script takes only the lock's own keys, on one server, without `WAIT`. Not with
+    /// 1.x compatibility (the 1.x key would have to move too), on Redlock (a quorum of
+    /// independent masters), nor with replica sync (the hand-off would need its `WAIT`).
+    pub(crate) fn takes_hand_offs(&self) -> bool {
+        let inner = self.manager.inner();
+        self.names.v1.is_none()
+            && inner.timeouts.replica_sync.is_none()
+            && !matches!(*inner.conn, crate::backend::Backend::Redlock(_))
+    }
+
+    /// The lease in whole milliseconds (checked by [`validate`](Self::validate)).
+    pub(crate) fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// This process's owner record, stored with the lock.
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// One attempt, for the 1.x `BasicLock`.
@@ -993,6 +1040,7 @@ impl Lock {
         let mut undo = Undo {
             lock: self.clone(),
             token: Some(token.clone()),
+            turn: None,
             _in_flight: in_flight,
         };
         let generation = inner.conn.generation();
@@ -1247,6 +1295,9 @@ impl Lock {
 struct Undo {
     lock: Lock,
     token: Option<Arc<str>>,
+    /// The local turn of a handed-off acquisition: passed on after the undo's release
+    /// has been answered, so that the next local attempt does not race it.
+    turn: Option<Turn>,
     _in_flight: TaskTrackerToken,
 }
 
@@ -1255,7 +1306,8 @@ impl Drop for Undo {
         // Runs before the fields are dropped: the release is spawned (and tracked)
         // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, None, false);
+            self.lock
+                .release_in_background(token, self.turn.take(), false);
         }
     }
 }

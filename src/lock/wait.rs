@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
-use crate::gate::Turn;
+use crate::gate::{Delivery, Turn};
 use crate::guard::LockGuard;
 use crate::meters::Wait;
 use crate::notifier::Watch;
@@ -47,7 +47,7 @@ impl Lock {
             .await
         {
             // Outside the acquisition's span: the hold's span is its sibling.
-            Ok((granted, turn)) => self.guard(granted, Some(turn)),
+            Ok((granted, turn)) => self.guard(granted, turn),
             Err(e) => Err(e),
         };
         Self::record_outcome(&span, &result);
@@ -58,18 +58,36 @@ impl Lock {
     async fn acquire_granted_in_turn(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<(Granted, Turn), RdLockError> {
+    ) -> Result<(Granted, Option<Turn>), RdLockError> {
         self.validate()?;
         let gate = self.manager().inner().gates.get(self.key());
         let shutdown = &self.manager().inner().shutdown;
-        let turn = tokio::select! {
-            biased;
-            turn = gate.lock_owned() => turn,
-            _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-            _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
+        let recipient = self.takes_hand_offs().then(|| self.clone());
+        let turn = match gate.enqueue(recipient) {
+            Ok(turn) => turn,
+            Err(mut queued) => {
+                // Cancelled here (deadline, shutdown, the caller): dropping `queued`
+                // leaves the queue, and a delivery it had not taken yet — a turn, or
+                // a handed-off key — passes on to the next waiter or is released.
+                let delivery = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+                    delivery = queued.delivered() => delivery,
+                    _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
+                };
+                match delivery {
+                    Some(Delivery::Turn(turn)) => turn,
+                    Some(Delivery::HandedOff(mut granted)) => {
+                        let turn = granted.take_turn();
+                        return Ok((granted, turn));
+                    }
+                    // Every entry is answered before its sender is dropped.
+                    None => return Err(RdLockError::ShutDown),
+                }
+            }
         };
         let granted = self.acquire_armed(deadline).await?;
-        Ok((granted, turn))
+        Ok((granted, Some(turn)))
     }
 
     /// The wait loop, for the 1.x `BasicLock`.
