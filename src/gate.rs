@@ -81,6 +81,11 @@ pub(crate) struct Turn {
     gate: Option<Arc<Gate>>,
     /// The waiter this turn is reserved for (a hand-off in transit).
     reserved: Option<oneshot::Sender<Delivery>>,
+    /// The budget of hand-offs is spent: the key is released in Redis instead.
+    budget_spent: bool,
+    /// That release woke waiters of other processes: the next local task lets them
+    /// try first (it subscribes before its first attempt, see `lock/wait.rs`).
+    others_woken: bool,
 }
 
 /// A task's entry in the queue while it waits. Dropping it (a cancelled waiter) takes
@@ -129,19 +134,24 @@ impl Gate {
 
     /// Takes the first live waiter out of the queue for a hand-off, if it can take one
     /// and the budget allows; counts the hand-off.
-    fn reserve(&self) -> Option<(oneshot::Sender<Delivery>, Lock)> {
+    /// `Err(())` when a waiter could take one but the budget is spent.
+    fn reserve(&self) -> Result<Option<(oneshot::Sender<Delivery>, Lock)>, ()> {
         let mut state = self.state();
-        if state.handoffs >= HANDOFF_BUDGET {
-            return None;
-        }
         while state.queue.front().is_some_and(|e| e.tx.is_closed()) {
             state.queue.pop_front();
         }
         // Strict FIFO: a head that cannot take a hand-off gets a plain turn.
-        state.queue.front()?.recipient.as_ref()?;
-        let entry = state.queue.pop_front()?;
+        if state.queue.front().is_none_or(|e| e.recipient.is_none()) {
+            return Ok(None);
+        }
+        if state.handoffs >= HANDOFF_BUDGET {
+            return Err(());
+        }
+        let Some(entry) = state.queue.pop_front() else {
+            return Ok(None);
+        };
         state.handoffs += 1;
-        entry.recipient.map(|lock| (entry.tx, lock))
+        Ok(entry.recipient.map(|lock| (entry.tx, lock)))
     }
 
     /// The next waiter to pass a plain turn to, or `None` after freeing the gate.
@@ -173,7 +183,25 @@ impl Turn {
         Self {
             gate: Some(gate),
             reserved: None,
+            budget_spent: false,
+            others_woken: false,
         }
+    }
+
+    /// The budget of hand-offs was spent when this turn's holder released.
+    pub(crate) fn budget_spent(&self) -> bool {
+        self.budget_spent
+    }
+
+    /// Records whether the release that ends a budget woke other processes' waiters.
+    pub(crate) fn set_others_woken(&mut self, woken: bool) {
+        self.others_woken = woken;
+    }
+
+    /// The release before this turn was passed on woke other processes' waiters: let
+    /// them try first.
+    pub(crate) fn others_woken(&self) -> bool {
+        self.others_woken
     }
 
     /// Reserves this turn for the first waiter of the queue, if it can take a hand-off
@@ -183,9 +211,17 @@ impl Turn {
         if self.reserved.is_some() {
             return None;
         }
-        let (tx, lock) = self.gate.as_ref()?.reserve()?;
-        self.reserved = Some(tx);
-        Some(lock)
+        match self.gate.as_ref()?.reserve() {
+            Ok(reserved) => {
+                let (tx, lock) = reserved?;
+                self.reserved = Some(tx);
+                Some(lock)
+            }
+            Err(()) => {
+                self.budget_spent = true;
+                None
+            }
+        }
     }
 
     /// Delivers `granted` (which holds this turn, unreserved) to the waiter this turn
@@ -211,8 +247,10 @@ impl Drop for Turn {
             let Some(tx) = next.take().or_else(|| gate.next_or_free()) else {
                 return; // the gate is free
             };
+            let mut turn = Turn::new(gate.clone());
+            turn.others_woken = self.others_woken;
             // Sent outside the gate's mutex: a turn sent back is disarmed, not dropped.
-            match tx.send(Delivery::Turn(Turn::new(gate.clone()))) {
+            match tx.send(Delivery::Turn(turn)) {
                 Ok(()) => return,
                 Err(Delivery::Turn(mut turn)) => turn.gate = None,
                 Err(Delivery::HandedOff(_)) => return, // not what was sent

@@ -387,16 +387,21 @@ impl LockGuard {
         // From here until Redis answers, dropping this future hands the release (and
         // the turn) to the background: redis-rs does not send a request whose caller
         // is gone, so the release could otherwise be lost.
-        let pending = PendingRelease {
+        let mut pending = PendingRelease {
             lock: &self.lock,
             token: Some(self.token.clone()),
             turn: self.turn.take(),
             _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
-        let outcome = scripts::release(conn, self.lock.names(), &self.token)
-            .instrument(self.span.clone())
-            .await;
+        let outcome = scripts::release_before_turn(
+            conn,
+            self.lock.names(),
+            &self.token,
+            pending.turn.as_mut(),
+        )
+        .instrument(self.span.clone())
+        .await;
         let _in_hold = self.span.enter();
         // Answered: the turn passes on when this function returns.
         let turn = pending.answered();

@@ -342,11 +342,12 @@ async fn the_budget_lets_another_managers_waiter_in() {
     }
     rounds.sort_unstable();
     println!("busy manager's acquisitions while the other waited: {rounds:?}");
-    // Each budget round the other manager's waiter, woken by the release, races the
-    // next local task (one attempt each): it gets in after a few rounds, not never.
+    // The release that ends a budget woke the other manager's waiter, so the next
+    // local task subscribes before it tries: the waiter usually gets in at the end of
+    // the first budget (a scheduling hiccup can make it miss one).
     let median = rounds[rounds.len() / 2];
     assert!(
-        median <= 10 * u64::from(HANDOFF_BUDGET + 1),
+        median <= 3 * u64::from(HANDOFF_BUDGET + 1),
         "the other manager waited {rounds:?} acquisitions"
     );
 }

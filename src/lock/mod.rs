@@ -1250,7 +1250,9 @@ impl Lock {
                 let mut turn = turn;
                 let mut backoff = RELEASE_RETRY_MIN;
                 loop {
-                    match scripts::release(&conn, &names, &token).await {
+                    match scripts::release_before_turn(&conn, &names, &token, turn.as_mut())
+                        .await
+                    {
                         Err(e)
                             if crate::errors::is_retry_later_reply(&e)
                                 && Instant::now() + backoff < give_up =>

@@ -86,7 +86,11 @@ impl Lock {
                 }
             }
         };
-        let granted = self.acquire_armed(deadline).await?;
+        // After a release that ended a budget of hand-offs and woke waiters of other
+        // processes, they try first: this task subscribes before its first attempt.
+        let granted = self
+            .acquire_armed_from(deadline, !turn.others_woken())
+            .await?;
         Ok((granted, Some(turn)))
     }
 
@@ -102,13 +106,30 @@ impl Lock {
     /// [`FIRST_ATTEMPT_MIN`]) and against shutdown; an attempt cut short is undone by
     /// its token.
     async fn acquire_armed(&self, deadline: Option<Instant>) -> Result<Granted, RdLockError> {
+        self.acquire_armed_from(deadline, true).await
+    }
+
+    /// [`acquire_armed`](Self::acquire_armed); without `fast_path`, the first attempt
+    /// is made only once the lock's notifications are subscribed (or after 1–10 ms),
+    /// which lets waiters of other processes, woken by the release that ended a budget
+    /// of local hand-offs, try first.
+    async fn acquire_armed_from(
+        &self,
+        deadline: Option<Instant>,
+        fast_path: bool,
+    ) -> Result<Granted, RdLockError> {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
         let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
         // How long the first wait for the subscription may take: like every wait, no
         // longer than the holder's PTTL (the subscription's confirmation, when it comes
         // later, still wakes this waiter).
-        let ready_within = match self.bounded_attempt(lease_ms, first_until).await {
+        let first = if fast_path {
+            self.bounded_attempt(lease_ms, first_until).await
+        } else {
+            Ok(Attempt::TooLate) // as after an attempt whose key is being released
+        };
+        let ready_within = match first {
             Ok(Attempt::Acquired(granted)) => return Ok(granted),
             Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
             Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
