@@ -17,7 +17,20 @@
 //! one script, so there is no moment where it is free, nor one where two tokens own it.
 //! At most [`HANDOFF_BUDGET`] hand-offs follow each other; then the holder makes a
 //! real release (with its `PUBLISH`), so that waiters of other processes get their
-//! chance at the key.
+//! chance at the key. That release (`scripts/yield.lua`) also returns how many
+//! subscribers its message reached; when it woke any (waiters of other processes: this
+//! manager's own queued tasks are not subscribed), the next local task does not try at
+//! once but subscribes first, then tries: the woken waiters, which are one message away
+//! from their attempt, get there first. If one of them wins, the local task waits for
+//! its release like any waiter. (On a Redis Cluster `PUBLISH` counts the subscribers of
+//! the node that runs it only: a waiter subscribed elsewhere is not seen, and the
+//! local task then tries at once.) This is a fair chance per budget, not a reservation:
+//! the Redis-side queue of processes that would make it one is not built yet.
+//!
+//! The queue's entries carry each waiter's [`Lock`]: what differs between `Lock`
+//! values of one key (lease, label, maximum hold, metrics name, 1.x compatibility) is
+//! known to whoever passes the turn on. The hand-off script needs only the lease and
+//! the owner record; the rest is the recipient's own business when it builds its guard.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -62,10 +75,41 @@ struct Entry {
 struct GateState {
     /// A [`Turn`] is out (held, or on its way to a waiter).
     held: bool,
+    /// The waiter the turn is reserved for (a hand-off in transit).
+    reserved: Option<oneshot::Sender<Delivery>>,
+    /// The budget of hand-offs was spent when the turn's holder released: the key is
+    /// released in Redis instead.
+    budget_spent: bool,
+    /// That release woke waiters of other processes: the next local task lets them
+    /// try first (it subscribes before its first attempt, see `lock/wait.rs`).
+    others_woken: bool,
     queue: VecDeque<Entry>,
     /// Hand-offs since the key was last released in Redis.
     handoffs: u32,
     next_id: u64,
+}
+
+impl GateState {
+    /// Takes the first live waiter out of the queue for a hand-off, if it can take one
+    /// and the budget allows; counts the hand-off.
+    /// `Err(())` when a waiter could take one but the budget is spent.
+    fn reserve(&mut self) -> Result<Option<(oneshot::Sender<Delivery>, Lock)>, ()> {
+        while self.queue.front().is_some_and(|e| e.tx.is_closed()) {
+            self.queue.pop_front();
+        }
+        // Strict FIFO: a head that cannot take a hand-off gets a plain turn.
+        if self.queue.front().is_none_or(|e| e.recipient.is_none()) {
+            return Ok(None);
+        }
+        if self.handoffs >= HANDOFF_BUDGET {
+            return Err(());
+        }
+        let Some(entry) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        self.handoffs += 1;
+        Ok(entry.recipient.map(|lock| (entry.tx, lock)))
+    }
 }
 
 /// The FIFO queue of one key.
@@ -78,14 +122,10 @@ pub(crate) struct Gate {
 /// Dropping it passes it on: to the waiter it was reserved for, if any, else to the
 /// first waiter in the queue.
 pub(crate) struct Turn {
+    /// `None` once passed on. The turn's own state (a reservation, the budget flags)
+    /// lives in the gate, which has one turn at a time: the turn stays one pointer
+    /// wide inside guards and acquisitions.
     gate: Option<Arc<Gate>>,
-    /// The waiter this turn is reserved for (a hand-off in transit).
-    reserved: Option<oneshot::Sender<Delivery>>,
-    /// The budget of hand-offs is spent: the key is released in Redis instead.
-    budget_spent: bool,
-    /// That release woke waiters of other processes: the next local task lets them
-    /// try first (it subscribes before its first attempt, see `lock/wait.rs`).
-    others_woken: bool,
 }
 
 /// A task's entry in the queue while it waits. Dropping it (a cancelled waiter) takes
@@ -132,28 +172,6 @@ impl Gate {
         })
     }
 
-    /// Takes the first live waiter out of the queue for a hand-off, if it can take one
-    /// and the budget allows; counts the hand-off.
-    /// `Err(())` when a waiter could take one but the budget is spent.
-    fn reserve(&self) -> Result<Option<(oneshot::Sender<Delivery>, Lock)>, ()> {
-        let mut state = self.state();
-        while state.queue.front().is_some_and(|e| e.tx.is_closed()) {
-            state.queue.pop_front();
-        }
-        // Strict FIFO: a head that cannot take a hand-off gets a plain turn.
-        if state.queue.front().is_none_or(|e| e.recipient.is_none()) {
-            return Ok(None);
-        }
-        if state.handoffs >= HANDOFF_BUDGET {
-            return Err(());
-        }
-        let Some(entry) = state.queue.pop_front() else {
-            return Ok(None);
-        };
-        state.handoffs += 1;
-        Ok(entry.recipient.map(|lock| (entry.tx, lock)))
-    }
-
     /// The next waiter to pass a plain turn to, or `None` after freeing the gate.
     fn next_or_free(&self) -> Option<oneshot::Sender<Delivery>> {
         let mut state = self.state();
@@ -165,6 +183,7 @@ impl Gate {
             }
         }
         state.held = false;
+        state.others_woken = false;
         None
     }
 
@@ -180,45 +199,47 @@ impl Gate {
 
 impl Turn {
     fn new(gate: Arc<Gate>) -> Self {
-        Self {
-            gate: Some(gate),
-            reserved: None,
-            budget_spent: false,
-            others_woken: false,
-        }
+        Self { gate: Some(gate) }
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut GateState) -> T) -> Option<T> {
+        self.gate.as_ref().map(|gate| f(&mut gate.state()))
     }
 
     /// The budget of hand-offs was spent when this turn's holder released.
     pub(crate) fn budget_spent(&self) -> bool {
-        self.budget_spent
+        self.with_state(|s| s.budget_spent).unwrap_or(false)
     }
 
     /// Records whether the release that ends a budget woke other processes' waiters.
     pub(crate) fn set_others_woken(&mut self, woken: bool) {
-        self.others_woken = woken;
+        self.with_state(|s| s.others_woken = woken);
     }
 
     /// The release before this turn was passed on woke other processes' waiters: let
-    /// them try first.
-    pub(crate) fn others_woken(&self) -> bool {
-        self.others_woken
+    /// them try first. Read once, by the turn's new holder.
+    pub(crate) fn take_others_woken(&self) -> bool {
+        self.with_state(|s| std::mem::take(&mut s.others_woken))
+            .unwrap_or(false)
     }
 
     /// Reserves this turn for the first waiter of the queue, if it can take a hand-off
     /// and the budget allows; returns that waiter's lock. If the turn is then dropped
     /// (the hand-off failed), the waiter receives it as a plain turn.
     pub(crate) fn reserve_for_hand_off(&mut self) -> Option<Lock> {
-        if self.reserved.is_some() {
+        let gate = self.gate.as_ref()?;
+        let mut state = gate.state();
+        if state.reserved.is_some() {
             return None;
         }
-        match self.gate.as_ref()?.reserve() {
+        match state.reserve() {
             Ok(reserved) => {
                 let (tx, lock) = reserved?;
-                self.reserved = Some(tx);
+                state.reserved = Some(tx);
                 Some(lock)
             }
             Err(()) => {
-                self.budget_spent = true;
+                state.budget_spent = true;
                 None
             }
         }
@@ -227,8 +248,8 @@ impl Turn {
     /// Delivers `granted` (which holds this turn, unreserved) to the waiter this turn
     /// was reserved for. If that waiter is gone, the acquisition is dropped: it is
     /// released by its token, and the turn passed on after that.
-    pub(crate) fn deliver(mut self, build: impl FnOnce(Turn) -> Granted) {
-        let tx = self.reserved.take();
+    pub(crate) fn deliver(self, build: impl FnOnce(Turn) -> Granted) {
+        let tx = self.with_state(|s| s.reserved.take()).flatten();
         let granted = build(self);
         match tx {
             Some(tx) => drop(tx.send(Delivery::HandedOff(granted))),
@@ -242,15 +263,17 @@ impl Drop for Turn {
         let Some(gate) = self.gate.take() else {
             return;
         };
-        let mut next = self.reserved.take();
+        let mut next = {
+            let mut state = gate.state();
+            state.budget_spent = false;
+            state.reserved.take()
+        };
         loop {
             let Some(tx) = next.take().or_else(|| gate.next_or_free()) else {
                 return; // the gate is free
             };
-            let mut turn = Turn::new(gate.clone());
-            turn.others_woken = self.others_woken;
             // Sent outside the gate's mutex: a turn sent back is disarmed, not dropped.
-            match tx.send(Delivery::Turn(turn)) {
+            match tx.send(Delivery::Turn(Turn::new(gate.clone()))) {
                 Ok(()) => return,
                 Err(Delivery::Turn(mut turn)) => turn.gate = None,
                 Err(Delivery::HandedOff(_)) => return, // not what was sent

@@ -324,7 +324,10 @@ impl LockGuard {
 
     /// Releases the lock now: stops the watchdog, then deletes the key if it still
     /// holds this guard's token and wakes waiters. The next task of this manager
-    /// queued for the lock gets its turn once Redis has answered.
+    /// queued for the lock gets its turn once Redis has answered — or, when a task of
+    /// this manager waits for the lock, the same script hands the key to it (a new
+    /// token, its lease, the next fencing token: see [`Lock`]'s docs), and it gets
+    /// its guard from the reply.
     ///
     /// # Errors
     ///
@@ -341,7 +344,10 @@ impl LockGuard {
     /// Cancel safe in effect: if the future is dropped before Redis has answered, the
     /// release is completed in the background on the current runtime, as by dropping
     /// the guard (the script is token-checked, so a release that had already run is
-    /// not repeated in effect). The background release is a task of the manager,
+    /// not repeated in effect). A hand-off cut short this way may or may not have run:
+    /// both tokens (this guard's and the one it was handing to) are released, each only
+    /// if the key still holds it, and the next task acquires afresh. The background
+    /// release is a task of the manager,
     /// which [`shutdown`](crate::RdLockConnectionManager::shutdown) waits for; the
     /// next local task gets its turn once it has been answered.
     ///

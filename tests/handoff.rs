@@ -98,7 +98,7 @@ async fn sixteen_tasks_cost_one_script_per_acquisition_with_rising_fences_and_fa
         "{per_acquisition} scripts per acquisition"
     );
     assert!(min as f64 >= mean * 0.25, "a task starved: {per_task:?}");
-    let fences = fences.lock().unwrap();
+    let fences = std::mem::take(&mut *fences.lock().unwrap());
     assert_eq!(fences.len() as u64, total);
     assert!(
         fences.windows(2).all(|w| w[0] < w[1]),
@@ -343,11 +343,11 @@ async fn the_budget_lets_another_managers_waiter_in() {
     rounds.sort_unstable();
     println!("busy manager's acquisitions while the other waited: {rounds:?}");
     // The release that ends a budget woke the other manager's waiter, so the next
-    // local task subscribes before it tries: the waiter usually gets in at the end of
-    // the first budget (a scheduling hiccup can make it miss one).
+    // local task subscribes before it tries: the waiter gets in at the end of the
+    // first or second budget (the first when it was subscribed in time), seldom later.
     let median = rounds[rounds.len() / 2];
     assert!(
-        median <= 3 * u64::from(HANDOFF_BUDGET + 1),
+        median <= 4 * u64::from(HANDOFF_BUDGET + 1),
         "the other manager waited {rounds:?} acquisitions"
     );
 }

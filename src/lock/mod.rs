@@ -64,7 +64,16 @@ pub const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 ///
 /// Tasks of one manager that wait for the same id queue locally in arrival order; only
 /// the head of that queue contends in Redis. The turn passes on when the guard is
-/// released or dropped.
+/// released or dropped — as a *hand-off* when it can: one script checks the releasing
+/// guard's token and gives the key to the next queued task (with that task's lease and
+/// owner record, and the next fencing token), which gets its guard without a further
+/// round trip. Holder to holder then costs one round trip instead of two. At most
+/// [`HANDOFF_BUDGET`](crate::HANDOFF_BUDGET) hand-offs follow each other before the key
+/// is released in Redis, so that other processes get their chance. No hand-off with
+/// [1.x compatibility](Self::with_v1_compat), on Redlock, or with replica sync: a plain
+/// release then. [`try_lock`](Self::try_lock) never queues, so it never receives one.
+/// The design and its safety argument: the `handoff` module's source docs
+/// (`src/handoff.rs`) and `src/gate.rs`.
 ///
 /// # Example
 ///

@@ -89,7 +89,7 @@ impl Lock {
         // After a release that ended a budget of hand-offs and woke waiters of other
         // processes, they try first: this task subscribes before its first attempt.
         let granted = self
-            .acquire_armed_from(deadline, !turn.others_woken())
+            .acquire_armed_from(deadline, !turn.take_others_woken())
             .await?;
         Ok((granted, Some(turn)))
     }
