@@ -49,7 +49,9 @@
 //! - *Unknown outcome.* If the script's reply is an error or never comes (the releasing
 //!   future dropped while in flight), the script may or may not have run: both tokens
 //!   are released in the background (each token-checked, so neither can touch another
-//!   owner's key), then the waiter receives a plain turn.
+//!   owner's key) — the giver's first, then the recipient's, so that a script that
+//!   reaches Redis late finds the giver's key gone, or has already run — then the
+//!   waiter receives a plain turn.
 //! - *Cancel safety.* A recipient cancelled while the script is in flight, or before it
 //!   took the acquisition, drops it: it is released by its token in the background,
 //!   and the turn passes to the next waiter once that release was answered. These
@@ -67,7 +69,7 @@ use tracing::Instrument;
 use crate::errors::RdLockError;
 use crate::gate::Turn;
 use crate::lease::{valid_until, wall_valid_until};
-use crate::lock::{Acquired, Granted, Lock};
+use crate::lock::{Acquired, Granted, Lock, RELEASE_RETRY_MAX, RELEASE_RETRY_MIN};
 use crate::meters;
 use crate::scripts;
 
@@ -199,15 +201,46 @@ impl InTransit {
 
 impl Drop for InTransit {
     fn drop(&mut self) {
-        // Runs before the fields are dropped: the releases are spawned (and tracked)
-        // before the hand-off stops counting as a task of the manager.
-        if let Some((token, next)) = self.tokens.take() {
-            self.to.release_in_background(next, None, false);
-            // The hand-off's count among the manager's tasks ends only after both
-            // releases are spawned (and tracked).
-            let (turn, in_flight) = self.parts.take().unzip();
-            self.giver.release_in_background(token, turn, true);
-            drop(in_flight);
-        }
+        let Some((token, next)) = self.tokens.take() else {
+            return;
+        };
+        // Without a runtime the turn passes on as `parts` is dropped, and both leases
+        // are left to expire (a guard dropped without a runtime leaves its lease too).
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (turn, in_flight) = self.parts.take().unzip();
+        let giver = self.giver.clone();
+        let to = self.to.clone();
+        // The giver's token first, then the recipient's: a script that reaches Redis
+        // late (on a connection replaced after a timeout) then finds either the giver's
+        // key gone (and writes nothing) or has already run (and the second release
+        // deletes what it wrote). The other order could let a late script write a
+        // token after its release, held by nobody until its lease ends.
+        let give_up = Instant::now() + giver.lease();
+        let tasks = giver.manager().inner().tasks.clone();
+        tasks.spawn_on(
+            async move {
+                // Counted among the manager's tasks until the second release is spawned.
+                let _in_flight = in_flight;
+                let conn = &giver.manager().inner().conn;
+                let mut backoff = RELEASE_RETRY_MIN;
+                loop {
+                    match scripts::release(conn, giver.names(), &token).await {
+                        Err(e)
+                            if crate::errors::is_retry_later_reply(&e)
+                                && Instant::now() + backoff < give_up =>
+                        {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RELEASE_RETRY_MAX);
+                        }
+                        _ => break,
+                    }
+                }
+                to.release_in_background(next, turn, true);
+            }
+            .in_current_span(),
+            &handle,
+        );
     }
 }

@@ -351,3 +351,79 @@ async fn the_budget_lets_another_managers_waiter_in() {
         "the other manager waited {rounds:?} acquisitions"
     );
 }
+
+/// The releasing future dropped while its hand-off script is in flight: the outcome is
+/// unknown, so both tokens are released in the background and the waiter acquires
+/// afresh.
+#[tokio::test]
+async fn a_release_cancelled_mid_hand_off_leaves_the_waiter_a_plain_turn() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut raw = server.conn().await;
+    let lock = Arc::new(manager.new_lock("release-cancelled"));
+    // One hand-off first, so that its script is cached by the server: a dropped
+    // future cannot load it after a NOSCRIPT reply (fences 1 and 2).
+    let first = lock.lock().await.unwrap();
+    let second = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    tokio::task::yield_now().await;
+    first.release().await.unwrap();
+    second.await.unwrap().unwrap().release().await.unwrap();
+    let holder = lock.lock().await.unwrap();
+    assert_eq!(holder.fencing_token(), 3);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    tokio::task::yield_now().await;
+    pause_writes(&mut raw, 300).await;
+    let mut release = Box::pin(holder.release());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut release)
+            .await
+            .is_err(),
+        "answered while writes were paused"
+    );
+    assert!(
+        blocked_clients(&mut raw).await >= 1,
+        "no hand-off in flight"
+    );
+    drop(release);
+    let guard = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock")
+        .unwrap()
+        .unwrap();
+    // The script ran once writes resumed (fence 4, a token nobody took), both tokens
+    // were released, and the waiter acquired afresh.
+    assert_eq!(guard.fencing_token(), 5);
+    guard.release().await.unwrap();
+    assert_quiescent(&server, &manager, lock.key()).await;
+}
+
+/// A guard whose key was lost cannot hand it off: `release` reports it, and the waiter
+/// gets a plain turn and acquires.
+#[tokio::test]
+async fn a_lost_key_is_not_handed_off() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lock = Arc::new(manager.new_lock("lost"));
+    let holder = lock.lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.lock().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(lock.force_release().await.unwrap());
+    assert_eq!(holder.release().await, Err(RdLockError::LockNotAcquired));
+    let guard = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(guard.fencing_token(), 2);
+    guard.release().await.unwrap();
+    assert_quiescent(&server, &manager, lock.key()).await;
+}

@@ -1325,8 +1325,8 @@ impl Drop for Undo {
 
 /// The first and the longest wait between the retries of a background release
 /// answered "retry later".
-const RELEASE_RETRY_MIN: Duration = Duration::from_millis(50);
-const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RELEASE_RETRY_MIN: Duration = Duration::from_millis(50);
+pub(crate) const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Completes at `until`, or never.
 async fn sleep_until(until: Option<Instant>) {
