@@ -62,6 +62,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // RDLOCK_BENCH_CONTENDED_ONLY=1: only the single-server uncontended-cycle and
+    // contended tables (16 tasks; 4 processes x 4 tasks), about 1 minute in full.
+    if std::env::var_os("RDLOCK_BENCH_CONTENDED_ONLY").is_some() {
+        let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+        contended_tables(&runtime, &server, scale);
+        return;
+    }
     // RDLOCK_BENCH_CLUSTER_ONLY=1: only the Redis Cluster tables (about 1 minute).
     if std::env::var_os("RDLOCK_BENCH_CLUSTER_ONLY").is_none() {
         one_server(&runtime, scale, full);
@@ -79,17 +86,21 @@ fn one_server(runtime: &tokio::runtime::Runtime, scale: Scale, full: bool) {
     let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
 
     criterion_uncontended(runtime, &server, full);
-
-    println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
-    let cycle = runtime.block_on(uncontended_table(&server, scale));
-    println!("\n## Contended, one process, 16 tasks on one key\n");
-    runtime.block_on(contended_in_process(&server, scale, cycle));
-    println!("\n## Contended, 4 processes x 4 tasks on one key\n");
-    runtime.block_on(contended_processes(&server, scale, cycle));
+    contended_tables(runtime, &server, scale);
     println!("\n## 1,000 waiting tasks on 100 keys, one manager\n");
     runtime.block_on(many_waiters(&server, scale));
     println!("\n## Held guards: renewal traffic, CPU and memory\n");
     runtime.block_on(held_guards(&server, scale));
+}
+
+/// The uncontended cycle (the reference of the wait ratios) and the contended tables.
+fn contended_tables(runtime: &tokio::runtime::Runtime, server: &RedisServer, scale: Scale) {
+    println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
+    let cycle = runtime.block_on(uncontended_table(server, scale));
+    println!("\n## Contended, one process, 16 tasks on one key\n");
+    runtime.block_on(contended_in_process(server, scale, cycle));
+    println!("\n## Contended, 4 processes x 4 tasks on one key\n");
+    runtime.block_on(contended_processes(server, scale, cycle));
 }
 
 // ---------------------------------------------------------------------------------

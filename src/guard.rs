@@ -101,6 +101,17 @@ impl LockGuard {
         RunContext::new(self.fence, self.state.clone())
     }
 
+    /// The reserved turn and the recipient's lock when this guard's release should be a
+    /// hand-off to the next local waiter (see [`crate::handoff`]); `None` for a plain
+    /// release.
+    fn hand_off_target(&mut self) -> Option<(Turn, Lock)> {
+        if !self.lock.takes_hand_offs() || self.lock.manager().is_shut_down() {
+            return None;
+        }
+        let to = self.turn.as_mut()?.reserve_for_hand_off()?;
+        Some((self.turn.take()?, to))
+    }
+
     /// Takes the guard out of the manager's registry; `false` when shutdown already
     /// took (and released) it.
     fn unregister(&self) -> bool {
@@ -313,7 +324,10 @@ impl LockGuard {
 
     /// Releases the lock now: stops the watchdog, then deletes the key if it still
     /// holds this guard's token and wakes waiters. The next task of this manager
-    /// queued for the lock gets its turn once Redis has answered.
+    /// queued for the lock gets its turn once Redis has answered — or, when a task of
+    /// this manager waits for the lock, the same script hands the key to it (a new
+    /// token, its lease, the next fencing token: see [`Lock`]'s docs), and it gets
+    /// its guard from the reply.
     ///
     /// # Errors
     ///
@@ -330,7 +344,10 @@ impl LockGuard {
     /// Cancel safe in effect: if the future is dropped before Redis has answered, the
     /// release is completed in the background on the current runtime, as by dropping
     /// the guard (the script is token-checked, so a release that had already run is
-    /// not repeated in effect). The background release is a task of the manager,
+    /// not repeated in effect). A hand-off cut short this way may or may not have run:
+    /// both tokens (this guard's and the one it was handing to) are released, each only
+    /// if the key still holds it, and the next task acquires afresh. The background
+    /// release is a task of the manager,
     /// which [`shutdown`](crate::RdLockConnectionManager::shutdown) waits for; the
     /// next local task gets its turn once it has been answered.
     ///
@@ -353,19 +370,44 @@ impl LockGuard {
             return Err(RdLockError::ShutDown);
         }
         self.state.end_guard();
+        if let Some((turn, to)) = self.hand_off_target() {
+            // One script passes the key to the next local waiter (crate::handoff);
+            // dropping this future meanwhile releases both tokens in the background.
+            let outcome = crate::handoff::hand_off(&self.lock, &self.token, turn, to, in_flight)
+                .instrument(self.span.clone())
+                .await;
+            let _in_hold = self.span.enter();
+            return match outcome {
+                Ok(()) => {
+                    tracing::debug!(lock = %self.lock.id(), fence = self.fence, "released: handed off");
+                    Ok(())
+                }
+                Err(RdLockError::LockNotAcquired) => {
+                    self.state.mark_lost(Ending::Lost(LossCause::TakenOver));
+                    tracing::warn!(lock = %self.lock.id(), fence = self.fence, "release found the lock no longer ours");
+                    Err(RdLockError::LockNotAcquired)
+                }
+                Err(e) => Err(e),
+            };
+        }
         // From here until Redis answers, dropping this future hands the release (and
         // the turn) to the background: redis-rs does not send a request whose caller
         // is gone, so the release could otherwise be lost.
-        let pending = PendingRelease {
+        let mut pending = PendingRelease {
             lock: &self.lock,
             token: Some(self.token.clone()),
             turn: self.turn.take(),
             _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
-        let outcome = scripts::release(conn, self.lock.names(), &self.token)
-            .instrument(self.span.clone())
-            .await;
+        let outcome = scripts::release_before_turn(
+            conn,
+            self.lock.names(),
+            &self.token,
+            pending.turn.as_mut(),
+        )
+        .instrument(self.span.clone())
+        .await;
         let _in_hold = self.span.enter();
         // Answered: the turn passes on when this function returns.
         let turn = pending.answered();
@@ -427,12 +469,17 @@ impl Drop for LockGuard {
         // Synchronous part first: the watchdog must stop even if no release can run.
         self.state.end_guard();
         // The background release runs in the hold's span.
-        let _in_hold = self.span.enter();
+        let span = self.span.clone();
+        let _in_hold = span.enter();
         // Counted as a task of the manager until the release is spawned (and tracked):
         // a shutdown on another thread between the two steps below still waits for it.
         let _in_flight = self.lock.manager().inner().tasks.token();
         if !self.unregister() {
             return; // released by `release()` or by shutdown
+        }
+        if let Some((turn, to)) = self.hand_off_target() {
+            crate::handoff::hand_off_in_background(&self.lock, self.token.clone(), turn, to);
+            return;
         }
         // Also after a loss: the token-checked script is a no-op if the key is someone
         // else's, and frees it if the loss was only a missed deadline.

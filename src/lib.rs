@@ -91,6 +91,46 @@
 //!
 //! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
 //!
+//! # Local hand-off
+//!
+//! Tasks of one manager that wait for the same id queue in a FIFO; each entry carries
+//! the waiter's [`Lock`], so what differs between `Lock` values of one id (lease,
+//! label, maximum hold, metrics name, 1.x compatibility) is known to the releasing
+//! guard. When a guard is released ([`LockGuard::release`] or its drop) and the first
+//! queued task can take it, one script checks the guard's token and, in the same atomic
+//! step, stores a fresh token for that task with *its* lease, increments the fencing
+//! counter and writes its owner record (acquisition time from the client's clock). The
+//! task builds its guard from the reply exactly as from an acquire: registration for
+//! shutdown, watchdog, [`LeaseState`], metrics and spans. Holder to holder: one round
+//! trip instead of two, and no `PUBLISH`.
+//!
+//! - **Exclusion:** the key goes from one token to the next inside one script, only if
+//!   the old token is still there: it is never free in between, never owned by two. The
+//!   releasing guard has ended (watchdog stopped, `is_held() == false`) before the
+//!   script is sent.
+//! - **Validity and fencing:** the recipient's local lease deadline counts from before
+//!   the script was sent, and a reply that came after that lease could have ended is
+//!   released, not used; its fencing token is the next value of the same counter.
+//! - **A lost key** (token mismatch) is not handed off: the script writes nothing,
+//!   `release` reports [`RdLockError::LockNotAcquired`], the waiter acquires afresh.
+//! - **Unknown outcome** (an error reply, or `release()` dropped while the script is in
+//!   flight): the giver's token, then the recipient's, are released in the background
+//!   (each only if the key holds it), then the waiter acquires afresh.
+//! - **Cancel safety:** a recipient cancelled before or while the script is in flight,
+//!   or before it took the acquisition, drops it: it is released by its token and the
+//!   turn goes to the next waiter. These releases are tasks of the manager:
+//!   [`RdLockConnectionManager::shutdown`] waits for them, and an acquisition handed
+//!   over while shutdown runs is refused and released the same way.
+//! - **Budget:** at most [`HANDOFF_BUDGET`] (8) hand-offs in a row; then the key is
+//!   released in Redis with its `PUBLISH`. If that reached subscribers (waiters of
+//!   other processes), the next local task subscribes before its first attempt, so
+//!   that they get there first; if one wins, the local task waits like any waiter. A
+//!   fair chance per budget, not a reservation: there is no queue across processes.
+//! - **Not for** locks with 1.x compatibility (the 1.x key would have to move too),
+//!   Redlock (independent masters) or replica sync (the hand-off would need its
+//!   `WAIT`): a plain release and a fresh acquire there. [`Lock::try_lock`] never
+//!   queues, so it never receives a hand-off; [`lock::BasicLock`] does not queue.
+//!
 //! # Decisions
 //!
 //! - Leases are whole milliseconds in [`MIN_LEASE`]`..=`[`MAX_LEASE`].
@@ -114,7 +154,8 @@
 //!   administrator's intent: the lock is free afterwards). On a cluster it is refused
 //!   ([`RdLockError::V1CompatUnsupported`]).
 //! - Tasks of one manager waiting for the same lock queue locally in arrival order;
-//!   only the head contends in Redis (see [`Lock`]).
+//!   only the head contends in Redis, and a release hands the key straight to the next
+//!   queued task (see [`Lock`] and "Local hand-off" below).
 //! - A command that times out retires the manager's command connection (redis-rs
 //!   reconnects on I/O errors only): after requests were lost without the connection
 //!   closing, replies could otherwise answer the wrong request. The scripts that act
@@ -295,6 +336,7 @@ mod config;
 pub mod errors;
 mod gate;
 mod guard;
+mod handoff;
 mod held;
 mod holder;
 mod lease;
@@ -309,6 +351,7 @@ mod watchdog;
 
 pub use config::{ManagerBuilder, DEFAULT_RESPONSE_TIMEOUT, MIN_RESPONSE_TIMEOUT};
 pub use errors::RdLockError;
+pub use gate::HANDOFF_BUDGET;
 pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lease::{LeaseState, LossCause};

@@ -287,3 +287,92 @@ pub(crate) async fn inspect(
         }
     }
 }
+
+static HAND_OFF: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/handoff.lua")));
+
+/// Passes the lock from the holder of `token` to a new holder in one script (see
+/// [`crate::handoff`]): the key takes `next_token` with `lease_ms`, the fence is
+/// incremented and the owner record (`owner`, acquired at `at_ms` on the client's clock)
+/// written. `Ok(Some(fence))` with the new holder's fencing token; `Ok(None)` when the
+/// key no longer held `token` (nothing was written). Not on Redlock, nor for a lock
+/// with 1.x compatibility (the caller checks).
+pub(crate) async fn hand_off(
+    conn: &Backend,
+    names: &LockNames,
+    token: &str,
+    next_token: &str,
+    lease_ms: u64,
+    owner: &str,
+    at_ms: u128,
+) -> RedisResult<Option<u64>> {
+    let mut invocation = HAND_OFF.prepare_invoke();
+    invocation
+        .key(&names.key)
+        .key(&names.fence)
+        .key(&names.owner)
+        .arg(token)
+        .arg(next_token)
+        .arg(lease_ms)
+        .arg(owner)
+        .arg(at_ms.to_string());
+    // Not idempotent (the fence is incremented): never retried.
+    let (lease, reply) = invoke(conn, &invocation).await;
+    match reply? {
+        None::<(i64, String)> => Ok(None),
+        Some((fence, echo)) => {
+            echoed(conn, &lease, &echo, next_token)?;
+            Ok(Some(u64::try_from(fence).unwrap_or(0)))
+        }
+    }
+}
+
+static YIELD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/yield.lua")));
+
+/// [`release`], also telling how many subscribers the release message reached:
+/// `Ok(Some(receivers))` when released, `Ok(None)` when the key no longer held `token`.
+/// For the release that ends a budget of local hand-offs (see [`crate::gate`]); not on
+/// Redlock, nor for a lock with 1.x compatibility (the caller checks).
+pub(crate) async fn release_counted(
+    conn: &Backend,
+    names: &LockNames,
+    token: &str,
+) -> RedisResult<Option<u64>> {
+    let mut invocation = YIELD.prepare_invoke();
+    invocation
+        .key(&names.key)
+        .key(&names.owner)
+        .arg(token)
+        .arg(&names.release_channel);
+    let (lease, reply, first_attempt) = invoke_idempotent(conn, &invocation).await;
+    match reply? {
+        // As in `release`: after a retried timeout, "not ours" proves nothing.
+        None::<(String, i64)> => match first_attempt {
+            Some(e) => Err(e),
+            None => Ok(None),
+        },
+        Some((echo, receivers)) => {
+            echoed(conn, &lease, &echo, token)?;
+            Ok(Some(u64::try_from(receivers).unwrap_or(0)))
+        }
+    }
+}
+
+/// The release of a guard that passes `turn` on: [`release_counted`] when the turn
+/// ends a budget of hand-offs (the turn then records whether other processes' waiters
+/// were woken), [`release`] otherwise.
+pub(crate) async fn release_before_turn(
+    conn: &Backend,
+    names: &LockNames,
+    token: &str,
+    turn: Option<&mut crate::gate::Turn>,
+) -> RedisResult<bool> {
+    match turn {
+        Some(turn) if turn.budget_spent() => {
+            let receivers = release_counted(conn, names, token).await?;
+            turn.set_others_woken(receivers.is_some_and(|n| n > 0));
+            Ok(receivers.is_some())
+        }
+        _ => release(conn, names, token).await,
+    }
+}

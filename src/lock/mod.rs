@@ -64,7 +64,16 @@ pub const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 ///
 /// Tasks of one manager that wait for the same id queue locally in arrival order; only
 /// the head of that queue contends in Redis. The turn passes on when the guard is
-/// released or dropped.
+/// released or dropped — as a *hand-off* when it can: one script checks the releasing
+/// guard's token and gives the key to the next queued task (with that task's lease and
+/// owner record, and the next fencing token), which gets its guard without a further
+/// round trip. Holder to holder then costs one round trip instead of two. At most
+/// [`HANDOFF_BUDGET`](crate::HANDOFF_BUDGET) hand-offs follow each other before the key
+/// is released in Redis, so that other processes get their chance. No hand-off with
+/// [1.x compatibility](Self::with_v1_compat), on Redlock, or with replica sync: a plain
+/// release then. [`try_lock`](Self::try_lock) never queues, so it never receives one.
+/// The design and its safety argument: the `handoff` module's source docs
+/// (`src/handoff.rs`) and `src/gate.rs`.
 ///
 /// # Example
 ///
@@ -125,6 +134,32 @@ impl Granted {
     pub(crate) fn keep(mut self) -> Acquired {
         self.undo.token = None;
         self.acquired
+    }
+
+    /// The local turn that came with a handed-off acquisition.
+    pub(crate) fn take_turn(&mut self) -> Option<Turn> {
+        self.undo.turn.take()
+    }
+
+    /// An acquisition handed off to `lock` (see [`crate::handoff`]): armed like an
+    /// attempt's, so that dropping it releases it by its token and then passes `turn`
+    /// on; `in_flight` counts it among the manager's tasks until it is a guard.
+    pub(crate) fn handed_off(
+        lock: &Lock,
+        acquired: Acquired,
+        turn: Turn,
+        in_flight: TaskTrackerToken,
+    ) -> Self {
+        let token = acquired.token.clone();
+        Self {
+            acquired,
+            undo: Undo {
+                lock: lock.clone(),
+                token: Some(token),
+                turn: Some(turn),
+                _in_flight: in_flight,
+            },
+        }
     }
 }
 
@@ -744,8 +779,29 @@ impl Lock {
             .inner()
             .gates
             .get(&self.names.key)
-            .try_lock_owned()
-            .map_err(|_| RdLockError::LockUnavailable)
+            .try_take()
+            .ok_or(RdLockError::LockUnavailable)
+    }
+
+    /// Whether a hand-off can serve this lock, as giver or as recipient: the hand-off
+    /// script takes only the lock's own keys, on one server, without `WAIT`. Not with
+    /// 1.x compatibility (the 1.x key would have to move too), on Redlock (a quorum of
+    /// independent masters), nor with replica sync (the hand-off would need its `WAIT`).
+    pub(crate) fn takes_hand_offs(&self) -> bool {
+        let inner = self.manager.inner();
+        self.names.v1.is_none()
+            && inner.timeouts.replica_sync.is_none()
+            && !matches!(*inner.conn, crate::backend::Backend::Redlock(_))
+    }
+
+    /// The lease in whole milliseconds (checked by [`validate`](Self::validate)).
+    pub(crate) fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// This process's owner record, stored with the lock.
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// One attempt, for the 1.x `BasicLock`.
@@ -993,6 +1049,7 @@ impl Lock {
         let mut undo = Undo {
             lock: self.clone(),
             token: Some(token.clone()),
+            turn: None,
             _in_flight: in_flight,
         };
         let generation = inner.conn.generation();
@@ -1202,7 +1259,9 @@ impl Lock {
                 let mut turn = turn;
                 let mut backoff = RELEASE_RETRY_MIN;
                 loop {
-                    match scripts::release(&conn, &names, &token).await {
+                    match scripts::release_before_turn(&conn, &names, &token, turn.as_mut())
+                        .await
+                    {
                         Err(e)
                             if crate::errors::is_retry_later_reply(&e)
                                 && Instant::now() + backoff < give_up =>
@@ -1247,6 +1306,9 @@ impl Lock {
 struct Undo {
     lock: Lock,
     token: Option<Arc<str>>,
+    /// The local turn of a handed-off acquisition: passed on after the undo's release
+    /// has been answered, so that the next local attempt does not race it.
+    turn: Option<Turn>,
     _in_flight: TaskTrackerToken,
 }
 
@@ -1255,15 +1317,16 @@ impl Drop for Undo {
         // Runs before the fields are dropped: the release is spawned (and tracked)
         // before the attempt stops counting as a task of the manager.
         if let Some(token) = self.token.take() {
-            self.lock.release_in_background(token, None, false);
+            self.lock
+                .release_in_background(token, self.turn.take(), false);
         }
     }
 }
 
 /// The first and the longest wait between the retries of a background release
 /// answered "retry later".
-const RELEASE_RETRY_MIN: Duration = Duration::from_millis(50);
-const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RELEASE_RETRY_MIN: Duration = Duration::from_millis(50);
+pub(crate) const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Completes at `until`, or never.
 async fn sleep_until(until: Option<Instant>) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
-use crate::gate::Turn;
+use crate::gate::{Delivery, Turn};
 use crate::guard::LockGuard;
 use crate::meters::Wait;
 use crate::notifier::Watch;
@@ -47,7 +47,7 @@ impl Lock {
             .await
         {
             // Outside the acquisition's span: the hold's span is its sibling.
-            Ok((granted, turn)) => self.guard(granted, Some(turn)),
+            Ok((granted, turn)) => self.guard(granted, turn),
             Err(e) => Err(e),
         };
         Self::record_outcome(&span, &result);
@@ -58,18 +58,40 @@ impl Lock {
     async fn acquire_granted_in_turn(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<(Granted, Turn), RdLockError> {
+    ) -> Result<(Granted, Option<Turn>), RdLockError> {
         self.validate()?;
         let gate = self.manager().inner().gates.get(self.key());
         let shutdown = &self.manager().inner().shutdown;
-        let turn = tokio::select! {
-            biased;
-            turn = gate.lock_owned() => turn,
-            _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-            _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
+        let recipient = self.takes_hand_offs().then(|| self.clone());
+        let turn = match gate.enqueue(recipient) {
+            Ok(turn) => turn,
+            Err(mut queued) => {
+                // Cancelled here (deadline, shutdown, the caller): dropping `queued`
+                // leaves the queue, and a delivery it had not taken yet — a turn, or
+                // a handed-off key — passes on to the next waiter or is released.
+                let delivery = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+                    delivery = queued.delivered() => delivery,
+                    _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
+                };
+                match delivery {
+                    Some(Delivery::Turn(turn)) => turn,
+                    Some(Delivery::HandedOff(mut granted)) => {
+                        let turn = granted.take_turn();
+                        return Ok((granted, turn));
+                    }
+                    // Every entry is answered before its sender is dropped.
+                    None => return Err(RdLockError::ShutDown),
+                }
+            }
         };
-        let granted = self.acquire_armed(deadline).await?;
-        Ok((granted, turn))
+        // After a release that ended a budget of hand-offs and woke waiters of other
+        // processes, they try first: this task subscribes before its first attempt.
+        let granted = self
+            .acquire_armed_from(deadline, !turn.take_others_woken())
+            .await?;
+        Ok((granted, Some(turn)))
     }
 
     /// The wait loop, for the 1.x `BasicLock`.
@@ -84,13 +106,30 @@ impl Lock {
     /// [`FIRST_ATTEMPT_MIN`]) and against shutdown; an attempt cut short is undone by
     /// its token.
     async fn acquire_armed(&self, deadline: Option<Instant>) -> Result<Granted, RdLockError> {
+        self.acquire_armed_from(deadline, true).await
+    }
+
+    /// [`acquire_armed`](Self::acquire_armed); without `fast_path`, the first attempt
+    /// is made only once the lock's notifications are subscribed (or after 1–10 ms),
+    /// which lets waiters of other processes, woken by the release that ended a budget
+    /// of local hand-offs, try first.
+    async fn acquire_armed_from(
+        &self,
+        deadline: Option<Instant>,
+        fast_path: bool,
+    ) -> Result<Granted, RdLockError> {
         let lease_ms = self.validate()?;
         // Fast path: an uncontended lock costs one round trip and no subscription.
         let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
         // How long the first wait for the subscription may take: like every wait, no
         // longer than the holder's PTTL (the subscription's confirmation, when it comes
         // later, still wakes this waiter).
-        let ready_within = match self.bounded_attempt(lease_ms, first_until).await {
+        let first = if fast_path {
+            self.bounded_attempt(lease_ms, first_until).await
+        } else {
+            Ok(Attempt::TooLate) // as after an attempt whose key is being released
+        };
+        let ready_within = match first {
             Ok(Attempt::Acquired(granted)) => return Ok(granted),
             Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
             Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
