@@ -135,8 +135,17 @@
 //!   `SUBSCRIBE`/`UNSUBSCRIBE`, pipelined, so bursts of new locks cost a few round trips.
 //! - Fence counters are permanent keys, one per id ever locked (about 75 bytes each on
 //!   Redis 7.0 for short ids): prefer stable lock ids to one id per job.
-//! - The acquire script stores an owner record ([`HolderInfo`]) and reads the server's
-//!   `TIME`; it needs Redis 6.2 or later (tested on 7.0).
+//! - The acquire script stores an owner record ([`HolderInfo`]), with the acquisition
+//!   time by the client's clock; it needs Redis 6.2 or later (tested on 7.0).
+//! - A release publishes its wake-up message only when someone waits: a failed acquire
+//!   attempt sets the marker `rdlock:{<id>}:waiters` with the holder's remaining lease
+//!   (renewals extend it with the lease), and the release script deletes lock, owner
+//!   record and marker in one `DEL`, publishing only if the marker was there. No
+//!   wake-up is lost for it: a waiter waits only after a failed attempt, which wrote
+//!   the marker atomically with seeing the lock held, and every later failed attempt
+//!   re-arms it; the marker lives at least as long as the lease it announces waiters
+//!   for, and only a release deletes it (and publishes). An uncontended cycle is two
+//!   scripts running five commands (`SET NX`, `INCR`, `SET`; `GET`, `DEL`).
 //!
 //! # Redis Cluster
 //!
