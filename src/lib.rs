@@ -24,7 +24,7 @@
 //!   the lease every `lease / 3` with a script that only touches the key if it still
 //!   holds the guard's token. A crashed holder blocks others for at most one lease.
 //! - **Waiting is driven by notifications.** The release script publishes on the
-//!   lock's release channel; every manager has one subscriber connection, shared by
+//!   lock's release channel when someone waits; every manager has one subscriber connection, shared by
 //!   all its waiters, and a release wakes one waiter per process. When the server has
 //!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
 //!   bounded by the holder's remaining lease, so a lost message costs at most that.
@@ -87,7 +87,8 @@
 //! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
 //! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 (a server that loses its last writes sets it back too: see [`LockGuard::fencing_token`]) |
 //! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
-//! | `rdlock:{<id>}:release` | the channel a release is published on |
+//! | `rdlock:{<id>}:waiters` | `1` while someone waits: set by a failed acquire attempt with the holder's remaining lease, extended by its renewals, deleted by its release |
+//! | `rdlock:{<id>}:release` | the channel a release is published on (when the waiters marker was there) |
 //!
 //! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
 //!
