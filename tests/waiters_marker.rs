@@ -102,10 +102,15 @@ async fn a_waiter_marks_itself_and_is_woken_by_the_release() {
         async move { get(&mut raw, "rdlock:{wake}:waiters").await.is_some() }
     })
     .await;
-    // Never shorter than the holder's lease: the release finds it. (The lock first: a
-    // renewal or a re-arming attempt between the two reads only lengthens the marker.)
-    let lock_pttl = pttl(&mut raw, "rdlock:{wake}:lock").await;
-    let marker = pttl(&mut raw, "rdlock:{wake}:waiters").await;
+    // Never shorter than the holder's lease: the release finds it. (Both read in one
+    // MULTI, at one instant of the server's clock.)
+    let (lock_pttl, marker): (i64, i64) = redis::pipe()
+        .atomic()
+        .pttl("rdlock:{wake}:lock")
+        .pttl("rdlock:{wake}:waiters")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert!(
         marker >= lock_pttl && marker <= 30_000,
         "marker {marker} ms, lock {lock_pttl} ms"
