@@ -29,10 +29,13 @@ struct Scale {
     window: Duration,
 }
 
+// Uncontended: 25 interleaved rounds of 400 cycles (10,000 per contender), so that a
+// burst of load on the shared machine hits one short round of each contender, not one
+// contender's whole measurement.
 const FULL: Scale = Scale {
     scenario: Duration::from_secs(5),
-    cycles: 2_000,
-    rounds: 5,
+    cycles: 400,
+    rounds: 25,
     held: [1_000, 10_000],
     window: Duration::from_secs(6),
 };
@@ -62,6 +65,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // RDLOCK_BENCH_UNCONTENDED_ONLY=1: only the one-server uncontended table (about
+    // half a minute in full).
+    if std::env::var_os("RDLOCK_BENCH_UNCONTENDED_ONLY").is_some() {
+        let server = RedisServer::start_with(ServerConfig::keyspace("KA"));
+        println!("\n## Uncontended acquire+release cycle (interleaved rounds, median of rounds)\n");
+        runtime.block_on(uncontended_table(&server, scale));
+        return;
+    }
     // RDLOCK_BENCH_CONTENDED_ONLY=1: only the single-server uncontended-cycle and
     // contended tables (16 tasks; 4 processes x 4 tasks), about 1 minute in full.
     if std::env::var_os("RDLOCK_BENCH_CONTENDED_ONLY").is_some() {
@@ -128,23 +139,40 @@ async fn floor_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
 /// rdlock's own scripts (the same source files), acquire then release, with a fixed
 /// token and owner record.
 async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
-    scripts_cycle_with(conn, true).await;
-}
-
-/// [`scripts_cycle`]; with `publish` false, the release script without its `PUBLISH`
-/// (to measure what the wake-up message costs).
-async fn scripts_cycle_with(conn: &mut (impl redis::aio::ConnectionLike + Send), publish: bool) {
-    static QUIET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-        let source = include_str!("../src/scripts/release.lua");
-        let quiet = source.replace("redis.call('PUBLISH', ARGV[2], 'released')", "");
-        assert_ne!(quiet, source, "release.lua has no PUBLISH to leave out");
-        redis::Script::new(&quiet)
-    });
     static ACQUIRE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
     static RELEASE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/release.lua")));
     let (ok, _, _): (i64, i64, String) = ACQUIRE
+        .key("rdlock:{raw}:lock")
+        .key("rdlock:{raw}:fence")
+        .key("rdlock:{raw}:owner")
+        .key("rdlock:{raw}:waiters")
+        .arg("token")
+        .arg(30_000)
+        .arg("1\nhost\n")
+        .arg(1_700_000_000_000u64)
+        .invoke_async(conn)
+        .await
+        .expect("acquire script");
+    assert_eq!(ok, 1);
+    let released: Option<String> = RELEASE
+        .key("rdlock:{raw}:lock")
+        .key("rdlock:{raw}:owner")
+        .key("rdlock:{raw}:waiters")
+        .arg("token")
+        .arg("rdlock:{raw}:release")
+        .invoke_async(conn)
+        .await
+        .expect("release script");
+    assert_eq!(released.as_deref(), Some("token"));
+}
+
+/// rdlock 2.0's scripts as released (`tests/support/v2_0/`: `PTTL` first, the server's
+/// `TIME`, a `PUBLISH` on every release), the same way: the "before" of the trim, in
+/// the same run.
+async fn scripts_cycle_before(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
+    let (ok, _, _): (i64, i64, String) = support::v2_0::ACQUIRE
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:fence")
         .key("rdlock:{raw}:owner")
@@ -155,8 +183,7 @@ async fn scripts_cycle_with(conn: &mut (impl redis::aio::ConnectionLike + Send),
         .await
         .expect("acquire script");
     assert_eq!(ok, 1);
-    let release = if publish { &*RELEASE } else { &*QUIET };
-    let released: Option<String> = release
+    let released: Option<String> = support::v2_0::RELEASE
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:owner")
         .arg("token")
@@ -172,18 +199,21 @@ enum Contender {
     /// rdlock's acquire and release scripts sent straight through redis-rs: the server's
     /// share of rdlock's cycle, without the library around it.
     Scripts(MultiplexedConnection),
+    /// The same with rdlock 2.0's scripts.
+    ScriptsBefore(MultiplexedConnection),
     Ours(rdlock::Lock),
     V1(Box<rdlock_v1::lock::BasicLock>),
     Rslock(rslock::LockManager),
 }
 
 impl Contender {
-    const NAMES: [&'static str; 5] = [
+    const NAMES: [&'static str; 6] = [
         "redis-rs floor",
         "rdlock (this crate)",
         "rdlock 1.0.3",
         "rslock 0.10",
         "rdlock's two scripts, raw",
+        "rdlock 2.0's two scripts, raw (before the trim)",
     ];
     /// The locks, for the contended scenarios.
     const LOCKS: std::ops::RangeInclusive<usize> = 1..=3;
@@ -211,7 +241,14 @@ impl Contender {
                     .new_basic_lock(KEY, 30),
             )),
             3 => Self::Rslock(rslock::LockManager::new(vec![url.to_owned()])),
-            _ => Self::Scripts(
+            4 => Self::Scripts(
+                redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            ),
+            _ => Self::ScriptsBefore(
                 redis::Client::open(url)
                     .unwrap()
                     .get_multiplexed_async_connection()
@@ -226,6 +263,7 @@ impl Contender {
         match self {
             Self::Floor(conn) => floor_cycle(conn).await,
             Self::Scripts(conn) => scripts_cycle(conn).await,
+            Self::ScriptsBefore(conn) => scripts_cycle_before(conn).await,
             Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
             Self::V1(lock) => {
                 lock.lock().await.unwrap();
@@ -242,7 +280,9 @@ impl Contender {
     async fn hold(&mut self) -> Duration {
         let asked = Instant::now();
         match self {
-            Self::Floor(_) | Self::Scripts(_) => unreachable!("not a lock"),
+            Self::Floor(_) | Self::Scripts(_) | Self::ScriptsBefore(_) => {
+                unreachable!("not a lock")
+            }
             Self::Ours(lock) => {
                 let guard = lock.lock().await.unwrap();
                 let waited = asked.elapsed();
@@ -316,14 +356,18 @@ async fn uncontended_table(server: &RedisServer, scale: Scale) -> Duration {
             commands[kind] = commands_run(&mut raw).await as f64 / scale.cycles as f64;
         }
     }
+    let ratios: Vec<f64> = (0..contenders.len())
+        .map(|kind| median_ratio(&per_cycle, kind))
+        .collect();
     let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
-    println!("| contender | cycle (median) | vs floor | Redis commands per cycle |");
-    println!("|---|---|---|---|");
+    println!("| contender | cycle (median) | vs floor (median of rounds' medians) | vs floor (median of per-round ratios) | Redis commands per cycle |");
+    println!("|---|---|---|---|---|");
     for (kind, name) in Contender::NAMES.iter().enumerate() {
         println!(
-            "| {name} | {:.1} µs | {:.2}x | {:.1} |",
+            "| {name} | {:.1} µs | {:.2}x | {:.2}x | {:.1} |",
             micros(medians[kind]),
             ratio(medians[kind], medians[0]),
+            ratios[kind],
             commands[kind]
         );
     }
@@ -620,8 +664,8 @@ enum ClusterContender {
     Rslock(rslock::LockManager),
     /// rdlock's two scripts through redis-rs's cluster client.
     Scripts(ClusterConnection),
-    /// The same, the release without its `PUBLISH`.
-    QuietScripts(ClusterConnection),
+    /// The same with rdlock 2.0's scripts.
+    ScriptsBefore(ClusterConnection),
 }
 
 impl ClusterContender {
@@ -630,7 +674,7 @@ impl ClusterContender {
         "rdlock (this crate)",
         "rslock 0.10 (`cluster` feature)",
         "rdlock's two scripts, raw",
-        "the same without the release's PUBLISH",
+        "rdlock 2.0's two scripts, raw (before the trim)",
     ];
     const LOCKS: [usize; 2] = [1, 2];
 
@@ -646,7 +690,7 @@ impl ClusterContender {
             ),
             2 => Self::Rslock(rslock::LockManager::new_cluster(cluster.urls()).unwrap()),
             3 => Self::Scripts(cluster_client(cluster).await),
-            _ => Self::QuietScripts(cluster_client(cluster).await),
+            _ => Self::ScriptsBefore(cluster_client(cluster).await),
         }
     }
 
@@ -654,7 +698,7 @@ impl ClusterContender {
         match self {
             Self::Floor(conn) => floor_cycle(conn).await,
             Self::Scripts(conn) => scripts_cycle(conn).await,
-            Self::QuietScripts(conn) => scripts_cycle_with(conn, false).await,
+            Self::ScriptsBefore(conn) => scripts_cycle_before(conn).await,
             Self::Ours(lock) => lock.lock().await.unwrap().release().await.unwrap(),
             Self::Rslock(manager) => {
                 let guard = manager.acquire(KEY.as_bytes(), LEASE).await.unwrap();
@@ -667,7 +711,7 @@ impl ClusterContender {
     async fn hold(&mut self) -> Duration {
         let asked = Instant::now();
         match self {
-            Self::Floor(_) | Self::Scripts(_) | Self::QuietScripts(_) => {
+            Self::Floor(_) | Self::Scripts(_) | Self::ScriptsBefore(_) => {
                 unreachable!("not a lock")
             }
             Self::Ours(lock) => {
@@ -832,16 +876,20 @@ async fn cluster_uncontended(cluster: &RedisCluster, scale: Scale) -> Duration {
             }
         }
     }
+    let ratios: Vec<f64> = (0..contenders.len())
+        .map(|kind| median_ratio(&per_cycle, kind))
+        .collect();
     let medians: Vec<Duration> = per_cycle.iter_mut().map(|v| median(v)).collect();
     let cycles = scale.cycles as u64;
-    println!("| contender | cycle (median) | vs floor | commands per cycle: masters + replicas | cluster-bus PUBLISH messages received per cycle |");
-    println!("|---|---|---|---|---|");
+    println!("| contender | cycle (median) | vs floor (median of rounds' medians) | vs floor (median of per-round ratios) | commands per cycle: masters + replicas | cluster-bus PUBLISH messages received per cycle |");
+    println!("|---|---|---|---|---|---|");
     for (kind, name) in ClusterContender::NAMES.iter().enumerate() {
         let w = work[kind];
         println!(
-            "| {name} | {:.1} µs | {:.2}x | {:.1} + {:.1} | {:.1} |",
+            "| {name} | {:.1} µs | {:.2}x | {:.2}x | {:.1} + {:.1} | {:.1} |",
             micros(medians[kind]),
             ratio(medians[kind], medians[0]),
+            ratios[kind],
             per(w.masters, cycles),
             per(w.replicas, cycles),
             per(w.bus_publish, cycles),
@@ -1165,6 +1213,18 @@ fn redlock_worker(kind: &str) {
 }
 
 // ---------------------------------------------------------------------------------
+
+/// The median over rounds of `kind`'s cycle divided by the floor's (kind 0) in the same
+/// round: each ratio compares two measurements taken moments apart.
+fn median_ratio(per_cycle: &[Vec<Duration>], kind: usize) -> f64 {
+    let mut ratios: Vec<f64> = per_cycle[kind]
+        .iter()
+        .zip(&per_cycle[0])
+        .map(|(ours, floor)| ratio(*ours, *floor))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();

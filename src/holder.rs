@@ -27,7 +27,8 @@ pub struct HolderInfo {
     pub pid: u32,
     /// The label the holder gave its lock ([`Lock::with_label`](crate::Lock::with_label)).
     pub label: String,
-    /// When the lock was acquired, by the Redis server's clock.
+    /// When the lock was acquired, by the acquiring machine's clock (rdlock 2.0's
+    /// scripts read the Redis server's `TIME`; the record's format is the same).
     pub acquired_at: SystemTime,
     /// The holder's fencing token (0 when unknown).
     pub fencing_token: u64,

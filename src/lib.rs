@@ -24,7 +24,7 @@
 //!   the lease every `lease / 3` with a script that only touches the key if it still
 //!   holds the guard's token. A crashed holder blocks others for at most one lease.
 //! - **Waiting is driven by notifications.** The release script publishes on the
-//!   lock's release channel; every manager has one subscriber connection, shared by
+//!   lock's release channel when someone waits; every manager has one subscriber connection, shared by
 //!   all its waiters, and a release wakes one waiter per process. When the server has
 //!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
 //!   bounded by the holder's remaining lease, so a lost message costs at most that.
@@ -87,7 +87,8 @@
 //! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
 //! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 (a server that loses its last writes sets it back too: see [`LockGuard::fencing_token`]) |
 //! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
-//! | `rdlock:{<id>}:release` | the channel a release is published on |
+//! | `rdlock:{<id>}:waiters` | `1` while someone waits: set by a failed acquire attempt with the holder's remaining lease, extended by its renewals, deleted by its release |
+//! | `rdlock:{<id>}:release` | the channel a release is published on (when the waiters marker was there) |
 //!
 //! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
 //!
@@ -176,8 +177,17 @@
 //!   `SUBSCRIBE`/`UNSUBSCRIBE`, pipelined, so bursts of new locks cost a few round trips.
 //! - Fence counters are permanent keys, one per id ever locked (about 75 bytes each on
 //!   Redis 7.0 for short ids): prefer stable lock ids to one id per job.
-//! - The acquire script stores an owner record ([`HolderInfo`]) and reads the server's
-//!   `TIME`; it needs Redis 6.2 or later (tested on 7.0).
+//! - The acquire script stores an owner record ([`HolderInfo`]), with the acquisition
+//!   time by the client's clock; it needs Redis 6.2 or later (tested on 7.0).
+//! - A release publishes its wake-up message only when someone waits: a failed acquire
+//!   attempt sets the marker `rdlock:{<id>}:waiters` with the holder's remaining lease
+//!   (renewals and local hand-offs extend it with the lease), and the release script deletes lock, owner
+//!   record and marker in one `DEL`, publishing only if the marker was there. No
+//!   wake-up is lost for it: a waiter waits only after a failed attempt, which wrote
+//!   the marker atomically with seeing the lock held, and every later failed attempt
+//!   re-arms it; the marker lives at least as long as the lease it announces waiters
+//!   for, and only a release deletes it (and publishes). An uncontended cycle is two
+//!   scripts running five commands (`SET NX`, `INCR`, `SET`; `GET`, `DEL`).
 //!
 //! # Redis Cluster
 //!

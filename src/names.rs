@@ -14,6 +14,10 @@ pub(crate) struct LockNames {
     pub(crate) fence: String,
     /// `rdlock:{id}:owner` — who holds the lock; same lease as the lock key.
     pub(crate) owner: String,
+    /// `rdlock:{id}:waiters` — set by a failed acquire attempt, with the holder's
+    /// remaining lease (extended by renewals): the release script publishes only while
+    /// it exists, so an uncontended release sends no message.
+    pub(crate) waiters: String,
     /// `rdlock:{id}:release` — the release script publishes here.
     pub(crate) release_channel: String,
     /// `__keyspace@<db>__:rdlock:{id}:lock`, when the server has keyspace events on.
@@ -42,6 +46,7 @@ impl LockNames {
         Self {
             fence: format!("rdlock:{{{tag}}}:fence"),
             owner: format!("rdlock:{{{tag}}}:owner"),
+            waiters: format!("rdlock:{{{tag}}}:waiters"),
             release_channel: format!("rdlock:{{{tag}}}:release"),
             keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
             key,
@@ -97,6 +102,7 @@ mod tests {
             assert!(tag.is_some(), "id {id:?} gave key {:?}", n.key);
             assert_eq!(tag, hash_tag(&n.fence), "id {id:?}");
             assert_eq!(tag, hash_tag(&n.owner), "id {id:?}");
+            assert_eq!(tag, hash_tag(&n.waiters), "id {id:?}");
             assert_eq!(tag, hash_tag(&n.release_channel), "id {id:?}");
         }
     }
@@ -107,6 +113,7 @@ mod tests {
         let b = LockNames::new("%7B", None).key;
         assert_ne!(a, b);
         assert_eq!(LockNames::new("job", Some(0)).key, "rdlock:{job}:lock");
+        assert_eq!(LockNames::new("job", None).waiters, "rdlock:{job}:waiters");
         assert_eq!(
             LockNames::new("job", Some(2)).keyspace_channel.as_deref(),
             Some("__keyspace@2__:rdlock:{job}:lock")

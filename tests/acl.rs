@@ -6,9 +6,13 @@
 //!
 //! ```text
 //! ACL SETUSER locker on >SECRET resetkeys ~rdlock:* resetchannels &rdlock:* -@all
-//!     +evalsha +script|load +get +set +pexpire +pttl +incr +del +publish +time
+//!     +evalsha +script|load +get +set +pexpire +pttl +incr +del +publish
 //!     +ping +subscribe +unsubscribe
 //! ```
+//!
+//! `+time` is no longer needed on one server (the owner record's time comes from the
+//! client's clock); rdlock 2.0's acquire script and Redlock's fencing script still call
+//! `TIME`, so a fleet that still runs 2.0 processes, or Redlock, keeps it.
 //!
 //! Optional: `+config|get` (reads `notify-keyspace-events` once, at start; without it
 //! the manager assumes keyspace events are off), `+type` (only to tell a foreign key
@@ -39,7 +43,6 @@ const NEEDED: &[&str] = &[
     "+incr",
     "+del",
     "+publish",
-    "+time",
     "+ping",
     "+subscribe",
     "+unsubscribe",

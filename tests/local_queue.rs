@@ -52,9 +52,10 @@ async fn sixteen_local_waiters_cost_what_one_does_and_none_starves() {
         "commands per acquisition: 1 task {alone:.2}, 16 tasks {crowded:.2}; \
          acquisitions per task min {min}, mean {mean:.1}"
     );
-    // Uncontended: acquire (EVALSHA, GET, SET, INCR, TIME, SET of the owner record) and
-    // release (EVALSHA, GET, DEL, PUBLISH).
-    assert!(alone <= 10.5, "{alone}");
+    // Uncontended: acquire (EVALSHA, SET NX, INCR, SET of the owner record) and release
+    // (EVALSHA, GET, DEL; no PUBLISH, nobody waits): 7, was 10 before the trimmed
+    // scripts (PTTL first, TIME, a PUBLISH on every release).
+    assert!(alone <= 7.5, "{alone}");
     assert!(
         crowded <= alone * 1.25,
         "a herd: {crowded} vs {alone} commands"

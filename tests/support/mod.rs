@@ -9,6 +9,7 @@ pub mod gate;
 pub mod history;
 pub mod proxy;
 pub mod sentinel;
+pub mod v2_0;
 
 use std::future::Future;
 use std::net::TcpListener;
