@@ -236,7 +236,14 @@ async fn replica_sync_on_one_server_with_a_replica() {
         .connect(primary.url())
         .await
         .expect("manager");
-    let guard = m.new_lock("one").try_lock().await.expect("synced acquire");
+    // `lock_timeout`, not `try_lock`: on a busy machine a first `WAIT` can miss its
+    // 300 ms (the primary may not have counted the new replica yet); `lock` retries a
+    // `NotReplicated` until its deadline, which is what this checks works at all.
+    let guard = m
+        .new_lock("one")
+        .lock_timeout(Duration::from_secs(20))
+        .await
+        .expect("synced acquire");
     assert!(support::get(&mut raw, "rdlock:{one}:lock").await.is_some());
     guard.release().await.expect("release");
 
