@@ -1,7 +1,8 @@
 //! Review of the local hand-off (src/handoff.rs): the recipient's own parameters, a
 //! hand-off answered after the recipient's lease, a recipient that times out while the
-//! script is in flight, the backends and lock kinds that must not hand off, and
-//! `try_lock` / `BasicLock` interleaved with hand-offs.
+//! script is in flight, the backends and lock kinds that must not hand off,
+//! `try_lock` / `BasicLock` interleaved with hand-offs, random cancellations across two
+//! managers, and hand-offs and the budget on a Redis Cluster.
 
 mod support;
 
