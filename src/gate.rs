@@ -17,15 +17,18 @@
 //! one script, so there is no moment where it is free, nor one where two tokens own it.
 //! At most [`HANDOFF_BUDGET`] hand-offs follow each other; then the holder makes a
 //! real release (with its `PUBLISH`), so that waiters of other processes get their
-//! chance at the key. That release (`scripts/yield.lua`) also returns how many
-//! subscribers its message reached; when it woke any (waiters of other processes: this
-//! manager's own queued tasks are not subscribed), the next local task does not try at
-//! once but subscribes first, then tries: the woken waiters, which are one message away
-//! from their attempt, get there first. If one of them wins, the local task waits for
-//! its release like any waiter. (On a Redis Cluster `PUBLISH` counts the subscribers of
-//! the node that runs it only: a waiter subscribed elsewhere is not seen, and the
-//! local task then tries at once.) This is a fair chance per budget, not a reservation:
-//! the Redis-side queue of processes that would make it one is not built yet.
+//! chance at the key. That release (`scripts/yield.lua`) also tells whether someone
+//! else waits: the waiters marker was there (a waiter's failed attempt wrote it; this
+//! manager's queued tasks make no attempt while a local task holds the key) or the
+//! message reached a subscriber. Then the next local task does not try at once but
+//! subscribes first, then tries: the woken waiters, which are one message away from
+//! their attempt, get there first. If one of them wins, the local task waits for its
+//! release like any waiter. (The marker is what counts on a Redis Cluster: there
+//! `PUBLISH` counts only the subscribers of the node that runs it, not a waiter
+//! subscribed on another node, which then lost the race to the local task nearly every
+//! time: `tests/handoff_review.rs`.) This is a fair chance per budget, not a
+//! reservation: the Redis-side queue of processes that would make it one is not built
+//! yet.
 //!
 //! The queue's entries carry each waiter's [`Lock`]: what differs between `Lock`
 //! values of one key (lease, label, maximum hold, metrics name, 1.x compatibility) is
@@ -211,7 +214,7 @@ impl Turn {
         self.with_state(|s| s.budget_spent).unwrap_or(false)
     }
 
-    /// Records whether the release that ends a budget woke other processes' waiters.
+    /// Records whether other processes waited at the release that ends a budget.
     pub(crate) fn set_others_woken(&mut self, woken: bool) {
         self.with_state(|s| s.others_woken = woken);
     }

@@ -123,10 +123,11 @@
 //!   [`RdLockConnectionManager::shutdown`] waits for them, and an acquisition handed
 //!   over while shutdown runs is refused and released the same way.
 //! - **Budget:** at most [`HANDOFF_BUDGET`] (8) hand-offs in a row; then the key is
-//!   released in Redis with its `PUBLISH`. If that reached subscribers (waiters of
-//!   other processes), the next local task subscribes before its first attempt, so
-//!   that they get there first; if one wins, the local task waits like any waiter. A
-//!   fair chance per budget, not a reservation: there is no queue across processes.
+//!   released in Redis with its `PUBLISH`. If other processes wait (their failed
+//!   attempts left the waiters marker, or the message reached subscribers), the next
+//!   local task subscribes before its first attempt, so that they get there first; if
+//!   one wins, the local task waits like any waiter. A fair chance per budget, not a
+//!   reservation: there is no queue across processes.
 //! - **Not for** locks with 1.x compatibility (the 1.x key would have to move too),
 //!   Redlock (independent masters) or replica sync (the hand-off would need its
 //!   `WAIT`): a plain release and a fresh acquire there. [`Lock::try_lock`] never

@@ -362,15 +362,16 @@ pub(crate) async fn hand_off(
 
 static YIELD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/yield.lua")));
 
-/// [`release`], also telling how many subscribers the release message reached:
-/// `Ok(Some(receivers))` when released, `Ok(None)` when the key no longer held `token`.
+/// [`release`], also telling whether someone else waits (the waiters marker was there,
+/// or the release message reached a subscriber): `Ok(Some(waited))` when released,
+/// `Ok(None)` when the key no longer held `token`.
 /// For the release that ends a budget of local hand-offs (see [`crate::gate`]); not on
 /// Redlock, nor for a lock with 1.x compatibility (the caller checks).
 pub(crate) async fn release_counted(
     conn: &Backend,
     names: &LockNames,
     token: &str,
-) -> RedisResult<Option<u64>> {
+) -> RedisResult<Option<bool>> {
     let mut invocation = YIELD.prepare_invoke();
     invocation
         .key(&names.key)
@@ -385,9 +386,9 @@ pub(crate) async fn release_counted(
             Some(e) => Err(e),
             None => Ok(None),
         },
-        Some((echo, receivers)) => {
+        Some((echo, waited)) => {
             echoed(conn, &lease, &echo, token)?;
-            Ok(Some(u64::try_from(receivers).unwrap_or(0)))
+            Ok(Some(waited != 0))
         }
     }
 }
@@ -403,9 +404,9 @@ pub(crate) async fn release_before_turn(
 ) -> RedisResult<bool> {
     match turn {
         Some(turn) if turn.budget_spent() => {
-            let receivers = release_counted(conn, names, token).await?;
-            turn.set_others_woken(receivers.is_some_and(|n| n > 0));
-            Ok(receivers.is_some())
+            let waited = release_counted(conn, names, token).await?;
+            turn.set_others_woken(waited == Some(true));
+            Ok(waited.is_some())
         }
         _ => release(conn, names, token).await,
     }
