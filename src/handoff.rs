@@ -144,8 +144,17 @@ pub(crate) async fn hand_off(
             Ok(())
         }
         Ok(None) => {
-            // Nothing was written: the waiter gets a plain turn as `turn` is dropped.
-            drop(transit.answered());
+            // Nothing was written by this run of the script. But a client that retries
+            // on its own after a connection error (redis-rs's cluster client does) may
+            // have run it twice, the first run having handed the key off: the key then
+            // holds `next`, which nobody owns, for a whole lease. So `next` is released
+            // by its token (a no-op when absent; one round trip on this rare path)
+            // before the waiter gets a plain turn.
+            if let Some((turn, in_flight)) = transit.answered() {
+                // Not a guard's release (no metric): the undo of a possible write.
+                to.release_in_background(next, Some(turn), false);
+                drop(in_flight);
+            }
             Err(RdLockError::LockNotAcquired)
         }
         // `transit`, dropped armed, releases both tokens and passes the turn on.
