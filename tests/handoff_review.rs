@@ -157,6 +157,54 @@ async fn a_hand_off_answered_after_the_recipients_lease_is_not_a_guard() {
     assert_quiescent(&server, &manager, giver.key()).await;
 }
 
+/// A `lock()` future that is queued, then not polled for longer than its lease while
+/// the lock is handed off to it (a stalled task): when it is polled at last, the stale
+/// hand-off does not become a guard (its lease may be over); it is released and the
+/// task acquires anew, with a live lease and a new fencing token.
+#[tokio::test]
+async fn a_hand_off_taken_after_its_lease_is_not_a_guard() {
+    let server = RedisServer::start();
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let mut raw = server.conn().await;
+    let lease = Duration::from_millis(300);
+    let giver = manager.new_lock("stale").with_lease(LONG_LEASE);
+    let recipient = manager.new_lock("stale").with_lease(lease);
+    let holder = giver.lock().await.unwrap();
+    let mut waiter = std::pin::pin!(recipient.lock());
+    // Polled once: queued behind the holder.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut waiter)
+            .await
+            .is_err(),
+        "the lock is held: the waiter must queue"
+    );
+    holder.release().await.unwrap();
+    // The hand-off ran (fence 2 written for the queued waiter) while it is not polled.
+    wait_until(Duration::from_secs(10), "the lock is handed off", || {
+        let mut raw = raw.clone();
+        async move {
+            support::get(&mut raw, "rdlock:{stale}:fence")
+                .await
+                .as_deref()
+                == Some("2")
+        }
+    })
+    .await;
+    // Not polled for longer than the lease (the stall this test is about).
+    tokio::time::sleep(lease * 3).await;
+    let guard = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock")
+        .unwrap();
+    assert!(
+        guard.fencing_token() >= 3,
+        "the stale hand-off (fence 2) became a guard"
+    );
+    assert!(guard.is_held(), "a guard for a lease that is over");
+    guard.release().await.unwrap();
+    assert_quiescent(&server, &manager, giver.key()).await;
+}
+
 /// A recipient whose `lock_timeout` runs out while the hand-off script is in flight:
 /// the key it was handed is released, and the waiter behind it gets the lock.
 #[tokio::test]

@@ -130,6 +130,13 @@ pub(crate) struct Granted {
 }
 
 impl Granted {
+    /// Whether the lease of this acquisition may be over by now (by the monotonic or the
+    /// wall clock), counted from before its script was sent.
+    pub(crate) fn lease_over(&self, lease: Duration) -> bool {
+        Instant::now() >= valid_until(self.acquired.sent, lease)
+            || SystemTime::now() >= wall_valid_until(self.acquired.sent_wall, lease)
+    }
+
     /// Keeps the acquisition without a guard (the 1.x `BasicLock`).
     pub(crate) fn keep(mut self) -> Acquired {
         self.undo.token = None;

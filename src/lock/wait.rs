@@ -79,7 +79,21 @@ impl Lock {
                     Some(Delivery::Turn(turn)) => turn,
                     Some(Delivery::HandedOff(mut granted)) => {
                         let turn = granted.take_turn();
-                        return Ok((granted, turn));
+                        if granted.lease_over(self.lease()) {
+                            // Handed off while this future was not polled (a stalled
+                            // task or process) for longer than the lease: no guard for
+                            // a lease that may be over. Dropped, it is released by its
+                            // token; this task keeps the turn and acquires anew.
+                            tracing::debug!(lock = %self.id(), "hand-off taken too late: undone");
+                            drop(granted);
+                            match turn {
+                                Some(turn) => turn,
+                                // Never: a hand-off always carries its turn.
+                                None => return Err(RdLockError::ShutDown),
+                            }
+                        } else {
+                            return Ok((granted, turn));
+                        }
                     }
                     // Every entry is answered before its sender is dropped.
                     None => return Err(RdLockError::ShutDown),
