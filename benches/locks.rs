@@ -471,11 +471,11 @@ async fn floor_rate(server: &RedisServer, scale: Scale) -> f64 {
 }
 
 /// 4 processes (this binary run again as workers) x 4 tasks.
-async fn contended_processes(server: &RedisServer, scale: Scale, _our_cycle: Duration) {
+async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Duration) {
     let floor_rate = floor_rate(server, scale).await;
     let mut raw = server.conn().await;
-    println!("| contender | acquisitions/s | vs floor | commands per acquisition |");
-    println!("|---|---|---|---|");
+    println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | p99 wait / p50 uncontended cycle | min/mean per process | min/mean per task | commands per acquisition |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for kind in Contender::LOCKS {
         reset_stats(&mut raw).await;
         let started = Instant::now();
@@ -490,23 +490,47 @@ async fn contended_processes(server: &RedisServer, scale: Scale, _our_cycle: Dur
                     .expect("start a worker process")
             })
             .collect();
-        let mut total = 0u64;
+        let mut per_process = Vec::new();
+        let mut per_task = Vec::new();
+        let mut waits = Vec::new();
         for child in children {
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            total += text
-                .lines()
-                .filter_map(|l| l.strip_prefix("ACQ "))
-                .map(|n| n.parse::<u64>().unwrap())
-                .sum::<u64>();
+            let mut process = 0u64;
+            for line in text.lines() {
+                if let Some(n) = line.strip_prefix("ACQ ") {
+                    let n = n.parse::<u64>().unwrap();
+                    process += n;
+                    per_task.push(n);
+                } else if let Some(list) = line.strip_prefix("WAITS ") {
+                    waits.extend(
+                        list.split(',')
+                            .filter(|w| !w.is_empty())
+                            .map(|w| Duration::from_micros(w.parse().unwrap())),
+                    );
+                }
+            }
+            per_process.push(process);
         }
         let elapsed = started.elapsed();
         let commands = commands_run(&mut raw).await;
+        let total: u64 = per_process.iter().sum();
         let rate = total as f64 / elapsed.as_secs_f64();
+        waits.sort();
+        let (p50, p99) = if waits.is_empty() {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (percentile(&waits, 0.50), percentile(&waits, 0.99))
+        };
         println!(
-            "| {} | {rate:.0} | {:.2}x | {:.1} |",
+            "| {} | {rate:.0} | {:.2}x | {:.2} ms | {:.2} ms | {:.1}x | {:.2} | {:.2} | {:.1} |",
             Contender::NAMES[kind],
             rate / floor_rate,
+            millis(p50),
+            millis(p99),
+            ratio(p99, our_cycle),
+            min_over_mean(&per_process),
+            min_over_mean(&per_task),
             commands as f64 / total.max(1) as f64
         );
     }
@@ -534,19 +558,20 @@ fn worker_process(kind: &str) {
                 k => Contender::new(k, &url).await,
             };
             handles.push(tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut waits = Vec::new();
                 while started.elapsed() < Duration::from_millis(ms) {
-                    contender.hold().await;
-                    n += 1;
+                    waits.push(contender.hold().await);
                 }
-                n
+                waits
             }));
         }
-        let mut total = 0;
+        // One `ACQ` line per task (the fairness columns), and every wait in µs.
         for h in handles {
-            total += h.await.unwrap();
+            let waits = h.await.unwrap();
+            println!("ACQ {}", waits.len());
+            let list: Vec<String> = waits.iter().map(|w| w.as_micros().to_string()).collect();
+            println!("WAITS {}", list.join(","));
         }
-        println!("ACQ {total}");
     });
 }
 
@@ -1224,6 +1249,16 @@ fn median_ratio(per_cycle: &[Vec<Duration>], kind: usize) -> f64 {
         .collect();
     ratios.sort_by(f64::total_cmp);
     ratios[ratios.len() / 2]
+}
+
+/// The least share over the mean share (1.00: all equal).
+fn min_over_mean(counts: &[u64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if counts.is_empty() || total == 0 {
+        return 0.0;
+    }
+    let mean = total as f64 / counts.len() as f64;
+    *counts.iter().min().unwrap_or(&0) as f64 / mean
 }
 
 fn median(v: &mut [Duration]) -> Duration {
