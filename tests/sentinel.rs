@@ -499,3 +499,87 @@ async fn locks_granted_across_a_graceful_failover_are_on_the_new_master() {
     );
     assert!(missing.is_empty(), "granted but lost by the failover");
 }
+
+/// A manager whose process stalled through a failover of a live master does not lock on
+/// that replaced master when it wakes, though the node still says it is a master and
+/// the manager's connection to it still works: it verifies the master first. The stall
+/// here is the manager's runtime thread blocked (no task of it runs, as under `SIGSTOP`
+/// or a long GC pause); the live master is failed over by stopping it past
+/// `down-after-milliseconds` and resuming it once a replica is promoted (it stays a
+/// master until Sentinel converts it, seconds later). Before the fix the first
+/// acquisition after the stall went to the replaced master, before the manager read the
+/// sentinels' news waiting in its sockets (the safety checker's Sentinel mode saw
+/// processes do so 1-2 ms after `SIGCONT`, and the lock was granted again by the new
+/// master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_stalled_through_a_failover_does_not_lock_on_the_replaced_master() {
+    let mut group = SentinelGroup::start().await;
+    let old = group.master_per_sentinels().await.expect("a master");
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let m = RdLockConnectionManager::sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            // The connection to the master is up and used.
+            let first = m.new_lock("before-stall").try_lock().await.expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            // The stall: the runtime's only thread blocks.
+            wake_rx.recv().expect("woken by the test");
+            let guard = m
+                .new_lock("after-stall")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await;
+            let fence = guard
+                .as_ref()
+                .map(rdlock::LockGuard::fencing_token)
+                .map_err(|e| format!("{e:?}"));
+            done_tx.send(fence).expect("the test waits");
+            // Held (and the runtime blocked again) until the test has looked.
+            let _ = finish_rx.recv();
+            drop(guard);
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    group.pause(old);
+    let new = group.wait_promoted(old).await;
+    group.resume(old);
+    support::wait_until(
+        Duration::from_secs(10),
+        "the resumed old master answers",
+        || async { group.role(old).await.is_some() },
+    )
+    .await;
+    assert_eq!(
+        group.role(old).await.as_deref(),
+        Some("master"),
+        "the scenario needs the replaced master still a master when the manager wakes"
+    );
+    wake_tx.send(()).expect("the manager thread waits");
+    let fence = tokio::time::timeout(Duration::from_secs(30), done_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs")
+        .unwrap_or_else(|e| panic!("try_lock after the stall: {e}\n{}", group.logs()));
+    let on_new = get_on(&group, new, "rdlock:{after-stall}:lock").await;
+    let _ = finish_tx.send(());
+    stalled.join().expect("the manager thread ends");
+    assert!(
+        on_new.is_some(),
+        "the lock granted after the stall (fence {fence}) is not on the master the sentinels \
+         name (node {new}): it went to the replaced master, node {old}"
+    );
+}

@@ -39,6 +39,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{
@@ -62,6 +64,13 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 /// Waits before moving the `+switch-master` subscription to the next sentinel.
 const RESUBSCRIBE_WAIT: Duration = Duration::from_millis(200);
+/// How often the stall detector's heartbeat ticks.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+/// A heartbeat this late means the process (or its runtime) stalled: paused (GC,
+/// `SIGSTOP`, a VM stall) or starved. Whatever happened meanwhile (a failover
+/// announced on the sentinel subscriptions, unread in their sockets) is unknown, so
+/// the master is verified again before any command goes to it.
+const STALL: Duration = Duration::from_millis(500);
 
 /// The master's address (host, port).
 type Addr = (String, u16);
@@ -97,6 +106,14 @@ struct Shared {
     /// One kept connection per sentinel (by index), so that the check every second
     /// does not open new ones; dropped when it fails.
     sentinel_conns: Mutex<Vec<Option<MultiplexedConnection>>>,
+    /// The stall detector's last heartbeat.
+    beat: Mutex<Instant>,
+    /// The end of the last stall seen (see [`STALL`]); commands wait until a
+    /// verification of the master that started after it.
+    stalled_at: Mutex<Option<Instant>>,
+    /// When the last verification of the master that found it good started (or the
+    /// last connection was installed).
+    verified: watch::Sender<Instant>,
 }
 
 impl Sentinel {
@@ -132,6 +149,9 @@ impl Sentinel {
             wake: Notify::new(),
             sync: SyncPool::new(timeouts.sync_config()),
             sentinel_conns: Mutex::new(Vec::new()),
+            beat: Mutex::new(Instant::now()),
+            stalled_at: Mutex::new(None),
+            verified: watch::Sender::new(Instant::now()),
         });
         // The first resolution reports its errors; later ones are retried.
         let addr = shared.resolve().await.map_err(ResolveError::into_rdlock)?;
@@ -148,6 +168,12 @@ impl Sentinel {
                 .clone()
                 .run_until_cancelled_owned(follow(shared.clone())),
         );
+        *shared.beat.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        tokio::spawn(
+            token
+                .clone()
+                .run_until_cancelled_owned(heartbeat(shared.clone())),
+        );
         for index in 0..shared.sentinels.len() {
             tokio::spawn(
                 token
@@ -163,10 +189,12 @@ impl Sentinel {
     }
 
     /// The connection for one command: waits (up to the response timeout) while the
-    /// master is being resolved; an I/O-class error when none came.
+    /// master is being resolved, or verified again after a stall of the process; an
+    /// I/O-class error when none came.
     pub(super) async fn get(&self) -> (Ticket, RedisResult<MultiplexedConnection>) {
         let mut installed = self.shared.installed.subscribe();
         let wait = async {
+            self.shared.verified_since_stall().await;
             loop {
                 let (ticket, conn) = self.shared.conn.get();
                 if let Some(conn) = conn {
@@ -438,10 +466,54 @@ impl Shared {
         };
         self.conn.set(Some(conn));
         self.installed.send_modify(|g| *g += 1);
+        self.mark_verified(Instant::now());
         if moved {
             tracing::warn!(master = ?self.master.lock().unwrap_or_else(PoisonError::into_inner).as_ref(), "sentinel: following the master to its new address");
             self.moves.send_modify(|g| *g += 1);
         }
+    }
+
+    /// Returns at once unless the process stalled (see [`STALL`]) since the master
+    /// was last verified; then has the follower verify it and waits for that
+    /// verification (or a new master). A process paused through a failover's start
+    /// would otherwise acquire on the old master the moment it wakes, before it reads
+    /// the sentinels' news waiting in its sockets: measured, 1-2 ms after `SIGCONT`,
+    /// and that master, replaced, lost the lock (tests/safety_checker.rs, Sentinel
+    /// mode).
+    async fn verified_since_stall(&self) {
+        let now = Instant::now();
+        let stalled_at = {
+            let beat = *self.beat.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut stalled_at = self
+                .stalled_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // The first to see a stall (this or the heartbeat) dates it.
+            if now.saturating_duration_since(beat) > STALL && stalled_at.is_none_or(|t| t < beat) {
+                *stalled_at = Some(now);
+            }
+            *stalled_at
+        };
+        let Some(stalled_at) = stalled_at else { return };
+        let mut verified = self.verified.subscribe();
+        if *verified.borrow_and_update() >= stalled_at {
+            return;
+        }
+        self.wake.notify_one();
+        if verified.wait_for(|v| *v >= stalled_at).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Records a verification of the master that started at `started`.
+    fn mark_verified(&self, started: Instant) {
+        self.verified.send_if_modified(|v| {
+            let newer = started > *v;
+            if newer {
+                *v = started;
+            }
+            newer
+        });
     }
 
     fn retire(&self, ticket: Ticket) {
@@ -462,6 +534,16 @@ impl Shared {
     /// name it. `false` when it is not (a timeout or an unreachable sentinel group
     /// says nothing: `true`).
     async fn still_master(&self) -> bool {
+        let started = Instant::now();
+        let good = self.check_master().await;
+        if good {
+            self.mark_verified(started);
+        }
+        good
+    }
+
+    /// [`Self::still_master`] without recording the verification.
+    async fn check_master(&self) -> bool {
         let (_, conn) = self.conn.get();
         let Some(mut conn) = conn else { return false };
         match tokio::time::timeout(self.timeouts.response, is_master(&mut conn)).await {
@@ -545,6 +627,35 @@ async fn follow(shared: Arc<Shared>) {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
+        }
+    }
+}
+
+/// The stall detector: a heartbeat every [`HEARTBEAT`]; one later than [`STALL`]
+/// records a stall (commands then wait for the master to be verified again, see
+/// [`Shared::verified_since_stall`]) and wakes the follower to verify it.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let last = std::mem::replace(
+            &mut *shared.beat.lock().unwrap_or_else(PoisonError::into_inner),
+            now,
+        );
+        if now.saturating_duration_since(last) > STALL {
+            {
+                let mut stalled_at = shared
+                    .stalled_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // A command may have seen it first (and dated it).
+                if stalled_at.is_none_or(|t| t < last) {
+                    *stalled_at = Some(now);
+                }
+            }
+            shared.wake.notify_one();
         }
     }
 }
