@@ -28,7 +28,12 @@
 //!   promotes a replica while every sentinel
 //!   still names the old master, which takes writes until it is demoted, seconds
 //!   later, and those writes are lost (a `SENTINEL FAILOVER` lost 769 of 6215 locks
-//!   granted across it before this; `tests/sentinel.rs`).
+//!   granted across it before this; `tests/sentinel.rs`);
+//! - after its own process stalled (a heartbeat task ticking every 100 ms came more
+//!   than 500 ms late: `SIGSTOP`, a GC pause, a starved runtime), has every command wait
+//!   until the master was verified again by a check that started after the stall: a
+//!   process paused through a failover otherwise acquired on the replaced master the
+//!   moment it woke, before reading the sentinels' news waiting in its sockets.
 //!
 //! While no master is known, commands wait for one up to the response timeout, then
 //! fail with a transient error (`lock()` waits through it). Each move to another
