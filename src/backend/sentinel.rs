@@ -29,8 +29,8 @@
 //!   still names the old master, which takes writes until it is demoted, seconds
 //!   later, and those writes are lost (a `SENTINEL FAILOVER` lost 769 of 6215 locks
 //!   granted across it before this; `tests/sentinel.rs`);
-//! - after its own process stalled (a heartbeat task ticking every 100 ms came more
-//!   than 500 ms late: `SIGSTOP`, a GC pause, a starved runtime), has every command wait
+//! - after its own process stalled (a heartbeat task ticking every 25 ms came more
+//!   than 80 ms late: `SIGSTOP`, a GC pause, a starved runtime), has every command wait
 //!   until the master was verified again by a check that started after the stall: a
 //!   process paused through a failover otherwise acquired on the replaced master the
 //!   moment it woke, before reading the sentinels' news waiting in its sockets.
@@ -70,12 +70,18 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 /// Waits before moving the `+switch-master` subscription to the next sentinel.
 const RESUBSCRIBE_WAIT: Duration = Duration::from_millis(200);
 /// How often the stall detector's heartbeat ticks.
-const HEARTBEAT: Duration = Duration::from_millis(100);
+const HEARTBEAT: Duration = Duration::from_millis(25);
 /// A heartbeat this late means the process (or its runtime) stalled: paused (GC,
 /// `SIGSTOP`, a VM stall) or starved. Whatever happened meanwhile (a failover
 /// announced on the sentinel subscriptions, unread in their sockets) is unknown, so
-/// the master is verified again before any command goes to it.
-const STALL: Duration = Duration::from_millis(500);
+/// the master is verified again before any command goes to it. It must be shorter
+/// than the quickest promotion after `+try-failover`: Sentinel moves a failover one
+/// step per timer tick (hz 10-19, 52-100 ms) and sends `REPLICAOF NO ONE` two or three
+/// ticks after it (~105 ms at best; measured 200-315 ms for `SENTINEL FAILOVER`). With
+/// 500 ms, a stall of 200-315 ms through a graceful failover acquired on the replaced
+/// master (tests/sentinel.rs, 3 of 3 runs). A false alarm (a busy runtime) costs one
+/// verification (`ROLE` and a question to each sentinel) that commands wait for.
+const STALL: Duration = Duration::from_millis(80);
 
 /// The master's address (host, port).
 type Addr = (String, u16);
