@@ -141,7 +141,10 @@
 //!   kill window's end, and an overlap there is excused only if one of its two grants
 //!   was served by the replaced master by its manager's account
 //!   ([`unexcuse_without_the_replaced_master`]: each child names its manager's master
-//!   port before and after `lock()`, "c0/t1@6380"). Overlaps before that failover
+//!   port before and after `lock()`, "c0/t1@6380"), either before the sentinels
+//!   announced the switch away from it (+0.5 s) or by a child resumed from `SIGSTOP`
+//!   since the failover began (a manager that had the news and was not paused has no
+//!   excuse). Overlaps before that failover
 //!   began, between grants of the masters promoted after it, or after the window stay
 //!   violations (unit test `a_failover_chained_to_a_kill_excuses_only_what_follows_it_
 //!   inside_the_window`).
@@ -500,7 +503,7 @@ fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window()
         what: what.into(),
     };
     // Node 1000 killed at 1000 ms, 2000 promoted; 2000 failed over (alive) to 3000.
-    let mut events = vec![
+    let events = std::cell::RefCell::new(vec![
         event(1_000, "sentinel: SIGKILL master node 0 (port 1000)"),
         event(
             1_900,
@@ -520,7 +523,7 @@ fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window()
             4_000,
             "event sentinel 1: +switch-master rdlock-test 127.0.0.1 2000 127.0.0.1 3000 (config-epoch 4)",
         ),
-    ];
+    ]);
     let kill = Window {
         lock: "a".into(),
         from: ms(1_000),
@@ -528,13 +531,23 @@ fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window()
         what: "kill of master node 0".into(),
         killed: true,
     };
-    let chained = chained_failover_windows(&events, &kill, 1000);
+    let chained = chained_failover_windows(&events.borrow(), &kill, 1000);
     assert_eq!(chained.len(), 1, "{chained:?}");
-    let (window, port) = chained[0].clone();
-    assert_eq!((window.from, window.to, port), (ms(3_000), ms(8_000), 2000));
+    let (window, replaced) = chained[0].clone();
+    assert_eq!(
+        (window.from, window.to, replaced),
+        (
+            ms(3_000),
+            ms(8_000),
+            Replaced {
+                port: 2000,
+                switched: ms(4_000)
+            }
+        )
+    );
     assert!(!window.killed);
     let windows = vec![kill.clone(), window];
-    let replaced = HashMap::from([(1, 2000)]);
+    let replaced = HashMap::from([(1, replaced)]);
     let violations_via = |lock: &str, a: u64, b: u64, via: [&str; 2]| {
         let mut g = vec![
             Grant::released(lock, &format!("c1/t0@{}", via[0]), 18, a, b + 300),
@@ -542,7 +555,7 @@ fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window()
         ];
         let mut v = check(&mut g, Duration::ZERO);
         v.excuse(&g, &windows);
-        unexcuse_without_the_replaced_master(&mut v, &g, &replaced);
+        unexcuse_without_the_replaced_master(&mut v, &g, &windows, &events.borrow(), &replaced);
         v.violations().len()
     };
     let violations = |lock: &str, a: u64, b: u64| violations_via(lock, a, b, ["2000", "3000"]);
@@ -559,9 +572,15 @@ fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window()
     // After the window, or on another lock: violations.
     assert_eq!(violations("a", 8_200, 8_400), 2);
     assert_eq!(violations("b", 4_500, 4_600), 2);
+    // c1 acquired on the replaced master 2.5 s after the sentinels announced the switch
+    // away from it, never paused: its manager ignored the news; not excused, unless c1
+    // was resumed from SIGSTOP meanwhile.
+    assert_eq!(violations("a", 6_500, 6_600), 1);
+    events.borrow_mut().push(event(6_400, "child 1: SIGCONT"));
+    assert_eq!(violations("a", 6_500, 6_600), 0);
     // Only the kill's own switch (no failover of a live master): no window.
-    events.truncate(2);
-    assert!(chained_failover_windows(&events, &kill, 1000).is_empty());
+    events.borrow_mut().truncate(2);
+    assert!(chained_failover_windows(&events.borrow(), &kill, 1000).is_empty());
 }
 
 #[test]
@@ -1246,8 +1265,8 @@ struct ClusterRun {
     /// aftermath (of a promoted master, not of the killed one), each with its window.
     chained: Vec<String>,
     /// Sentinel runs: the index in `windows` of each chained failover's window, with the
-    /// port of the master it replaced.
-    replaced: HashMap<usize, u16>,
+    /// master it replaced.
+    replaced: HashMap<usize, Replaced>,
 }
 
 const CLUSTER_FAULT_NAMES: [&str; 4] = ["failover", "kill", "pause", "migration"];
@@ -1468,16 +1487,16 @@ fn chained_failover_windows(
     events: &[Event],
     kill: &Window,
     killed_port: u16,
-) -> Vec<(Window, u16)> {
-    let mut replaced: Vec<u16> = Vec::new();
-    for (_, old, _) in switches_since(events, kill.from) {
-        if old != killed_port && !replaced.contains(&old) {
-            replaced.push(old);
+) -> Vec<(Window, Replaced)> {
+    let mut replaced: Vec<(u16, Duration)> = Vec::new();
+    for (at, old, _) in switches_since(events, kill.from) {
+        if old != killed_port && !replaced.iter().any(|(p, _)| *p == old) {
+            replaced.push((old, at));
         }
     }
     replaced
         .into_iter()
-        .filter_map(|port| {
+        .filter_map(|(port, switched)| {
             // The port is followed by a space or ends the payload.
             let signs = ["+odown master", "+try-failover master", "+switch-master"]
                 .map(|event| format!(": {event} {SERVICE} 127.0.0.1 {port}"));
@@ -1501,27 +1520,56 @@ fn chained_failover_windows(
                 ),
                 killed: false,
                 },
-                port,
+                Replaced { port, switched },
             ))
         })
         .collect()
 }
 
+/// The master a chained failover replaced (see [`chained_failover_windows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Replaced {
+    port: u16,
+    /// When the watcher saw the first `+switch-master` away from it.
+    switched: Duration,
+}
+
+/// How long after the `+switch-master` away from a replaced master a manager that was
+/// not paused may still act on its old news (the watcher and the children read the
+/// same publication; this covers a busy machine's scheduling).
+const SWITCH_NEWS_SLACK: Duration = Duration::from_millis(500);
+
 /// Narrows [`chained_failover_windows`]: an overlap or repeated fence excused by a
-/// chained failover's window (`replaced`: window index → port of the master it
-/// replaced) stays excused only if one of its two grants was served, by its manager's
-/// account, by that replaced master (the client names the master port before and after
-/// `lock()`: "c0/t1@6380" or "c0/t1@6380>6381"); two grants of the masters promoted
-/// after it are a violation however they overlap.
+/// chained failover's window (`replaced`: window index → the master it replaced) stays
+/// excused only if one of its two grants was served, by its manager's account, by that
+/// replaced master (the client names the master port before and after `lock()`:
+/// "c0/t1@6380" or "c0/t1@6380>6381"), and could be: granted before the sentinels
+/// announced the switch away from it (plus [`SWITCH_NEWS_SLACK`]), or by a child
+/// resumed from `SIGSTOP` between the failover's start and the grant (paused right
+/// after its manager verified the master). Two grants of the masters promoted after it
+/// are a violation however they overlap, and so is a grant of the replaced master by a
+/// manager that had had the news for long and was not paused.
 fn unexcuse_without_the_replaced_master(
     verdict: &mut Verdict,
     grants: &[Grant],
-    replaced: &HashMap<usize, u16>,
+    windows: &[Window],
+    events: &[Event],
+    replaced: &HashMap<usize, Replaced>,
 ) {
-    let via = |g: &Grant, port: u16| {
+    let resumed = |g: &Grant, from: Duration| {
+        let Some(child) = g.client.strip_prefix('c').and_then(|c| c.split('/').next()) else {
+            return false;
+        };
+        let sigcont = format!("child {child}: SIGCONT");
+        events
+            .iter()
+            .any(|e| e.what == sigcont && e.at >= from && e.at <= g.start)
+    };
+    let via = |g: &Grant, w: usize, r: Replaced| {
         g.client
             .split_once('@')
-            .is_some_and(|(_, ports)| ports.split('>').any(|p| p.parse() == Ok(port)))
+            .is_some_and(|(_, ports)| ports.split('>').any(|p| p.parse() == Ok(r.port)))
+            && (g.start <= r.switched + SWITCH_NEWS_SLACK || resumed(g, windows[w].from))
     };
     let excused = std::mem::take(&mut verdict.excused);
     for (finding, w) in excused {
@@ -1532,7 +1580,7 @@ fn unexcuse_without_the_replaced_master(
             | Finding::ExpectedOverlap { earlier, later } => (earlier, later),
         };
         match replaced.get(&w) {
-            Some(&port) if !via(&grants[a], port) && !via(&grants[b], port) => {
+            Some(&r) if !via(&grants[a], w, r) && !via(&grants[b], w, r) => {
                 verdict.findings.push(finding);
             }
             _ => verdict.excused.push((finding, w)),
@@ -2009,9 +2057,15 @@ async fn soak(config: Soak) -> Summary {
     let mut verdict = check(&mut grants, tolerance);
     let windows = &cluster_run.windows;
     verdict.excuse(&grants, windows);
-    unexcuse_without_the_replaced_master(&mut verdict, &grants, &cluster_run.replaced);
-    let mut violations = verdict.violations().len();
     let events = events.lock().unwrap().clone();
+    unexcuse_without_the_replaced_master(
+        &mut verdict,
+        &grants,
+        windows,
+        &events,
+        &cluster_run.replaced,
+    );
+    let mut violations = verdict.violations().len();
     let mut report = verdict.explain(&grants, &events);
     // A stale write can only come from a holder that then learnt of its loss, or (on a
     // cluster) from a grant whose token a kill or pause failover handed out again.
