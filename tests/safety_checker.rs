@@ -837,6 +837,24 @@ async fn child_worker() {
     say("DONE");
 }
 
+/// The chained-failover excuse rests on each grant naming the master port its manager
+/// used, read from the manager's `Debug` form: if that form changes, the read must not
+/// silently say "-" (then no grant is attributed, and an overlap in a chained window is
+/// reported without its cause), so this fails first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_managers_master_port_is_read_from_its_debug_form() {
+    let group = SentinelGroup::start().await;
+    let master = group.wait_ready("the group is ready").await;
+    let manager = RdLockConnectionManager::sentinel(group.sentinel_urls(), SERVICE)
+        .await
+        .expect("sentinel manager");
+    assert_eq!(
+        sentinel_master_port(&manager),
+        group.node(master).port().to_string(),
+        "the master port read from {manager:?}"
+    );
+}
+
 /// The port of the master a Sentinel manager currently uses (from its `Debug` form:
 /// the library exposes no accessor), or "-". A grant records it before and after
 /// `lock()`: the master that granted is one of the two unless the manager moved twice
