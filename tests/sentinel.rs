@@ -696,3 +696,124 @@ async fn a_stall_shorter_than_half_a_second_through_a_graceful_promotion_does_no
         "no round had the promotion inside a stall under 400 ms"
     );
 }
+
+/// A stall that begins while the manager is connecting to the master the sentinels
+/// named (its `ROLE` reply pending) must not count that connection as verified after
+/// the stall: the master was failed over meanwhile, and says `master` until Sentinel
+/// converts it. Here the master is paused while the manager reconnects to it (its
+/// connection was killed), the manager's runtime blocks, a replica is promoted, the old
+/// master resumes and answers the pending `ROLE`; then the manager wakes and locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_during_a_reconnection_does_not_lock_on_the_master_it_was_connecting_to() {
+    let mut group = SentinelGroup::start().await;
+    let old = group.wait_ready("the group is ready").await;
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (poke_tx, poke_rx) = tokio::sync::oneshot::channel::<()>();
+    let (poked_tx, poked_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let manager = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            // Long timeouts: the reconnection waits for the paused master's reply.
+            let m = RdLockConnectionManager::builder()
+                .response_timeout(Duration::from_secs(30))
+                .sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            let first = m
+                .new_lock("before")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await
+                .expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            poke_rx.await.expect("poked by the test");
+            // A command on the killed connection: the manager resolves and reconnects
+            // (to the paused master); the command waits for a master.
+            let poke = m.clone();
+            tokio::spawn(async move {
+                let _ = poke
+                    .new_lock("poke")
+                    .with_lease(Duration::from_secs(60))
+                    .try_lock()
+                    .await
+                    .map(std::mem::forget);
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            poked_tx.send(()).expect("the test waits");
+            // The stall: the runtime's only thread blocks.
+            wake_rx.recv().expect("woken by the test");
+            let guard = m
+                .new_lock("after-reconnect-stall")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await;
+            let fence = guard
+                .as_ref()
+                .map(rdlock::LockGuard::fencing_token)
+                .map_err(|e| format!("{e:?}"));
+            done_tx.send(fence).expect("the test waits");
+            let _ = finish_rx.recv();
+            drop(guard);
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    let mut conn = group.conn(old).await;
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL");
+    group.pause(old);
+    poke_tx.send(()).expect("the manager thread waits");
+    tokio::time::timeout(Duration::from_secs(30), poked_rx)
+        .await
+        .expect("the manager was poked")
+        .expect("the manager thread runs");
+    let new = group.wait_promoted(old).await;
+    group.resume(old);
+    support::wait_until(
+        Duration::from_secs(10),
+        "the resumed old master answers",
+        || async { group.role(old).await.is_some() },
+    )
+    .await;
+    assert_eq!(
+        group.role(old).await.as_deref(),
+        Some("master"),
+        "the scenario needs the replaced master still a master when the manager wakes"
+    );
+    wake_tx.send(()).expect("the manager thread waits");
+    let fence = tokio::time::timeout(Duration::from_secs(60), done_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs");
+    let on_new = get_on(&group, new, "rdlock:{after-reconnect-stall}:lock").await;
+    let on_old = get_on(&group, old, "rdlock:{after-reconnect-stall}:lock").await;
+    eprintln!(
+        "try_lock after the stall: {fence:?}; on node {new}: {on_new:?}, on node {old}: {on_old:?}"
+    );
+    let _ = finish_tx.send(());
+    manager.join().expect("the manager thread ends");
+    if let Ok(fence) = fence {
+        assert!(
+            on_new.is_some(),
+            "the lock granted after the stall (fence {fence}) is not on the master the \
+             sentinels name (node {new}); on the replaced node {old}: {on_old:?}"
+        );
+    }
+}

@@ -165,6 +165,7 @@ impl Sentinel {
             verified: watch::Sender::new(Instant::now()),
         });
         // The first resolution reports its errors; later ones are retried.
+        let started = Instant::now();
         let addr = shared.resolve().await.map_err(ResolveError::into_rdlock)?;
         let conn = shared
             .connect_master(&addr)
@@ -172,7 +173,7 @@ impl Sentinel {
             .map_err(RdLockError::from_redis)?;
         let first =
             lazy_manager(shared.node_info(&addr), timeouts).map_err(RdLockError::InvalidUrl)?;
-        shared.install(addr, conn);
+        shared.install(addr, conn, started);
         let token = CancellationToken::new();
         tokio::spawn(
             token
@@ -467,8 +468,11 @@ impl Shared {
         }
     }
 
-    /// Swaps in a connection to the master at `addr`.
-    fn install(&self, addr: Addr, conn: MultiplexedConnection) {
+    /// Swaps in a connection to the master at `addr`, found by a resolution that
+    /// started at `started`: that is when it was verified (a stall since then, during
+    /// the resolution, leaves commands waiting for a verification after it: the master
+    /// named before the stall may have been replaced meanwhile, and still say `master`).
+    fn install(&self, addr: Addr, conn: MultiplexedConnection, started: Instant) {
         let moved = {
             let mut master = self.master.lock().unwrap_or_else(PoisonError::into_inner);
             let moved = master.as_ref().is_some_and(|m| *m != addr);
@@ -477,7 +481,7 @@ impl Shared {
         };
         self.conn.set(Some(conn));
         self.installed.send_modify(|g| *g += 1);
-        self.mark_verified(Instant::now());
+        self.mark_verified(started);
         if moved {
             tracing::warn!(master = ?self.master.lock().unwrap_or_else(PoisonError::into_inner).as_ref(), "sentinel: following the master to its new address");
             self.moves.send_modify(|g| *g += 1);
@@ -618,6 +622,7 @@ async fn follow(shared: Arc<Shared>) {
         }
         let mut delay = RETRY_MIN;
         loop {
+            let started = Instant::now();
             let connected = async {
                 let addr = shared.resolve().await.map_err(ResolveError::into_redis)?;
                 let conn = shared.connect_master(&addr).await?;
@@ -625,7 +630,7 @@ async fn follow(shared: Arc<Shared>) {
             };
             match connected.await {
                 Ok((addr, conn)) => {
-                    shared.install(addr, conn);
+                    shared.install(addr, conn, started);
                     break;
                 }
                 Err(e) => {
