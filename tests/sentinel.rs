@@ -817,3 +817,123 @@ async fn a_stall_during_a_reconnection_does_not_lock_on_the_master_it_was_connec
         );
     }
 }
+
+/// The connections to data node `i` (or sentinel `s`) other than the group's own:
+/// clients without a `sentinel-` name.
+async fn clients_on(url: &str) -> usize {
+    let mut conn = support::sentinel::conn_to(url).await.expect("connect");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    // Not the sentinels' links, not this connection.
+    list.lines()
+        .filter(|l| !l.contains(" name=sentinel-") && !l.contains(" cmd=client|list"))
+        .count()
+}
+
+/// After a stall of the manager's process while every sentinel is unreachable
+/// (SIGSTOPped: no answer, no refusal), the verification the stall calls for gives up
+/// within bounds: commands get an answer or an error within seconds, not a hang, and
+/// once the sentinels are back locks are granted again. Dropping the manager then
+/// closes every connection it opened (data node and sentinels): its tasks (the
+/// follower, the heartbeat, the subscriptions) end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_while_the_sentinels_are_unreachable_neither_hangs_nor_leaks() {
+    let mut group = SentinelGroup::start().await;
+    let master = group.wait_ready("the group is ready").await;
+    let node_url = group.node(master).url();
+    let sentinel_url = group.sentinel(0).url();
+    let baseline = (clients_on(&node_url).await, clients_on(&sentinel_url).await);
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<(Duration, String)>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (drop_tx, drop_rx) = std::sync::mpsc::channel::<()>();
+    let manager = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let m = RdLockConnectionManager::sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            let first = m.new_lock("before").try_lock().await.expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            // The stall, while the test pauses every sentinel.
+            wake_rx.recv().expect("woken by the test");
+            let started = Instant::now();
+            let outcome = match m.new_lock("during").try_lock().await {
+                Ok(g) => {
+                    let _ = g.release().await;
+                    "locked".to_owned()
+                }
+                Err(e) => format!("{e:?}"),
+            };
+            stalled_tx
+                .send((started.elapsed(), outcome))
+                .expect("the test waits");
+            back_rx.recv().expect("told by the test");
+            let started = Instant::now();
+            let locked = loop {
+                match m.new_lock("after").try_lock().await {
+                    Ok(g) => break g.release().await.map_err(|e| format!("{e:?}")),
+                    Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                        break Err(format!("{e:?}"))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            locked_tx.send(locked).expect("the test waits");
+            drop_rx.recv().expect("told by the test");
+            drop(m);
+            // The tasks end with the manager: the runtime goes on running.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    for s in 0..3 {
+        group.pause_sentinel(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wake_tx.send(()).expect("the manager thread waits");
+    let (took, outcome) = tokio::time::timeout(Duration::from_secs(30), stalled_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs");
+    eprintln!("try_lock after the stall, no sentinel answering: {outcome} in {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "try_lock took {took:?} ({outcome})"
+    );
+    for s in 0..3 {
+        group.resume_sentinel(s);
+    }
+    back_tx.send(()).expect("the manager thread waits");
+    tokio::time::timeout(Duration::from_secs(60), locked_rx)
+        .await
+        .expect("locks again")
+        .expect("the manager thread runs")
+        .expect("a lock once the sentinels are back");
+    assert_ne!(
+        (clients_on(&node_url).await, clients_on(&sentinel_url).await),
+        baseline,
+        "the live manager's connections are counted"
+    );
+    drop_tx.send(()).expect("the manager thread waits");
+    support::wait_until(
+        Duration::from_secs(20),
+        "the dropped manager's connections are closed",
+        || async { (clients_on(&node_url).await, clients_on(&sentinel_url).await) == baseline },
+    )
+    .await;
+    drop(manager);
+}

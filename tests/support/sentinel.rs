@@ -607,6 +607,18 @@ impl SentinelGroup {
         self.nodes[i].paused = false;
     }
 
+    /// SIGSTOP sentinel `s`.
+    pub fn pause_sentinel(&mut self, s: usize) {
+        self.sentinels[s].signal("STOP");
+        self.sentinels[s].paused = true;
+    }
+
+    /// SIGCONT sentinel `s`.
+    pub fn resume_sentinel(&mut self, s: usize) {
+        self.sentinels[s].signal("CONT");
+        self.sentinels[s].paused = false;
+    }
+
     /// SIGKILL sentinel `s`.
     pub fn kill_sentinel(&mut self, s: usize) {
         self.sentinels[s].kill();
