@@ -95,30 +95,75 @@
 //! paused past their lease while the cluster is failed over and migrated (no window):
 //! it must be reported.
 //!
-//! # Sentinel mode (`sentinel_workload_with_crash_failovers`; and, ignored,
+//! # Sentinel mode (`sentinel_workload_with_crash_failovers`,
 //! `sentinel_workload_with_graceful_and_crash_failovers`)
 //!
 //! 3 children × 3 tasks on the two locks of a private Sentinel group (master + 2
-//! replicas + 3 sentinels, `tests/support/sentinel.rs`), reached through the sentinels
-//! (`RdLockConnectionManager::sentinel`), the children SIGSTOPped at random (0.1-1.5 s),
-//! leases 1-1.5 s. The sentinel nemesis injects, one at a time with the group settled
-//! before and after, in rounds of the two in a seeded random order: `SENTINEL FAILOVER`
-//! (graceful: nothing is excused around it) and SIGKILL of the master, restarted empty
-//! as a replica of the promoted one (a crash failover: a kill [`Window`] on every lock,
-//! since the master serves them all, excusing exactly what the cluster rule excuses
-//! after a kill). After each fault every lock must be acquired again within 45 s.
+//! replicas + 3 sentinels, `down-after-milliseconds` 1000, `tests/support/sentinel.rs`),
+//! reached through the sentinels (`RdLockConnectionManager::sentinel`), the children
+//! SIGSTOPped at random for 2-3 s (longer than their leases, 1-1.5 s). The sentinel
+//! nemesis injects, one at a time, in rounds of the two in a seeded random order:
+//! `SENTINEL FAILOVER` (graceful: nothing is excused around it) and SIGKILL of the
+//! master, restarted empty as a replica of the promoted one (a crash failover: a kill
+//! [`Window`] on every lock, since the master serves them all, excusing exactly what
+//! the cluster rule excuses after a kill). Before and after each fault the group is
+//! settled ([`SentinelGroup::wait_ready`]); after a fault it must also be *stable*: no
+//! `+switch-master` for twice `down-after-milliseconds`. Every sentinel event is
+//! recorded on the run's timeline (`SentinelGroup::watch_events`, with the sentinel's
+//! config epoch on `+switch-master`, `+failover-end`, `+sdown`, `+odown`), and a run
+//! that finds a violation prints them all with the data nodes' logs. After each fault
+//! every lock must be acquired again within 45 s.
 //!
-//! Both are ignored (run them with `--ignored`): not reliable yet. The crash-only one
-//! passed 3 of 5 runs; two (seed 1796685750179010144 on Valkey 9.1.2, seed
-//! 1796686218864047456 on Redis 7.0.15) each found one violation the kill rule does not
-//! excuse: two grants of the same or a lower fence about 5 s after the kill, long after
-//! the dead master could answer. Not diagnosed; the likeliest reading is a second
-//! failover by the sentinels whose promoted replica lacked the first promoted master's
-//! writes (asynchronous replication), not proven. The one with graceful failovers found
-//! violations in every run before the Sentinel backend stopped using a master once a
-//! failover is announced (tests/sentinel.rs, `locks_granted_across_a_graceful_failover_
-//! are_on_the_new_master`); after it, 0 violations in the one run made (seed
-//! 1796686176685626787).
+//! **What the runs found.** Diagnosed from such a print (seed 1796690047433890685,
+//! Valkey 9.1.2, 3 violations; 1 failing crash-only run of 10 then, 2 of 5 before): 1.0 s
+//! after the kill's failover (config epoch 3) had moved to node 1, one sentinel found
+//! node 1 down (no reply within `down-after-milliseconds` of switching to it, on a busy
+//! machine), reached `+odown` at once ("#quorum 3/2", though the other two had not
+//! flagged node 1: votes left from the dead master's `+odown`) and failed the *live*
+//! node 1 over to node 2 (epoch 4). Node 1 stayed a master for 10 s more, until
+//! `+convert-to-slave`. Two children SIGSTOPped through that second failover acquired on
+//! node 1 1-2 ms after their SIGCONT, before their managers had read the sentinels' news
+//! (waiting in their sockets), while node 2 granted the same locks with the same fences
+//! (17, 18): overlaps of 94-213 ms. The graceful mode failed 3 of 6 runs the same way,
+//! with nothing to excuse it: a child woken during `SENTINEL FAILOVER` acquired on the
+//! old master 1-2 ms after SIGCONT, and the promoted replica handed its fence out again.
+//! Two changes followed:
+//!
+//! - the backend verifies the master after a stall of its process before any command
+//!   goes to it (`src/backend/sentinel.rs`, test `a_manager_stalled_through_a_failover_
+//!   does_not_lock_on_the_replaced_master` in tests/sentinel.rs);
+//! - a failover chained to a kill is Sentinel's loss of writes acknowledged by a replaced
+//!   master (as after a pause failover on a cluster): what a process cut off from the
+//!   sentinels, or paused right after its verification, acquires there is lost. So each
+//!   master other than the killed one that a `+switch-master` after the kill replaced
+//!   opens a window ([`chained_failover_windows`]; `killed: false`, the replaced master
+//!   was alive) from the first sign of its failover (`+odown`, `+try-failover`) to the
+//!   kill window's end, and an overlap there is excused only if one of its two grants
+//!   was served by the replaced master by its manager's account
+//!   ([`unexcuse_without_the_replaced_master`]: each child names its manager's master
+//!   port before and after `lock()`, "c0/t1@6380"), either before the sentinels
+//!   announced the switch away from it (+0.5 s) or by a child resumed from `SIGSTOP`
+//!   since the failover began (a manager that had the news and was not paused has no
+//!   excuse). Overlaps before that failover
+//!   began, between grants of the masters promoted after it, or after the window stay
+//!   violations (unit test `a_failover_chained_to_a_kill_excuses_only_what_follows_it_
+//!   inside_the_window`).
+//!
+//! Runs (`cargo test --all-features --test safety_checker sentinel_workload --
+//! --nocapture`, two at a time on a 2-core machine shared with other builds, Redis
+//! 7.0.15 and Valkey 9.1.2; 30 s of faults):
+//!
+//! - before either change, crash-only: 1 of 10 runs failed (the diagnosis above);
+//! - with the chained-failover window, before the backend change: crash-only, 24 runs
+//!   (12 on each server), 0 violations, 18 chained failovers after 82 kills, 6 overlaps
+//!   excused by their windows (each with a grant of the replaced master); graceful +
+//!   crash, 6 runs, 3 failed (seeds 1796691075960429219 and 1796691161758876992 on
+//!   Redis, 1796691158147148309 on Valkey: 1-2 repeated fences each, as above);
+//! - the final code: crash-only 12 runs (6 on each server), graceful + crash 15 runs (8
+//!   on Redis, 7 on Valkey; e.g. seeds 1796691664067942580, 1796691705172427987): 0
+//!   violations and nothing excused (no overlap or repeated fence in any window), 8
+//!   chained failovers after 63 kills, 1,895 acquisitions, 36-50 s per run. Both run
+//!   in CI.
 //!
 //! Replay: the seed is printed; `RDLOCK_SEED=<seed>` replays the same choices (the timing
 //! of a multi-process run is not replayable). `RDLOCK_SOAK_SECS` sets the length of the
@@ -137,9 +182,9 @@ use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
 use support::cluster::{lock_slot, RedisCluster};
-use support::history::{check, token_reissued, ClockMap, Event, Finding, Grant, Window};
+use support::history::{check, token_reissued, ClockMap, Event, Finding, Grant, Verdict, Window};
 use support::proxy::{FaultProxy, Mode};
-use support::sentinel::{conn_to, SentinelGroup, SERVICE};
+use support::sentinel::{conn_to, SentinelGroup, DOWN_AFTER_MS, SERVICE};
 use support::{RedisServer, ServerConfig};
 use tokio::sync::mpsc;
 
@@ -444,6 +489,100 @@ fn a_fence_below_what_was_replicated_before_a_kill_is_not_excused() {
     assert!(!token_reissued(&g, 3, &window));
 }
 
+/// Found by the Sentinel mode (seed 1796690047433890685, Valkey 9.1.2): 1 s after a
+/// kill failover promoted a replica, a sentinel found that new master down and failed it
+/// over again although it was alive; it stayed a master for 10 s more, and two children
+/// paused through the second failover acquired on it the moment they woke, while the
+/// master promoted after it granted the same locks and fences. Only overlaps after
+/// that second failover began, inside the kill window, are excused: not two grants of
+/// the first promoted master before it began, not after the window, not on another lock.
+#[test]
+fn a_failover_chained_to_a_kill_excuses_only_what_follows_it_inside_the_window() {
+    let event = |at: u64, what: &str| Event {
+        at: ms(at),
+        what: what.into(),
+    };
+    // Node 1000 killed at 1000 ms, 2000 promoted; 2000 failed over (alive) to 3000.
+    let events = std::cell::RefCell::new(vec![
+        event(1_000, "sentinel: SIGKILL master node 0 (port 1000)"),
+        event(
+            1_900,
+            "event sentinel 1: +switch-master rdlock-test 127.0.0.1 1000 127.0.0.1 2000 (config-epoch 3)",
+        ),
+        // Another port that starts with the same digits is not the replaced master.
+        event(
+            2_100,
+            "event sentinel 2: +odown master rdlock-test 127.0.0.1 20001 #quorum 3/2 (config-epoch 3)",
+        ),
+        event(
+            3_000,
+            "event sentinel 0: +odown master rdlock-test 127.0.0.1 2000 #quorum 3/2 (config-epoch 3)",
+        ),
+        event(3_001, "event sentinel 0: +try-failover master rdlock-test 127.0.0.1 2000"),
+        event(
+            4_000,
+            "event sentinel 1: +switch-master rdlock-test 127.0.0.1 2000 127.0.0.1 3000 (config-epoch 4)",
+        ),
+    ]);
+    let kill = Window {
+        lock: "a".into(),
+        from: ms(1_000),
+        to: ms(8_000),
+        what: "kill of master node 0".into(),
+        killed: true,
+    };
+    let chained = chained_failover_windows(&events.borrow(), &kill, 1000);
+    assert_eq!(chained.len(), 1, "{chained:?}");
+    let (window, replaced) = chained[0].clone();
+    assert_eq!(
+        (window.from, window.to, replaced),
+        (
+            ms(3_000),
+            ms(8_000),
+            Replaced {
+                port: 2000,
+                switched: ms(4_000)
+            }
+        )
+    );
+    assert!(!window.killed);
+    let windows = vec![kill.clone(), window];
+    let replaced = HashMap::from([(1, replaced)]);
+    let violations_via = |lock: &str, a: u64, b: u64, via: [&str; 2]| {
+        let mut g = vec![
+            Grant::released(lock, &format!("c1/t0@{}", via[0]), 18, a, b + 300),
+            Grant::released(lock, &format!("c2/t0@{}", via[1]), 18, b, b + 500),
+        ];
+        let mut v = check(&mut g, Duration::ZERO);
+        v.excuse(&g, &windows);
+        unexcuse_without_the_replaced_master(&mut v, &g, &windows, &events.borrow(), &replaced);
+        v.violations().len()
+    };
+    let violations = |lock: &str, a: u64, b: u64| violations_via(lock, a, b, ["2000", "3000"]);
+    // c1 woke at 4500 and acquired on the replaced master, c2 on the new one: excused
+    // (also when c1's manager moved during `lock()`).
+    assert_eq!(violations("a", 4_500, 4_600), 0);
+    assert_eq!(violations_via("a", 4_500, 4_600, ["2000>3000", "3000"]), 0);
+    // Both served by the master promoted after it: a violation inside the window too.
+    assert_eq!(violations_via("a", 4_500, 4_600, ["3000", "3000"]), 1);
+    assert_eq!(violations_via("a", 4_500, 4_600, ["20001", "3000"]), 1);
+    // Both from the first promoted master, before its failover began: the overlap is a
+    // violation (the repeated fence is the kill's documented reissue).
+    assert_eq!(violations("a", 2_200, 2_400), 1);
+    // After the window, or on another lock: violations.
+    assert_eq!(violations("a", 8_200, 8_400), 2);
+    assert_eq!(violations("b", 4_500, 4_600), 2);
+    // c1 acquired on the replaced master 2.5 s after the sentinels announced the switch
+    // away from it, never paused: its manager ignored the news; not excused, unless c1
+    // was resumed from SIGSTOP meanwhile.
+    assert_eq!(violations("a", 6_500, 6_600), 1);
+    events.borrow_mut().push(event(6_400, "child 1: SIGCONT"));
+    assert_eq!(violations("a", 6_500, 6_600), 0);
+    // Only the kill's own switch (no failover of a live master): no window.
+    events.borrow_mut().truncate(2);
+    assert!(chained_failover_windows(&events.borrow(), &kill, 1000).is_empty());
+}
+
 #[test]
 fn a_reissued_token_is_recognised_only_after_a_window() {
     let g = vec![
@@ -552,6 +691,7 @@ async fn child_worker() {
     } else {
         RdLockConnectionManager::new(url).await.unwrap()
     };
+    let sentinel_child = std::env::var("RDLOCK_CHILD_SENTINEL").is_ok();
     let stop = Arc::new(AtomicBool::new(false));
     // stdin: SYNC requests from the parent, then STOP (or end of file).
     {
@@ -587,6 +727,7 @@ async fn child_worker() {
             while !stop.load(Ordering::SeqCst) {
                 let name = names[rng.below(names.len() as u64) as usize].as_str();
                 let lock = manager.new_lock(name).with_lease(lease);
+                let master_before = sentinel_child.then(|| sentinel_master_port(&manager));
                 let outcome =
                     tokio::time::timeout(Duration::from_secs(20), lock.lock_timeout(Duration::from_secs(3)))
                         .await;
@@ -608,6 +749,19 @@ async fn child_worker() {
                     Ok(Ok(guard)) => guard,
                 };
                 let fence = guard.fencing_token();
+                // Sentinel mode: the master the manager used (read after the grant, so
+                // it may already have moved; a diagnosis aid, "-" elsewhere).
+                let via = match master_before {
+                    None => "-".to_owned(),
+                    Some(before) => {
+                        let after = sentinel_master_port(&manager);
+                        if before == after {
+                            after
+                        } else {
+                            format!("{before}>{after}")
+                        }
+                    }
+                };
                 // Timestamps are read *before* each is_held() (see the module docs).
                 let start = now_ns();
                 let mut believed_until = held(&guard).then_some(start);
@@ -670,7 +824,7 @@ async fn child_worker() {
                     "lost".to_owned()
                 };
                 say(&format!(
-                    "GRANT {task} {name} {fence} {start} {} {end} {} {accepted} {rejected} {outcome}",
+                    "GRANT {task} {name} {fence} {start} {} {end} {} {accepted} {rejected} {outcome} {via}",
                     believed_until.map_or("-".to_owned(), |t| t.to_string()),
                     u8::from(lost),
                 ));
@@ -681,6 +835,36 @@ async fn child_worker() {
         t.await.unwrap();
     }
     say("DONE");
+}
+
+/// The chained-failover excuse rests on each grant naming the master port its manager
+/// used, read from the manager's `Debug` form: if that form changes, the read must not
+/// silently say "-" (then no grant is attributed, and an overlap in a chained window is
+/// reported without its cause), so this fails first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_managers_master_port_is_read_from_its_debug_form() {
+    let group = SentinelGroup::start().await;
+    let master = group.wait_ready("the group is ready").await;
+    let manager = RdLockConnectionManager::sentinel(group.sentinel_urls(), SERVICE)
+        .await
+        .expect("sentinel manager");
+    assert_eq!(
+        sentinel_master_port(&manager),
+        group.node(master).port().to_string(),
+        "the master port read from {manager:?}"
+    );
+}
+
+/// The port of the master a Sentinel manager currently uses (from its `Debug` form:
+/// the library exposes no accessor), or "-". A grant records it before and after
+/// `lock()`: the master that granted is one of the two unless the manager moved twice
+/// in between.
+fn sentinel_master_port(manager: &RdLockConnectionManager) -> String {
+    let text = format!("{manager:?}");
+    text.split_once("master: Some(\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .and_then(|(addr, _)| addr.rsplit_once(':'))
+        .map_or("-".to_owned(), |(_, port)| port.to_owned())
 }
 
 // ---------------------------------------------------------------------------------
@@ -986,11 +1170,17 @@ async fn node_nemesis(
 /// One `GRANT` line, put on the parent's timeline.
 fn parse_grant(child: usize, clock: &ClockMap, line: &str) -> (Grant, u32, u32, String) {
     let f: Vec<&str> = line.split(' ').collect();
-    assert_eq!(f.len(), 11, "bad GRANT line {line:?}");
+    assert_eq!(f.len(), 12, "bad GRANT line {line:?}");
     let t = |s: &str| clock.map(Duration::from_nanos(s.parse().unwrap()));
+    // Sentinel mode: the client names the master port its manager used ("c0/t1@6380", or
+    // "c0/t1@6380>6381" when it moved during `lock()`).
+    let via = match f[11] {
+        "-" => String::new(),
+        port => format!("@{port}"),
+    };
     let grant = Grant {
         lock: f[2].to_owned(),
-        client: format!("c{child}/t{}", f[1]),
+        client: format!("c{child}/t{}{via}", f[1]),
         fence: f[3].parse().unwrap(),
         start: t(f[4]),
         believed_until: (f[5] != "-").then(|| t(f[5])),
@@ -1089,6 +1279,12 @@ struct ClusterRun {
     stalls: Vec<String>,
     /// Graceful faults that hit a lock while a window of that lock was open.
     graceful_in_windows: Vec<String>,
+    /// Sentinel runs: failovers the sentinels started by themselves in a kill's
+    /// aftermath (of a promoted master, not of the killed one), each with its window.
+    chained: Vec<String>,
+    /// Sentinel runs: the index in `windows` of each chained failover's window, with the
+    /// master it replaced.
+    replaced: HashMap<usize, Replaced>,
 }
 
 const CLUSTER_FAULT_NAMES: [&str; 4] = ["failover", "kill", "pause", "migration"];
@@ -1273,6 +1469,143 @@ async fn cluster_nemesis(
 
 const SENTINEL_FAULT_NAMES: [&str; 2] = ["failover", "kill"];
 
+/// The `+switch-master` events the sentinel watcher recorded at or after `since`, as
+/// (time, old master port, new master port).
+fn switches_since(events: &[Event], since: Duration) -> Vec<(Duration, u16, u16)> {
+    events
+        .iter()
+        .filter(|e| e.at >= since)
+        .filter_map(|e| {
+            let (_, rest) = e.what.split_once(": +switch-master ")?;
+            let words: Vec<&str> = rest.split(' ').collect();
+            let (old, new) = (words.get(2)?.parse().ok()?, words.get(4)?.parse().ok()?);
+            Some((e.at, old, new))
+        })
+        .collect()
+}
+
+/// The failovers chained to a kill: a kill failover promotes a replica, and on a busy
+/// machine a sentinel may find that new master down (no reply within
+/// `down-after-milliseconds` of switching to it) and fail it over again, although it
+/// is alive. Unlike the killed master, such a replaced master goes on granting locks to
+/// the clients still connected to it (one paused through the failover acquires there
+/// the moment it wakes, before it reads the sentinels' news) until the sentinels demote
+/// it, seconds later, and what it granted is not on the master promoted after it:
+/// Sentinel's documented loss of acknowledged writes, as after a pause failover on a
+/// cluster. So each master (other than `killed_port`) that a `+switch-master` at or
+/// after the kill replaced opens a window on `kill`'s lock with `killed: false` (the
+/// cluster's pause rule: the replaced master was alive), from the first sign of its
+/// failover (`+odown`, `+try-failover` or the switch itself, whichever the watcher saw
+/// first) to the kill window's end (the group settled and stable, plus the longest
+/// lease and 1 s). Overlaps before that failover began stay violations under the kill
+/// rule, and so does anything after the window, and (see
+/// [`unexcuse_without_the_replaced_master`]) any that no grant of the replaced master
+/// took part in.
+fn chained_failover_windows(
+    events: &[Event],
+    kill: &Window,
+    killed_port: u16,
+) -> Vec<(Window, Replaced)> {
+    let mut replaced: Vec<(u16, Duration)> = Vec::new();
+    for (at, old, _) in switches_since(events, kill.from) {
+        if old != killed_port && !replaced.iter().any(|(p, _)| *p == old) {
+            replaced.push((old, at));
+        }
+    }
+    replaced
+        .into_iter()
+        .filter_map(|(port, switched)| {
+            // The port is followed by a space or ends the payload.
+            let signs = ["+odown master", "+try-failover master", "+switch-master"]
+                .map(|event| format!(": {event} {SERVICE} 127.0.0.1 {port}"));
+            let from = events
+                .iter()
+                .filter(|e| e.at >= kill.from && e.at < kill.to)
+                .find(|e| {
+                    signs.iter().any(|sign| {
+                        e.what.ends_with(sign.as_str()) || e.what.contains(&format!("{sign} "))
+                    })
+                })?
+                .at;
+            Some((
+                Window {
+                lock: kill.lock.clone(),
+                from,
+                to: kill.to,
+                what: format!(
+                    "failover of the promoted master on port {port} by the sentinels, chained to the {}",
+                    kill.what
+                ),
+                killed: false,
+                },
+                Replaced { port, switched },
+            ))
+        })
+        .collect()
+}
+
+/// The master a chained failover replaced (see [`chained_failover_windows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Replaced {
+    port: u16,
+    /// When the watcher saw the first `+switch-master` away from it.
+    switched: Duration,
+}
+
+/// How long after the `+switch-master` away from a replaced master a manager that was
+/// not paused may still act on its old news (the watcher and the children read the
+/// same publication; this covers a busy machine's scheduling).
+const SWITCH_NEWS_SLACK: Duration = Duration::from_millis(500);
+
+/// Narrows [`chained_failover_windows`]: an overlap or repeated fence excused by a
+/// chained failover's window (`replaced`: window index → the master it replaced) stays
+/// excused only if one of its two grants was served, by its manager's account, by that
+/// replaced master (the client names the master port before and after `lock()`:
+/// "c0/t1@6380" or "c0/t1@6380>6381"), and could be: granted before the sentinels
+/// announced the switch away from it (plus [`SWITCH_NEWS_SLACK`]), or by a child
+/// resumed from `SIGSTOP` between the failover's start and the grant (paused right
+/// after its manager verified the master). Two grants of the masters promoted after it
+/// are a violation however they overlap, and so is a grant of the replaced master by a
+/// manager that had had the news for long and was not paused.
+fn unexcuse_without_the_replaced_master(
+    verdict: &mut Verdict,
+    grants: &[Grant],
+    windows: &[Window],
+    events: &[Event],
+    replaced: &HashMap<usize, Replaced>,
+) {
+    let resumed = |g: &Grant, from: Duration| {
+        let Some(child) = g.client.strip_prefix('c').and_then(|c| c.split('/').next()) else {
+            return false;
+        };
+        let sigcont = format!("child {child}: SIGCONT");
+        events
+            .iter()
+            .any(|e| e.what == sigcont && e.at >= from && e.at <= g.start)
+    };
+    let via = |g: &Grant, w: usize, r: Replaced| {
+        g.client
+            .split_once('@')
+            .is_some_and(|(_, ports)| ports.split('>').any(|p| p.parse() == Ok(r.port)))
+            && (g.start <= r.switched + SWITCH_NEWS_SLACK || resumed(g, windows[w].from))
+    };
+    let excused = std::mem::take(&mut verdict.excused);
+    for (finding, w) in excused {
+        let (a, b) = match finding {
+            Finding::BeliefOverlap { earlier, later, .. }
+            | Finding::UnreportedLoss { earlier, later }
+            | Finding::FenceRegression { earlier, later }
+            | Finding::ExpectedOverlap { earlier, later } => (earlier, later),
+        };
+        match replaced.get(&w) {
+            Some(&r) if !via(&grants[a], w, r) && !via(&grants[b], w, r) => {
+                verdict.findings.push(finding);
+            }
+            _ => verdict.excused.push((finding, w)),
+        }
+    }
+}
+
 /// Waits until every lock's fencing counter on the master the sentinels name has
 /// changed (as [`acquisitions_on_every_lock`] on a cluster), at most `bound`.
 async fn acquisitions_on_the_sentinel_master(
@@ -1370,6 +1703,8 @@ async fn sentinel_nemesis(
         }
         let kind = round.swap_remove(rng.below(round.len() as u64) as usize);
         let master = group.wait_ready("the group settled before a fault").await;
+        let ports: Vec<u16> = group.nodes().iter().map(|n| n.port()).collect();
+        let port = |i: usize| ports[i];
         run.faults += 1;
         run.kinds[kind as usize] += 1;
         let from = origin.elapsed();
@@ -1386,37 +1721,102 @@ async fn sentinel_nemesis(
             SENTINEL_FAULT_NAMES[kind as usize]
         );
         if kind == 0 {
-            log(format!("SENTINEL FAILOVER (master node {master})"));
+            log(format!(
+                "SENTINEL FAILOVER (master node {master}, port {})",
+                port(master)
+            ));
             group.failover().await;
             let new = group.wait_promoted(master).await;
-            log(format!("node {new} promoted"));
+            log(format!("node {new} (port {}) promoted", port(new)));
         } else {
-            log(format!("SIGKILL master node {master}"));
+            log(format!(
+                "SIGKILL master node {master} (port {})",
+                port(master)
+            ));
             group.kill(master);
             let new = group.wait_promoted(master).await;
-            log(format!("node {new} promoted"));
+            log(format!("node {new} (port {}) promoted", port(new)));
             group.restart_as_replica(master, new).await;
             log(format!(
                 "node {master} restarted empty as a replica of node {new}"
             ));
         }
-        let settled = group
-            .wait_ready(&format!("the group settled after {last}"))
-            .await;
-        log(format!("settled, master node {settled}"));
+        // Settled and stable again: no `+switch-master` for twice `down-after-milliseconds`
+        // (a sentinel that finds a just-promoted master down does so within one
+        // `down-after` of switching to it), and settled after that.
+        let settled = loop {
+            let switches = switches_since(&events.lock().unwrap(), from);
+            let quiet = switches.last().map_or(Duration::ZERO, |s| s.0)
+                + Duration::from_millis(2 * DOWN_AFTER_MS);
+            tokio::time::sleep(quiet.saturating_sub(origin.elapsed())).await;
+            let settled = group
+                .wait_ready(&format!("the group settled after {last}"))
+                .await;
+            if switches_since(&events.lock().unwrap(), from).len() == switches.len() {
+                break settled;
+            }
+        };
+        log(format!(
+            "settled and stable, master node {settled} (port {})",
+            port(settled)
+        ));
         if kind == 1 {
             let to = origin.elapsed() + longest_lease + Duration::from_secs(1);
             for lock in locks {
-                run.windows.push(Window {
+                let kill = Window {
                     lock: lock.clone(),
                     from,
                     to,
                     what: last.clone(),
                     killed: true,
-                });
+                };
+                let chained =
+                    chained_failover_windows(&events.lock().unwrap(), &kill, port(master));
+                run.windows.push(kill);
+                for (w, replaced) in chained {
+                    run.chained.push(format!(
+                        "{} ({:?}..{:?}) on {}",
+                        w.what, w.from, w.to, w.lock
+                    ));
+                    run.replaced.insert(run.windows.len(), replaced);
+                    run.windows.push(w);
+                }
             }
         }
     }
+}
+
+/// Sentinel mode, when a violation was found: the whole failover history (the
+/// nemesis's faults and every sentinel event, with config epochs) and the data nodes'
+/// logs, whose wall-clock times map to the run's timeline by the origin printed.
+fn sentinel_diagnosis(
+    group: &SentinelGroup,
+    events: &[Event],
+    wall_origin: std::time::SystemTime,
+) -> String {
+    let since_epoch = wall_origin
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let day = since_epoch.as_millis() % 86_400_000;
+    let mut out = format!(
+        "\n--- failover history (run time 0 = {:02}:{:02}:{:02}.{:03} UTC in the logs below) ---\n",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    );
+    let ports: Vec<String> = group
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("node {i} = port {}", n.port()))
+        .collect();
+    out += &format!("{}\n", ports.join(", "));
+    for e in events.iter().filter(|e| !e.what.starts_with("child ")) {
+        out += &format!("{:>12?} {}\n", e.at, e.what);
+    }
+    out += &group.log_tails(200);
+    out
 }
 
 /// Runs the workload and the checker; prints the summary line.
@@ -1533,6 +1933,17 @@ async fn soak(config: Soak) -> Summary {
     // The faulty phase: per-child faults (one server; the mutant's pauses), and the
     // cluster's own schedule.
     let events = Arc::new(Mutex::new(Vec::new()));
+    // Sentinel mode: every sentinel event on the same timeline, for the report.
+    let wall_origin = std::time::SystemTime::now() - origin.elapsed();
+    let _sentinel_events = group.as_ref().map(|group| {
+        let events = events.clone();
+        group.watch_events(move |line| {
+            events.lock().unwrap().push(Event {
+                at: origin.elapsed(),
+                what: format!("event {line}"),
+            });
+        })
+    });
     let until = Instant::now() + soak;
     let child_faults = cluster.is_none() || only_pauses;
     let nemeses: Vec<_> = workers
@@ -1664,8 +2075,15 @@ async fn soak(config: Soak) -> Summary {
     let mut verdict = check(&mut grants, tolerance);
     let windows = &cluster_run.windows;
     verdict.excuse(&grants, windows);
-    let mut violations = verdict.violations().len();
     let events = events.lock().unwrap().clone();
+    unexcuse_without_the_replaced_master(
+        &mut verdict,
+        &grants,
+        windows,
+        &events,
+        &cluster_run.replaced,
+    );
+    let mut violations = verdict.violations().len();
     let mut report = verdict.explain(&grants, &events);
     // A stale write can only come from a holder that then learnt of its loss, or (on a
     // cluster) from a grant whose token a kill or pause failover handed out again.
@@ -1696,6 +2114,11 @@ async fn soak(config: Soak) -> Summary {
             log.windows(2).all(|w| w[0] <= w[1]),
             "resource log out of order"
         );
+    }
+    if violations > 0 {
+        if let Some(group) = &group {
+            report.push_str(&sentinel_diagnosis(group, &events, wall_origin));
+        }
     }
     let acquisitions = grants.len();
     // Progress, measured against what the run could do whatever the machine's speed:
@@ -1756,6 +2179,9 @@ async fn soak(config: Soak) -> Summary {
             cluster_run.intervals,
             cluster_run.stalls.len()
         );
+        for chained in &cluster_run.chained {
+            println!("  window of a failover chained to a kill: {chained}");
+        }
         for (finding, w) in &verdict.excused {
             let (a, b) = match *finding {
                 Finding::BeliefOverlap { earlier, later, .. }
@@ -1905,17 +2331,18 @@ async fn the_harness_catches_holders_that_ignore_their_guard() {
 /// Sentinel mode, crash failovers: 3 children × 3 tasks on two locks of a Sentinel
 /// group (master + 2 replicas + 3 sentinels), reached through the sentinels, children
 /// paused at random, while the sentinel nemesis SIGKILLs the master (restarted empty as
-/// a replica: a kill window excuses what the cluster rule excuses after a kill).
+/// a replica: a kill window excuses what the cluster rule excuses after a kill, and a
+/// failover of a live master chained to it what a pause failover's window excuses, with
+/// a grant of the replaced master; module docs, "Sentinel mode").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not reliable yet: 2 of 5 runs found an undiagnosed overlap in a kill window (module docs)"]
 async fn sentinel_workload_with_crash_failovers() {
     sentinel_workload(SentinelFaults::Kills).await;
 }
 
 /// Sentinel mode with graceful failovers too (`SENTINEL FAILOVER`, nothing excused
-/// around it). Ignored: it finds real violations (module docs, "Sentinel mode").
+/// around it): before the manager verified the master after a stall of its process, a
+/// child woken during a graceful failover acquired on the old master (module docs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not reliable yet: one clean run since the graceful-failover fix, and the crash part above (module docs)"]
 async fn sentinel_workload_with_graceful_and_crash_failovers() {
     sentinel_workload(SentinelFaults::All).await;
 }

@@ -499,3 +499,441 @@ async fn locks_granted_across_a_graceful_failover_are_on_the_new_master() {
     );
     assert!(missing.is_empty(), "granted but lost by the failover");
 }
+
+/// A manager whose process stalled through a failover of a live master does not lock on
+/// that replaced master when it wakes, though the node still says it is a master and
+/// the manager's connection to it still works: it verifies the master first. The stall
+/// here is the manager's runtime thread blocked (no task of it runs, as under `SIGSTOP`
+/// or a long GC pause); the live master is failed over by stopping it past
+/// `down-after-milliseconds` and resuming it once a replica is promoted (it stays a
+/// master until Sentinel converts it, seconds later). Before the fix the first
+/// acquisition after the stall went to the replaced master, before the manager read the
+/// sentinels' news waiting in its sockets (the safety checker's Sentinel mode saw
+/// processes do so 1-2 ms after `SIGCONT`, and the lock was granted again by the new
+/// master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_stalled_through_a_failover_does_not_lock_on_the_replaced_master() {
+    let mut group = SentinelGroup::start().await;
+    let old = group.master_per_sentinels().await.expect("a master");
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let m = RdLockConnectionManager::sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            // The connection to the master is up and used.
+            let first = m.new_lock("before-stall").try_lock().await.expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            // The stall: the runtime's only thread blocks.
+            wake_rx.recv().expect("woken by the test");
+            let guard = m
+                .new_lock("after-stall")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await;
+            let fence = guard
+                .as_ref()
+                .map(rdlock::LockGuard::fencing_token)
+                .map_err(|e| format!("{e:?}"));
+            done_tx.send(fence).expect("the test waits");
+            // Held (and the runtime blocked again) until the test has looked.
+            let _ = finish_rx.recv();
+            drop(guard);
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    group.pause(old);
+    let new = group.wait_promoted(old).await;
+    group.resume(old);
+    support::wait_until(
+        Duration::from_secs(10),
+        "the resumed old master answers",
+        || async { group.role(old).await.is_some() },
+    )
+    .await;
+    assert_eq!(
+        group.role(old).await.as_deref(),
+        Some("master"),
+        "the scenario needs the replaced master still a master when the manager wakes"
+    );
+    wake_tx.send(()).expect("the manager thread waits");
+    let fence = tokio::time::timeout(Duration::from_secs(30), done_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs")
+        .unwrap_or_else(|e| panic!("try_lock after the stall: {e}\n{}", group.logs()));
+    let on_new = get_on(&group, new, "rdlock:{after-stall}:lock").await;
+    let _ = finish_tx.send(());
+    stalled.join().expect("the manager thread ends");
+    assert!(
+        on_new.is_some(),
+        "the lock granted after the stall (fence {fence}) is not on the master the sentinels \
+         name (node {new}): it went to the replaced master, node {old}"
+    );
+}
+
+/// A stall shorter than the stall detector's threshold can still cover a graceful
+/// failover's start and the promotion (Sentinel promotes the replica two or three of
+/// its timer ticks, ~100-300 ms, after `+try-failover`, and demotes the old master only
+/// seconds later): the manager must not lock on the replaced master when it wakes. The
+/// manager's runtime thread blocks from just after a heartbeat until a replica says it
+/// is a master (each round in which the promotion took longer than 400 ms is not the
+/// scenario and is tried again, at most 6 times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shorter_than_half_a_second_through_a_graceful_promotion_does_not_lock_on_the_old_master(
+) {
+    let group = SentinelGroup::start().await;
+    let urls = group.sentinel_urls();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<bool>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+    let manager = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let m = RdLockConnectionManager::sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            let mut round = 0;
+            loop {
+                round += 1;
+                // The connection to the master is up and used, and the heartbeat just
+                // ran (it ticks every 25 ms).
+                loop {
+                    match m.new_lock("warm").try_lock().await {
+                        Ok(g) => {
+                            g.release().await.expect("release");
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ready_tx.send(()).expect("the test waits");
+                // The stall: the runtime's only thread blocks.
+                if !wake_rx.recv().expect("woken by the test") {
+                    return;
+                }
+                let guard = m
+                    .new_lock(&format!("after-short-stall-{round}"))
+                    .with_lease(Duration::from_secs(60))
+                    .try_lock()
+                    .await;
+                let fence = guard
+                    .as_ref()
+                    .map(rdlock::LockGuard::fencing_token)
+                    .map_err(|e| format!("{e:?}"));
+                done_tx.send(fence).expect("the test waits");
+                if let Ok(g) = guard {
+                    std::mem::forget(g);
+                }
+            }
+        });
+    });
+    let mut reached = 0;
+    for round in 1..=6 {
+        let old = group.wait_ready("the group is ready").await;
+        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+            .await
+            .expect("the manager is ready")
+            .expect("the manager thread runs");
+        let stalled = Instant::now();
+        group.failover().await;
+        let replicas: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        let mut promoted = None;
+        while promoted.is_none() && stalled.elapsed() < Duration::from_millis(400) {
+            for &i in &replicas {
+                if group.role(i).await.as_deref() == Some("master") {
+                    promoted = Some(i);
+                }
+            }
+        }
+        let stall = stalled.elapsed();
+        wake_tx.send(true).expect("the manager thread waits");
+        let fence = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+            .await
+            .expect("try_lock returns after the stall")
+            .expect("the manager thread runs");
+        let Some(new) = promoted else {
+            eprintln!("round {round}: no promotion within the stall ({stall:?}); again");
+            continue;
+        };
+        reached += 1;
+        eprintln!(
+            "round {round}: node {new} promoted {stall:?} into the stall; try_lock: {fence:?}"
+        );
+        if let Ok(fence) = fence {
+            let key = format!("rdlock:{{after-short-stall-{round}}}:lock");
+            let on_new = get_on(&group, new, &key).await;
+            assert!(
+                on_new.is_some(),
+                "round {round}: the lock granted after a {stall:?} stall (fence {fence}) is not \
+                 on the promoted master (node {new}): it went to the replaced master, node {old}"
+            );
+        }
+        break;
+    }
+    let _ = wake_tx.send(false);
+    let _ = ready_rx.recv().await;
+    let _ = wake_tx.send(false);
+    manager.join().expect("the manager thread ends");
+    assert!(
+        reached > 0,
+        "no round had the promotion inside a stall under 400 ms"
+    );
+}
+
+/// A stall that begins while the manager is connecting to the master the sentinels
+/// named (its `ROLE` reply pending) must not count that connection as verified after
+/// the stall: the master was failed over meanwhile, and says `master` until Sentinel
+/// converts it. Here the master is paused while the manager reconnects to it (its
+/// connection was killed), the manager's runtime blocks, a replica is promoted, the old
+/// master resumes and answers the pending `ROLE`; then the manager wakes and locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_during_a_reconnection_does_not_lock_on_the_master_it_was_connecting_to() {
+    let mut group = SentinelGroup::start().await;
+    let old = group.wait_ready("the group is ready").await;
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (poke_tx, poke_rx) = tokio::sync::oneshot::channel::<()>();
+    let (poked_tx, poked_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let manager = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            // Long timeouts: the reconnection waits for the paused master's reply.
+            let m = RdLockConnectionManager::builder()
+                .response_timeout(Duration::from_secs(30))
+                .sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            let first = m
+                .new_lock("before")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await
+                .expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            poke_rx.await.expect("poked by the test");
+            // A command on the killed connection: the manager resolves and reconnects
+            // (to the paused master); the command waits for a master.
+            let poke = m.clone();
+            tokio::spawn(async move {
+                let _ = poke
+                    .new_lock("poke")
+                    .with_lease(Duration::from_secs(60))
+                    .try_lock()
+                    .await
+                    .map(std::mem::forget);
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            poked_tx.send(()).expect("the test waits");
+            // The stall: the runtime's only thread blocks.
+            wake_rx.recv().expect("woken by the test");
+            let guard = m
+                .new_lock("after-reconnect-stall")
+                .with_lease(Duration::from_secs(60))
+                .try_lock()
+                .await;
+            let fence = guard
+                .as_ref()
+                .map(rdlock::LockGuard::fencing_token)
+                .map_err(|e| format!("{e:?}"));
+            done_tx.send(fence).expect("the test waits");
+            let _ = finish_rx.recv();
+            drop(guard);
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    let mut conn = group.conn(old).await;
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL");
+    group.pause(old);
+    poke_tx.send(()).expect("the manager thread waits");
+    tokio::time::timeout(Duration::from_secs(30), poked_rx)
+        .await
+        .expect("the manager was poked")
+        .expect("the manager thread runs");
+    let new = group.wait_promoted(old).await;
+    group.resume(old);
+    support::wait_until(
+        Duration::from_secs(10),
+        "the resumed old master answers",
+        || async { group.role(old).await.is_some() },
+    )
+    .await;
+    assert_eq!(
+        group.role(old).await.as_deref(),
+        Some("master"),
+        "the scenario needs the replaced master still a master when the manager wakes"
+    );
+    wake_tx.send(()).expect("the manager thread waits");
+    let fence = tokio::time::timeout(Duration::from_secs(60), done_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs");
+    let on_new = get_on(&group, new, "rdlock:{after-reconnect-stall}:lock").await;
+    let on_old = get_on(&group, old, "rdlock:{after-reconnect-stall}:lock").await;
+    eprintln!(
+        "try_lock after the stall: {fence:?}; on node {new}: {on_new:?}, on node {old}: {on_old:?}"
+    );
+    let _ = finish_tx.send(());
+    manager.join().expect("the manager thread ends");
+    if let Ok(fence) = fence {
+        assert!(
+            on_new.is_some(),
+            "the lock granted after the stall (fence {fence}) is not on the master the \
+             sentinels name (node {new}); on the replaced node {old}: {on_old:?}"
+        );
+    }
+}
+
+/// The connections to data node `i` (or sentinel `s`) other than the group's own:
+/// clients without a `sentinel-` name.
+async fn clients_on(url: &str) -> usize {
+    let mut conn = support::sentinel::conn_to(url).await.expect("connect");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    // Not the sentinels' links, not this connection.
+    list.lines()
+        .filter(|l| !l.contains(" name=sentinel-") && !l.contains(" cmd=client|list"))
+        .count()
+}
+
+/// After a stall of the manager's process while every sentinel is unreachable
+/// (SIGSTOPped: no answer, no refusal), the verification the stall calls for gives up
+/// within bounds: commands get an answer or an error within seconds, not a hang, and
+/// once the sentinels are back locks are granted again. Dropping the manager then
+/// closes every connection it opened (data node and sentinels): its tasks (the
+/// follower, the heartbeat, the subscriptions) end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_while_the_sentinels_are_unreachable_neither_hangs_nor_leaks() {
+    let mut group = SentinelGroup::start().await;
+    let master = group.wait_ready("the group is ready").await;
+    let node_url = group.node(master).url();
+    let sentinel_url = group.sentinel(0).url();
+    let baseline = (clients_on(&node_url).await, clients_on(&sentinel_url).await);
+    let urls = group.sentinel_urls();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<(Duration, String)>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (drop_tx, drop_rx) = std::sync::mpsc::channel::<()>();
+    let manager = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let m = RdLockConnectionManager::sentinel(urls, SERVICE)
+                .await
+                .expect("sentinel manager");
+            let first = m.new_lock("before").try_lock().await.expect("lock");
+            first.release().await.expect("release");
+            ready_tx.send(()).expect("the test waits");
+            // The stall, while the test pauses every sentinel.
+            wake_rx.recv().expect("woken by the test");
+            let started = Instant::now();
+            let outcome = match m.new_lock("during").try_lock().await {
+                Ok(g) => {
+                    let _ = g.release().await;
+                    "locked".to_owned()
+                }
+                Err(e) => format!("{e:?}"),
+            };
+            stalled_tx
+                .send((started.elapsed(), outcome))
+                .expect("the test waits");
+            back_rx.recv().expect("told by the test");
+            let started = Instant::now();
+            let locked = loop {
+                match m.new_lock("after").try_lock().await {
+                    Ok(g) => break g.release().await.map_err(|e| format!("{e:?}")),
+                    Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                        break Err(format!("{e:?}"))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            locked_tx.send(locked).expect("the test waits");
+            drop_rx.recv().expect("told by the test");
+            drop(m);
+            // The tasks end with the manager: the runtime goes on running.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+    });
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the manager connects")
+        .expect("the manager thread runs");
+    for s in 0..3 {
+        group.pause_sentinel(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wake_tx.send(()).expect("the manager thread waits");
+    let (took, outcome) = tokio::time::timeout(Duration::from_secs(30), stalled_rx)
+        .await
+        .expect("try_lock returns after the stall")
+        .expect("the manager thread runs");
+    eprintln!("try_lock after the stall, no sentinel answering: {outcome} in {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "try_lock took {took:?} ({outcome})"
+    );
+    for s in 0..3 {
+        group.resume_sentinel(s);
+    }
+    back_tx.send(()).expect("the manager thread waits");
+    tokio::time::timeout(Duration::from_secs(60), locked_rx)
+        .await
+        .expect("locks again")
+        .expect("the manager thread runs")
+        .expect("a lock once the sentinels are back");
+    assert_ne!(
+        (clients_on(&node_url).await, clients_on(&sentinel_url).await),
+        baseline,
+        "the live manager's connections are counted"
+    );
+    drop_tx.send(()).expect("the manager thread waits");
+    support::wait_until(
+        Duration::from_secs(20),
+        "the dropped manager's connections are closed",
+        || async { (clients_on(&node_url).await, clients_on(&sentinel_url).await) == baseline },
+    )
+    .await;
+    drop(manager);
+}

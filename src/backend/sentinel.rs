@@ -28,7 +28,12 @@
 //!   promotes a replica while every sentinel
 //!   still names the old master, which takes writes until it is demoted, seconds
 //!   later, and those writes are lost (a `SENTINEL FAILOVER` lost 769 of 6215 locks
-//!   granted across it before this; `tests/sentinel.rs`).
+//!   granted across it before this; `tests/sentinel.rs`);
+//! - after its own process stalled (a heartbeat task ticking every 25 ms came more
+//!   than 80 ms late: `SIGSTOP`, a GC pause, a starved runtime), has every command wait
+//!   until the master was verified again by a check that started after the stall: a
+//!   process paused through a failover otherwise acquired on the replaced master the
+//!   moment it woke, before reading the sentinels' news waiting in its sockets.
 //!
 //! While no master is known, commands wait for one up to the response timeout, then
 //! fail with a transient error (`lock()` waits through it). Each move to another
@@ -38,6 +43,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -62,6 +69,19 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 /// Waits before moving the `+switch-master` subscription to the next sentinel.
 const RESUBSCRIBE_WAIT: Duration = Duration::from_millis(200);
+/// How often the stall detector's heartbeat ticks.
+const HEARTBEAT: Duration = Duration::from_millis(25);
+/// A heartbeat this late means the process (or its runtime) stalled: paused (GC,
+/// `SIGSTOP`, a VM stall) or starved. Whatever happened meanwhile (a failover
+/// announced on the sentinel subscriptions, unread in their sockets) is unknown, so
+/// the master is verified again before any command goes to it. It must be shorter
+/// than the quickest promotion after `+try-failover`: Sentinel moves a failover one
+/// step per timer tick (hz 10-19, 52-100 ms) and sends `REPLICAOF NO ONE` two or three
+/// ticks after it (~105 ms at best; measured 200-315 ms for `SENTINEL FAILOVER`). With
+/// 500 ms, a stall of 200-315 ms through a graceful failover acquired on the replaced
+/// master (tests/sentinel.rs, 3 of 3 runs). A false alarm (a busy runtime) costs one
+/// verification (`ROLE` and a question to each sentinel) that commands wait for.
+const STALL: Duration = Duration::from_millis(80);
 
 /// The master's address (host, port).
 type Addr = (String, u16);
@@ -97,6 +117,14 @@ struct Shared {
     /// One kept connection per sentinel (by index), so that the check every second
     /// does not open new ones; dropped when it fails.
     sentinel_conns: Mutex<Vec<Option<MultiplexedConnection>>>,
+    /// The stall detector's last heartbeat.
+    beat: Mutex<Instant>,
+    /// The end of the last stall seen (see [`STALL`]); commands wait until a
+    /// verification of the master that started after it.
+    stalled_at: Mutex<Option<Instant>>,
+    /// When the last verification of the master that found it good started (or the
+    /// last connection was installed).
+    verified: watch::Sender<Instant>,
 }
 
 impl Sentinel {
@@ -132,8 +160,12 @@ impl Sentinel {
             wake: Notify::new(),
             sync: SyncPool::new(timeouts.sync_config()),
             sentinel_conns: Mutex::new(Vec::new()),
+            beat: Mutex::new(Instant::now()),
+            stalled_at: Mutex::new(None),
+            verified: watch::Sender::new(Instant::now()),
         });
         // The first resolution reports its errors; later ones are retried.
+        let started = Instant::now();
         let addr = shared.resolve().await.map_err(ResolveError::into_rdlock)?;
         let conn = shared
             .connect_master(&addr)
@@ -141,12 +173,18 @@ impl Sentinel {
             .map_err(RdLockError::from_redis)?;
         let first =
             lazy_manager(shared.node_info(&addr), timeouts).map_err(RdLockError::InvalidUrl)?;
-        shared.install(addr, conn);
+        shared.install(addr, conn, started);
         let token = CancellationToken::new();
         tokio::spawn(
             token
                 .clone()
                 .run_until_cancelled_owned(follow(shared.clone())),
+        );
+        *shared.beat.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        tokio::spawn(
+            token
+                .clone()
+                .run_until_cancelled_owned(heartbeat(shared.clone())),
         );
         for index in 0..shared.sentinels.len() {
             tokio::spawn(
@@ -163,10 +201,12 @@ impl Sentinel {
     }
 
     /// The connection for one command: waits (up to the response timeout) while the
-    /// master is being resolved; an I/O-class error when none came.
+    /// master is being resolved, or verified again after a stall of the process; an
+    /// I/O-class error when none came.
     pub(super) async fn get(&self) -> (Ticket, RedisResult<MultiplexedConnection>) {
         let mut installed = self.shared.installed.subscribe();
         let wait = async {
+            self.shared.verified_since_stall().await;
             loop {
                 let (ticket, conn) = self.shared.conn.get();
                 if let Some(conn) = conn {
@@ -428,8 +468,11 @@ impl Shared {
         }
     }
 
-    /// Swaps in a connection to the master at `addr`.
-    fn install(&self, addr: Addr, conn: MultiplexedConnection) {
+    /// Swaps in a connection to the master at `addr`, found by a resolution that
+    /// started at `started`: that is when it was verified (a stall since then, during
+    /// the resolution, leaves commands waiting for a verification after it: the master
+    /// named before the stall may have been replaced meanwhile, and still say `master`).
+    fn install(&self, addr: Addr, conn: MultiplexedConnection, started: Instant) {
         let moved = {
             let mut master = self.master.lock().unwrap_or_else(PoisonError::into_inner);
             let moved = master.as_ref().is_some_and(|m| *m != addr);
@@ -438,10 +481,54 @@ impl Shared {
         };
         self.conn.set(Some(conn));
         self.installed.send_modify(|g| *g += 1);
+        self.mark_verified(started);
         if moved {
             tracing::warn!(master = ?self.master.lock().unwrap_or_else(PoisonError::into_inner).as_ref(), "sentinel: following the master to its new address");
             self.moves.send_modify(|g| *g += 1);
         }
+    }
+
+    /// Returns at once unless the process stalled (see [`STALL`]) since the master
+    /// was last verified; then has the follower verify it and waits for that
+    /// verification (or a new master). A process paused through a failover's start
+    /// would otherwise acquire on the old master the moment it wakes, before it reads
+    /// the sentinels' news waiting in its sockets: measured, 1-2 ms after `SIGCONT`,
+    /// and that master, replaced, lost the lock (tests/safety_checker.rs, Sentinel
+    /// mode).
+    async fn verified_since_stall(&self) {
+        let now = Instant::now();
+        let stalled_at = {
+            let beat = *self.beat.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut stalled_at = self
+                .stalled_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // The first to see a stall (this or the heartbeat) dates it.
+            if now.saturating_duration_since(beat) > STALL && stalled_at.is_none_or(|t| t < beat) {
+                *stalled_at = Some(now);
+            }
+            *stalled_at
+        };
+        let Some(stalled_at) = stalled_at else { return };
+        let mut verified = self.verified.subscribe();
+        if *verified.borrow_and_update() >= stalled_at {
+            return;
+        }
+        self.wake.notify_one();
+        if verified.wait_for(|v| *v >= stalled_at).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Records a verification of the master that started at `started`.
+    fn mark_verified(&self, started: Instant) {
+        self.verified.send_if_modified(|v| {
+            let newer = started > *v;
+            if newer {
+                *v = started;
+            }
+            newer
+        });
     }
 
     fn retire(&self, ticket: Ticket) {
@@ -462,6 +549,16 @@ impl Shared {
     /// name it. `false` when it is not (a timeout or an unreachable sentinel group
     /// says nothing: `true`).
     async fn still_master(&self) -> bool {
+        let started = Instant::now();
+        let good = self.check_master().await;
+        if good {
+            self.mark_verified(started);
+        }
+        good
+    }
+
+    /// [`Self::still_master`] without recording the verification.
+    async fn check_master(&self) -> bool {
         let (_, conn) = self.conn.get();
         let Some(mut conn) = conn else { return false };
         match tokio::time::timeout(self.timeouts.response, is_master(&mut conn)).await {
@@ -525,6 +622,7 @@ async fn follow(shared: Arc<Shared>) {
         }
         let mut delay = RETRY_MIN;
         loop {
+            let started = Instant::now();
             let connected = async {
                 let addr = shared.resolve().await.map_err(ResolveError::into_redis)?;
                 let conn = shared.connect_master(&addr).await?;
@@ -532,7 +630,7 @@ async fn follow(shared: Arc<Shared>) {
             };
             match connected.await {
                 Ok((addr, conn)) => {
-                    shared.install(addr, conn);
+                    shared.install(addr, conn, started);
                     break;
                 }
                 Err(e) => {
@@ -545,6 +643,35 @@ async fn follow(shared: Arc<Shared>) {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
+        }
+    }
+}
+
+/// The stall detector: a heartbeat every [`HEARTBEAT`]; one later than [`STALL`]
+/// records a stall (commands then wait for the master to be verified again, see
+/// [`Shared::verified_since_stall`]) and wakes the follower to verify it.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let last = std::mem::replace(
+            &mut *shared.beat.lock().unwrap_or_else(PoisonError::into_inner),
+            now,
+        );
+        if now.saturating_duration_since(last) > STALL {
+            {
+                let mut stalled_at = shared
+                    .stalled_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // A command may have seen it first (and dated it).
+                if stalled_at.is_none_or(|t| t < last) {
+                    *stalled_at = Some(now);
+                }
+            }
+            shared.wake.notify_one();
         }
     }
 }

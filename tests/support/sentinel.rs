@@ -293,19 +293,24 @@ impl SentinelGroup {
 
     /// The tails of every log, for a failure message.
     pub fn logs(&self) -> String {
+        self.log_tails(30)
+    }
+
+    /// The last `lines` lines of every log.
+    pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for (i, node) in self.nodes.iter().enumerate() {
             out += &format!(
                 "\n--- node {i} (port {}) ---\n{}",
                 node.port,
-                node.log_tail(30)
+                node.log_tail(lines)
             );
         }
         for (i, s) in self.sentinels.iter().enumerate() {
             out += &format!(
                 "\n--- sentinel {i} (port {}) ---\n{}",
                 s.port,
-                s.log_tail(30)
+                s.log_tail(lines)
             );
         }
         out
@@ -602,10 +607,114 @@ impl SentinelGroup {
         self.nodes[i].paused = false;
     }
 
+    /// SIGSTOP sentinel `s`.
+    pub fn pause_sentinel(&mut self, s: usize) {
+        self.sentinels[s].signal("STOP");
+        self.sentinels[s].paused = true;
+    }
+
+    /// SIGCONT sentinel `s`.
+    pub fn resume_sentinel(&mut self, s: usize) {
+        self.sentinels[s].signal("CONT");
+        self.sentinels[s].paused = false;
+    }
+
     /// SIGKILL sentinel `s`.
     pub fn kill_sentinel(&mut self, s: usize) {
         self.sentinels[s].kill();
     }
+}
+
+/// The sentinel events [`SentinelGroup::watch_events`] reports with the reporting
+/// sentinel's `config-epoch` of the service (read right after the event arrives).
+const EPOCH_EVENTS: [&str; 6] = [
+    "+switch-master",
+    "+failover-end",
+    "+failover-end-for-timeout",
+    "+sdown",
+    "+odown",
+    "+config-update-from",
+];
+
+/// Ends the tasks of [`SentinelGroup::watch_events`] when dropped.
+pub struct EventWatch(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl SentinelGroup {
+    /// Reports every event every sentinel publishes (`PSUBSCRIBE *`) as `record(line)`,
+    /// `line` being "sentinel S: CHANNEL PAYLOAD", and for [`EPOCH_EVENTS`] the
+    /// sentinel's config epoch of the service after it ("(config-epoch N)"): a failover
+    /// history to read beside a checker's findings (which master took over when, and
+    /// whether a second failover followed the first). Each subscription is made again
+    /// when it breaks (events meanwhile are missed, and a line says so).
+    pub fn watch_events(&self, record: impl Fn(String) + Send + Sync + 'static) -> EventWatch {
+        let record = std::sync::Arc::new(record);
+        let tasks = self
+            .sentinels
+            .iter()
+            .enumerate()
+            .map(|(s, sentinel)| {
+                let url = sentinel.url();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = relay_events(s, &url, &*record).await {
+                            record(format!("sentinel {s}: event subscription lost ({e})"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            })
+            .collect();
+        EventWatch(tasks)
+    }
+}
+
+/// One subscription of [`SentinelGroup::watch_events`], until it fails.
+async fn relay_events(
+    s: usize,
+    url: &str,
+    record: &(dyn Fn(String) + Send + Sync),
+) -> redis::RedisResult<()> {
+    use futures_util::StreamExt;
+    let client = redis::Client::open(url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe("*").await?;
+    let mut queries = conn_to(url).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let channel = message.get_channel_name().to_owned();
+        if channel.starts_with("__sentinel__") {
+            continue;
+        }
+        let payload: String = message.get_payload().unwrap_or_default();
+        let mut line = format!("sentinel {s}: {channel} {payload}");
+        if EPOCH_EVENTS.contains(&channel.as_str()) {
+            let fields: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(SERVICE)
+                .query_async(&mut queries)
+                .await;
+            let epoch = fields.ok().and_then(|f| {
+                f.chunks(2)
+                    .find(|p| p[0] == "config-epoch")
+                    .and_then(|p| p.get(1).cloned())
+            });
+            line += &format!(" (config-epoch {})", epoch.as_deref().unwrap_or("?"));
+        }
+        record(line);
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "subscription ended",
+    )))
 }
 
 /// A connection with 2 s connect and response timeouts, so that the rig never hangs.
