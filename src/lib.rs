@@ -24,10 +24,12 @@
 //!   the lease every `lease / 3` with a script that only touches the key if it still
 //!   holds the guard's token. A crashed holder blocks others for at most one lease.
 //! - **Waiting is driven by notifications.** The release script publishes on the
-//!   lock's release channel when someone waits; every manager has one subscriber connection, shared by
-//!   all its waiters, and a release wakes one waiter per process. When the server has
-//!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
-//!   bounded by the holder's remaining lease, so a lost message costs at most that.
+//!   lock's release channel when someone waits; every manager has one subscriber
+//!   connection, shared by all its waiters, and a release wakes the one waiter per
+//!   process that waits in Redis (a manager's tasks queue locally for a lock;
+//!   `BasicLock`s do not queue, and are each woken). When the server has keyspace
+//!   notifications on, an expiring key wakes waiters too. Every wait is also bounded
+//!   by the holder's remaining lease, so a lost message costs at most that.
 //! - **Loss is reported.** If the key is deleted, taken over, or renewals fail until
 //!   the local lease deadline (measured from before the acquire was sent, minus a
 //!   drift margin of 1 % + 2 ms, on the monotonic clock and on the wall clock, so
