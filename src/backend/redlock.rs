@@ -379,7 +379,11 @@ impl Redlock {
         // with a quorum, are a split vote's minorities (contenders that are undoing
         // them right now): their undos wake nobody, and waiting out their PTTL would
         // leave the lock free for a whole lease (every contender can see such a split
-        // at once). That is a split vote for us too: the back-off below.
+        // at once). That is a split vote for us too: the back-off below. (The replies
+        // stop at the first n - quorum + 1 refusals: on an odd number of nodes that is a
+        // quorum, all of one holder's when it holds the lock. On an even number a
+        // holder may show fewer, and its waiters then retry after back-offs of 1-100 ms
+        // instead of waiting for its release: more commands, never a lease.)
         if held_pttls.len() > n - q && most_by_one(&holders) >= q {
             // The lock can be ours once `need` of the holders' keys have expired.
             let need = q - (n - held_pttls.len());
