@@ -183,12 +183,15 @@
 //!   time by the client's clock; it needs Redis 6.2 or later (tested on 7.0).
 //! - A release publishes its wake-up message only when someone waits: a failed acquire
 //!   attempt sets the marker `rdlock:{<id>}:waiters` with the holder's remaining lease
-//!   (renewals and local hand-offs extend it with the lease), and the release script deletes lock, owner
-//!   record and marker in one `DEL`, publishing only if the marker was there. No
-//!   wake-up is lost for it: a waiter waits only after a failed attempt, which wrote
-//!   the marker atomically with seeing the lock held, and every later failed attempt
-//!   re-arms it; the marker lives at least as long as the lease it announces waiters
-//!   for, and only a release deletes it (and publishes). An uncontended cycle is two
+//!   (renewals and local hand-offs extend it with the lease), and the release script
+//!   deletes lock, owner record and marker in one `DEL`, publishing only if the marker
+//!   was there. No wake-up is lost for it: a waiter waits only after a failed attempt,
+//!   which wrote the marker atomically with seeing the lock held, and every later
+//!   failed attempt re-arms it; the marker lives at least as long as the lease it
+//!   announces waiters for, and only a release deletes it (and publishes). That
+//!   message wakes every waiter of the lock in every manager, so each one it does not
+//!   let in fails again and re-arms the marker (a waiter left asleep would not, and
+//!   would wait out the PTTL it saw). An uncontended cycle is two
 //!   scripts running five commands (`SET NX`, `INCR`, `SET`; `GET`, `DEL`).
 //!
 //! # Redis Cluster
