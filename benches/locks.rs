@@ -80,6 +80,11 @@ fn main() {
         contended_tables(&runtime, &server, scale);
         return;
     }
+    // RDLOCK_BENCH_REDLOCK_ONLY=1: only the Redlock tables (about 1 minute in full).
+    if std::env::var_os("RDLOCK_BENCH_REDLOCK_ONLY").is_some() {
+        runtime.block_on(redlock_tables(scale));
+        return;
+    }
     // RDLOCK_BENCH_CLUSTER_ONLY=1: only the Redis Cluster tables (about 1 minute).
     if std::env::var_os("RDLOCK_BENCH_CLUSTER_ONLY").is_none() {
         one_server(&runtime, scale, full);
@@ -1152,8 +1157,8 @@ async fn redlock_tables(scale: Scale) {
     }
 
     println!("\n## Redlock: contended, 4 processes x 4 tasks on one key\n");
-    println!("| nodes | contender | acquisitions/s | commands per acquisition, all nodes |");
-    println!("|---|---|---|---|");
+    println!("| nodes | contender | acquisitions/s | commands per acquisition, all nodes | worst wait | run took |");
+    println!("|---|---|---|---|---|---|");
     for n in [3, 5] {
         let urls: Vec<String> = servers[..n].iter().map(RedisServer::url).collect();
         let mut conns = Vec::new();
@@ -1175,28 +1180,36 @@ async fn redlock_tables(scale: Scale) {
                 })
                 .collect();
             let mut total = 0u64;
+            let mut worst_us = 0u64;
             for child in children {
                 let out = child.wait_with_output().unwrap();
                 let text = String::from_utf8_lossy(&out.stdout);
-                total += text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("ACQ "))
-                    .map(|n| n.parse::<u64>().unwrap())
-                    .sum::<u64>();
+                for line in text.lines() {
+                    if let Some(n) = line.strip_prefix("ACQ ") {
+                        total += n.parse::<u64>().unwrap();
+                    } else if let Some(us) = line.strip_prefix("WORST_US ") {
+                        worst_us = worst_us.max(us.parse().unwrap());
+                    }
+                }
             }
             let elapsed = started.elapsed();
             let commands = commands_on(&mut conns).await;
+            // The worst wait and the run's length tell a stall (a waiter that waited
+            // out a lease: the run outlasts its scenario) from a slow but steady run.
             println!(
-                "| {n} | {name} | {:.0} | {:.1} |",
+                "| {n} | {name} | {:.0} | {:.1} | {:.1} ms | {:.1} s |",
                 total as f64 / elapsed.as_secs_f64(),
-                commands as f64 / total.max(1) as f64
+                commands as f64 / total.max(1) as f64,
+                millis(Duration::from_micros(worst_us)),
+                elapsed.as_secs_f64()
             );
         }
     }
 }
 
 /// A Redlock worker process: 4 tasks contend for `KEY` on the nodes of
-/// `RDLOCK_BENCH_URL` (comma-separated) for the given time; prints `ACQ <n>`.
+/// `RDLOCK_BENCH_URL` (comma-separated) for the given time; prints `ACQ <n>` and its
+/// longest wait, `WORST_US <µs>`.
 fn redlock_worker(kind: &str) {
     let kind: usize = kind.parse().unwrap();
     let urls: Vec<String> = std::env::var("RDLOCK_BENCH_URL")
@@ -1220,19 +1233,24 @@ fn redlock_worker(kind: &str) {
                 let mut contender = Quorum::new(kind, &urls, &shared);
                 tokio::spawn(async move {
                     let mut n = 0u64;
+                    let mut worst = Duration::ZERO;
                     while started.elapsed() < Duration::from_millis(ms) {
-                        contender.hold().await;
+                        worst = worst.max(contender.hold().await);
                         n += 1;
                     }
-                    n
+                    (n, worst)
                 })
             })
             .collect();
         let mut total = 0;
+        let mut worst = Duration::ZERO;
         for h in handles {
-            total += h.await.unwrap();
+            let (n, w) = h.await.unwrap();
+            total += n;
+            worst = worst.max(w);
         }
         println!("ACQ {total}");
+        println!("WORST_US {}", worst.as_micros());
         shared.shutdown().await.unwrap();
     });
 }

@@ -28,7 +28,10 @@ pub struct HolderInfo {
     /// The label the holder gave its lock ([`Lock::with_label`](crate::Lock::with_label)).
     pub label: String,
     /// When the lock was acquired, by the acquiring machine's clock (rdlock 2.0's
-    /// scripts read the Redis server's `TIME`; the record's format is the same).
+    /// scripts read the Redis server's `TIME`; the record's format is the same). On a
+    /// Redlock manager, by the clock of the node read (its fencing script reads its
+    /// `TIME`). Informational: a clock skewed against yours shifts it (`rdlock status`
+    /// then omits "for …" when it would be negative).
     pub acquired_at: SystemTime,
     /// The holder's fencing token (0 when unknown).
     pub fencing_token: u64,

@@ -24,10 +24,12 @@
 //!   the lease every `lease / 3` with a script that only touches the key if it still
 //!   holds the guard's token. A crashed holder blocks others for at most one lease.
 //! - **Waiting is driven by notifications.** The release script publishes on the
-//!   lock's release channel when someone waits; every manager has one subscriber connection, shared by
-//!   all its waiters, and a release wakes one waiter per process. When the server has
-//!   keyspace notifications on, an expiring key wakes waiters too. Every wait is also
-//!   bounded by the holder's remaining lease, so a lost message costs at most that.
+//!   lock's release channel when someone waits; every manager has one subscriber
+//!   connection, shared by all its waiters, and a release wakes the one waiter per
+//!   process that waits in Redis (a manager's tasks queue locally for a lock;
+//!   `BasicLock`s do not queue, and are each woken). When the server has keyspace
+//!   notifications on, an expiring key wakes waiters too. Every wait is also bounded
+//!   by the holder's remaining lease, so a lost message costs at most that.
 //! - **Loss is reported.** If the key is deleted, taken over, or renewals fail until
 //!   the local lease deadline (measured from before the acquire was sent, minus a
 //!   drift margin of 1 % + 2 ms, on the monotonic clock and on the wall clock, so
@@ -182,12 +184,15 @@
 //!   time by the client's clock; it needs Redis 6.2 or later (tested on 7.0).
 //! - A release publishes its wake-up message only when someone waits: a failed acquire
 //!   attempt sets the marker `rdlock:{<id>}:waiters` with the holder's remaining lease
-//!   (renewals and local hand-offs extend it with the lease), and the release script deletes lock, owner
-//!   record and marker in one `DEL`, publishing only if the marker was there. No
-//!   wake-up is lost for it: a waiter waits only after a failed attempt, which wrote
-//!   the marker atomically with seeing the lock held, and every later failed attempt
-//!   re-arms it; the marker lives at least as long as the lease it announces waiters
-//!   for, and only a release deletes it (and publishes). An uncontended cycle is two
+//!   (renewals and local hand-offs extend it with the lease), and the release script
+//!   deletes lock, owner record and marker in one `DEL`, publishing only if the marker
+//!   was there. No wake-up is lost for it: a waiter waits only after a failed attempt,
+//!   which wrote the marker atomically with seeing the lock held, and every later
+//!   failed attempt re-arms it; the marker lives at least as long as the lease it
+//!   announces waiters for, and only a release deletes it (and publishes). That
+//!   message wakes every waiter of the lock in every manager, so each one it does not
+//!   let in fails again and re-arms the marker (a waiter left asleep would not, and
+//!   would wait out the PTTL it saw). An uncontended cycle is two
 //!   scripts running five commands (`SET NX`, `INCR`, `SET`; `GET`, `DEL`).
 //!
 //! # Redis Cluster

@@ -2,9 +2,10 @@
 //!
 //! Waiters register interest in a lock ([`Notifier::watch`]); the first watcher of a lock
 //! subscribes its channels, the last one to leave unsubscribes them. A release message
-//! (or a keyspace `del`/`expired`/`evicted` event) wakes **one** local waiter of that
-//! lock: only one task per process needs to race for the lock in Redis. (Every local
-//! waiter, once a waiter with rdlock 1.x compatibility has joined: see `Entry::wake`.)
+//! (or a keyspace `del`/`expired`/`evicted` event) wakes **every** local waiter of that
+//! lock (see `Entry::wake`). That is one task per process for a [`Lock`](crate::Lock):
+//! its waiters line up in the manager's local queue (`gate.rs`), and only the head
+//! waits in Redis; `BasicLock`s, which do not queue, are each woken.
 //!
 //! # No wake-up lost to the subscriber
 //!
@@ -128,9 +129,6 @@ struct Entry {
     /// compatibility (`Lock::with_v1_compat`) and kept while the entry lives: a 1.x
     /// holder releases with a plain `DEL` and publishes nothing.
     v1_channel: OnceLock<String>,
-    /// A waiter with 1.x compatibility has joined (with or without keyspace events):
-    /// releases wake every waiter (see [`wake`](Self::wake)).
-    v1_waiters: AtomicBool,
 }
 
 impl Entry {
@@ -142,22 +140,27 @@ impl Entry {
         self.keyspace_channel.iter().chain(self.v1_channel.get())
     }
 
-    /// Wakes one local waiter for a release; every local waiter once a 1.x-compatible
-    /// waiter has joined the entry. Waiters with and without 1.x compatibility can be
-    /// blocked by different keys (a 1.x holder blocks only the former), so the one
-    /// waiter a wake-up would go to may be unable to use it while another could: it
-    /// fails its attempt and the wake-up is spent (measured: a plain waiter left for
-    /// its holder's whole 30 s lease, tests/v1_compat.rs). Waking all costs one attempt
-    /// per local waiter, only during a rolling upgrade. Every waiter's wake-up future
-    /// exists before each attempt (lock/wait.rs), so `notify_waiters` (which stores
-    /// no permit) misses no waiter: one not registered yet has its attempt still to
-    /// come, after the release.
+    /// Wakes every local waiter for a release. Waking one would strand the others:
+    ///
+    /// - The release that publishes deletes the waiters marker (`scripts/release.lua`),
+    ///   and only a failed attempt writes it again. A waiter this release does not wake
+    ///   makes no attempt, so if the one it did wake acquires, the next release finds
+    ///   no marker and publishes nothing: the waiter left out waits out the PTTL it
+    ///   saw, a whole lease with the lock free (two `BasicLock`s of one manager,
+    ///   `tests/waiters_marker.rs`).
+    /// - Waiters with and without 1.x compatibility can be blocked by different keys (a
+    ///   1.x holder blocks only the former), so the one waiter a wake-up would go to
+    ///   may be unable to use it while another could (measured: a plain waiter left for
+    ///   its holder's whole 30 s lease, tests/v1_compat.rs).
+    ///
+    /// Each woken waiter makes one attempt; the losers' attempts re-arm the marker. A
+    /// [`Lock`](crate::Lock)'s tasks of one manager queue locally, so only one of them
+    /// is ever a waiter here: waking all costs extra attempts only for `BasicLock`s.
+    /// Every waiter's wake-up future exists before each attempt (lock/wait.rs), so
+    /// `notify_waiters` (which stores no permit) misses no waiter: one not registered
+    /// yet has its attempt still to come, after the release.
     fn wake(&self) {
-        if self.v1_waiters.load(Ordering::SeqCst) {
-            self.notify.notify_waiters();
-        } else {
-            self.notify.notify_one();
-        }
+        self.notify.notify_waiters();
     }
 
     /// The subscription is in place on node `node`'s server (its reply came): every
@@ -296,7 +299,6 @@ impl Notifier {
                     votes: Mutex::new(Vec::new()),
                     del_seen: AtomicBool::new(false),
                     v1_channel: v1_channel.cloned().map(OnceLock::from).unwrap_or_default(),
-                    v1_waiters: AtomicBool::new(false),
                 });
                 // A send error means the task is gone (runtime shutting down): waiters
                 // then fall back to the holder's PTTL.
@@ -305,10 +307,6 @@ impl Notifier {
                 }
                 Registered { entry, watchers: 0 }
             });
-        if names.v1.is_some() {
-            // Before this waiter's first attempt: every later release wakes it.
-            registered.entry.v1_waiters.store(true, Ordering::SeqCst);
-        }
         if let Some(channel) = v1_channel {
             // The first 1.x-compatible waiter of an entry made by waiters without it:
             // subscribe the 1.x channel too. Its confirmation wakes every waiter, as a
@@ -907,7 +905,6 @@ mod tests {
             votes: Mutex::new(Vec::new()),
             del_seen: AtomicBool::new(false),
             v1_channel: OnceLock::new(),
-            v1_waiters: AtomicBool::new(false),
         })
     }
 

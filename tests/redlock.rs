@@ -672,3 +672,73 @@ async fn renewals_queued_on_paused_nodes_do_not_revive_a_lost_guard() {
     );
     drop(guard);
 }
+
+/// A split vote seen from a third contender: the other contenders each hold a
+/// minority of the nodes (here written by hand, as two racing contenders leave them for
+/// a moment), so more than n − quorum nodes answer "held", yet no holder has — or will
+/// have — a quorum. Both undo (their release scripts publish each on its own node: no
+/// quorum of one holder's messages, so nobody is woken by them). The third contender
+/// must not wait out their 30 s keys as if a holder held the lock: it retries within a
+/// split back-off. (The bench's 4 processes x 4 tasks on 3 nodes stalled so, all heads
+/// waiting ~30 s at once, in about half the runs, before and after issue 12.)
+#[tokio::test]
+async fn a_split_vote_of_others_is_not_waited_out_as_a_held_lock() {
+    let nodes = nodes(3);
+    let m = manager(&nodes).await;
+    let key = m.new_lock("split").key().to_owned();
+    let release = redis::Script::new(include_str!("../src/scripts/redlock_release.lua"));
+    let owner = key.replace(":lock", ":owner");
+    let channel = key.replace(":lock", ":release");
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(node.conn().await);
+    }
+    for (conn, token) in conns.iter_mut().zip(["racer-a", "racer-b"]) {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(token)
+            .arg("PX")
+            .arg(LONG_LEASE.as_millis() as u64)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+    let lock = m.new_lock("split").with_lease(LONG_LEASE);
+    let waiter = tokio::spawn(async move {
+        let g = lock.lock().await.unwrap();
+        g.release().await.unwrap();
+    });
+    // The waiter's attempt took the third node and gave it back (the undo).
+    wait_until(
+        Duration::from_secs(10),
+        "the waiter tried and undid",
+        || {
+            let mut conn = conns[2].clone();
+            async move {
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                stats.contains("cmdstat_del:")
+            }
+        },
+    )
+    .await;
+    // The racers undo their minorities, as they do after a split vote.
+    for (conn, token) in conns.iter_mut().zip(["racer-a", "racer-b"]) {
+        let undone: Option<String> = release
+            .key(&key)
+            .key(&owner)
+            .arg(token)
+            .arg(&channel)
+            .invoke_async(conn)
+            .await
+            .unwrap();
+        assert_eq!(undone.as_deref(), Some(token));
+    }
+    tokio::time::timeout(WAKE_BOUND, waiter)
+        .await
+        .expect("the waiter got the free lock long before the racers' 30 s keys expired")
+        .unwrap();
+}

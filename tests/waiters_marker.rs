@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rdlock::RdLockConnectionManager;
 use support::{get, reset_stats, v2_0, wait_until, RedisServer};
 
@@ -294,5 +294,169 @@ async fn holders_of_todays_scripts_and_of_2_0_scripts_interoperate() {
         .unwrap()
         .unwrap();
     assert!(g.fencing_token() > old_fence);
+    g.release().await.unwrap();
+}
+
+/// Acquire scripts run since the last `CONFIG RESETSTAT` (renewals too: callers stay
+/// well within a holder's first renewal, a third of its lease).
+async fn evalsha_calls(raw: &redis::aio::MultiplexedConnection) -> u64 {
+    let mut raw = raw.clone();
+    command_calls(&mut raw)
+        .await
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Waiters of one manager that do not line up in its local queue — the 1.x
+/// `BasicLock`s (on a Redis Cluster they have no 1.x compatibility, so no wake-all) —
+/// wait on one subscription. The release that deletes the marker must reach each of
+/// them: a waiter it does not wake has no failed attempt left to come that would
+/// re-arm the marker, so the next holder's release publishes nothing and that waiter
+/// waits out the PTTL it saw (seen: ~30 s, the lease, with the lock free all along).
+#[tokio::test]
+async fn every_local_waiter_outside_the_queue_is_woken_by_the_release() {
+    let server = RedisServer::start();
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let waiters = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let guard = holder
+        .new_lock("pair")
+        .with_lease(Duration::from_secs(30))
+        .lock()
+        .await
+        .unwrap();
+    let mut raw = server.conn().await;
+    reset_stats(&mut raw).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let mut basic = waiters.new_basic_lock("pair", 30).without_v1_compat();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            basic.lock().await.unwrap();
+            tx.send(basic).unwrap();
+        });
+    }
+    // Each waiter fails twice before it waits: once before subscribing, once after.
+    wait_until(Duration::from_secs(10), "both waiters wait", || {
+        let raw = raw.clone();
+        async move { evalsha_calls(&raw).await >= 4 }
+    })
+    .await;
+    guard.release().await.unwrap();
+    let mut first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a waiter woken by the holder's release")
+        .unwrap();
+    first.release().await.unwrap();
+    let mut second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the other waiter woken by the first's release, long before the 30 s PTTL it saw")
+        .unwrap();
+    second.release().await.unwrap();
+}
+
+/// Waiters of several managers: the release wakes one per manager, one wins, and the
+/// others' failed attempts re-arm the marker (the release deleted it), so the winner's
+/// release wakes them in turn — every waiter gets the lock long before the 30 s lease
+/// any of them saw.
+#[tokio::test]
+async fn waiters_of_several_managers_each_get_the_lock_in_turn() {
+    const WAITERS: usize = 3;
+    let server = RedisServer::start();
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let guard = holder
+        .new_lock("relay")
+        .with_lease(lease)
+        .lock()
+        .await
+        .unwrap();
+    let mut raw = server.conn().await;
+    reset_stats(&mut raw).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut managers = Vec::new();
+    for _ in 0..WAITERS {
+        let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+        let lock = manager.new_lock("relay").with_lease(lease);
+        managers.push(manager);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let g = lock.lock().await.unwrap();
+            // Held a moment, so that the others' woken attempts find it held.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            g.release().await.unwrap();
+            tx.send(()).unwrap();
+        });
+    }
+    wait_until(Duration::from_secs(10), "every waiter waits", || {
+        let raw = raw.clone();
+        async move { evalsha_calls(&raw).await >= 2 * WAITERS as u64 }
+    })
+    .await;
+    guard.release().await.unwrap();
+    for served in 0..WAITERS {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{served} of {WAITERS} waiters served, then a stall"))
+            .unwrap();
+    }
+}
+
+/// A local hand-off keeps the marker for the recipient's lease (as a renewal does), so
+/// the recipient's real release still wakes the waiter of another manager.
+#[tokio::test]
+async fn a_hand_off_then_a_release_still_wakes_another_managers_waiter() {
+    let server = RedisServer::start();
+    let local = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let other = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let lock = local.new_lock("passed").with_lease(lease);
+    let first = lock.lock().await.unwrap();
+    let mut raw = server.conn().await;
+    let next = lock.clone();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut recipient = Box::pin(async move {
+        let g = next.lock().await.unwrap();
+        got_tx.send(g.fencing_token()).unwrap();
+        go_rx.await.unwrap();
+        g.release().await.unwrap();
+    });
+    // Its first poll queues the local task behind `first` (in the gate, no Redis).
+    assert!((&mut recipient).now_or_never().is_none());
+    let recipient = tokio::spawn(recipient);
+    let waiter_lock = other.new_lock("passed").with_lease(lease);
+    let waiter = tokio::spawn(async move { waiter_lock.lock().await });
+    wait_until(
+        Duration::from_secs(10),
+        "the other manager's waiter marked itself",
+        || {
+            let mut raw = raw.clone();
+            async move { get(&mut raw, "rdlock:{passed}:waiters").await.is_some() }
+        },
+    )
+    .await;
+    let first_fence = first.fencing_token();
+    first.release().await.unwrap();
+    let handed = tokio::time::timeout(Duration::from_secs(10), got_rx)
+        .await
+        .expect("the local task got the lock")
+        .unwrap();
+    assert_eq!(
+        handed,
+        first_fence + 1,
+        "handed off, not taken by the waiter"
+    );
+    assert!(
+        pttl(&mut raw, "rdlock:{passed}:waiters").await > 0,
+        "the marker is kept through the hand-off"
+    );
+    go_tx.send(()).unwrap();
+    recipient.await.unwrap();
+    let g = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken by the recipient's release, long before the 30 s lease")
+        .unwrap()
+        .unwrap();
     g.release().await.unwrap();
 }

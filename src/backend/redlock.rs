@@ -319,33 +319,37 @@ impl Redlock {
                             return Err(node_timed_out());
                         }
                         let reply = node
-                            .script::<(i64, i64, String)>(&invocation, timeout)
+                            .script::<(i64, i64, String, String)>(&invocation, timeout)
                             .await
-                            .and_then(|(ok, value, echo)| {
+                            .and_then(|(ok, value, echo, holder)| {
                                 node.echoed(&echo, &token)?;
-                                Ok((ok == 1, value))
+                                Ok((ok == 1, value, holder))
                             });
                         // Granted, or unknown (an error, a timeout): the key may be ours.
-                        if abandoned.load(Ordering::SeqCst) && !matches!(reply, Ok((false, _))) {
+                        if abandoned.load(Ordering::SeqCst) && !matches!(reply, Ok((false, _, _))) {
                             let _ = node.script::<Option<String>>(&undo_one, timeout).await;
                         }
                         reply
                     }
                 },
                 |replies| {
-                    let granted = count(replies, |r| matches!(r, Ok((true, _))));
-                    let other = count(replies, |r| !matches!(r, Ok((true, _))));
+                    let granted = count(replies, |r| matches!(r, Ok((true, _, _))));
+                    let other = count(replies, |r| !matches!(r, Ok((true, _, _))));
                     granted >= q || other > n - q
                 },
             )
             .await;
         let mut granted_fences = Vec::new();
         let mut held_pttls = Vec::new();
+        let mut holders = Vec::new();
         let mut errors = Vec::new();
         for reply in replies.into_iter().flatten() {
             match reply {
-                Ok((true, fence)) => granted_fences.push(fence),
-                Ok((false, pttl)) => held_pttls.push(pttl),
+                Ok((true, fence, _)) => granted_fences.push(fence),
+                Ok((false, pttl, holder)) => {
+                    held_pttls.push(pttl);
+                    holders.push(holder);
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -370,7 +374,17 @@ impl Redlock {
         if held_pttls.len() < n {
             self.undo(names, token).await;
         }
-        if held_pttls.len() > n - q {
+        // Held: one holder has a quorum (or had it: its keys expire), so its release
+        // publishes on a quorum of nodes and wakes us. Keys of several holders, none
+        // with a quorum, are a split vote's minorities (contenders that are undoing
+        // them right now): their undos wake nobody, and waiting out their PTTL would
+        // leave the lock free for a whole lease (every contender can see such a split
+        // at once). That is a split vote for us too: the back-off below. (The replies
+        // stop at the first n - quorum + 1 refusals: on an odd number of nodes that is a
+        // quorum, all of one holder's when it holds the lock. On an even number a
+        // holder may show fewer, and its waiters then retry after back-offs of 1-100 ms
+        // instead of waiting for its release: more commands, never a lease.)
+        if held_pttls.len() > n - q && most_by_one(&holders) >= q {
             // The lock can be ours once `need` of the holders' keys have expired.
             let need = q - (n - held_pttls.len());
             held_pttls.sort_unstable();
@@ -694,6 +708,15 @@ fn revoked_key(names: &LockNames) -> String {
 }
 
 /// How many replies match.
+/// How many of `holders` (the SHA-1s of the holders' tokens) name the most frequent one.
+fn most_by_one(holders: &[String]) -> usize {
+    holders
+        .iter()
+        .map(|h| holders.iter().filter(|other| *other == h).count())
+        .max()
+        .unwrap_or(0)
+}
+
 fn count<T>(replies: &Replies<T>, matches: impl Fn(&RedisResult<T>) -> bool) -> usize {
     replies.iter().flatten().filter(|r| matches(r)).count()
 }
