@@ -194,8 +194,9 @@ impl Lock {
                         None => NO_EXPIRY_RECHECK,
                     }
                 }
-                // The release of the late acquisition wakes us; the jitter bounds the
-                // wait should that message be lost.
+                // The late acquisition is being released by its token; that release
+                // publishes only if a waiter marked itself, so the jitter (1-10 ms) is
+                // what bounds this wait, a message only shortening it.
                 Ok(Attempt::TooLate) => {
                     baton.disarm();
                     jitter()
