@@ -165,7 +165,7 @@ async fn a_hand_off_answered_after_the_recipients_lease_is_not_a_guard() {
 async fn a_hand_off_taken_after_its_lease_is_not_a_guard() {
     let server = RedisServer::start();
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
-    let mut raw = server.conn().await;
+    let raw = server.conn().await;
     let lease = Duration::from_millis(300);
     let giver = manager.new_lock("stale").with_lease(LONG_LEASE);
     let recipient = manager.new_lock("stale").with_lease(lease);
