@@ -707,7 +707,6 @@ fn revoked_key(names: &LockNames) -> String {
     format!("{prefix}:revoked")
 }
 
-/// How many replies match.
 /// How many of `holders` (the SHA-1s of the holders' tokens) name the most frequent one.
 fn most_by_one(holders: &[String]) -> usize {
     holders
@@ -717,6 +716,7 @@ fn most_by_one(holders: &[String]) -> usize {
         .unwrap_or(0)
 }
 
+/// How many replies match.
 fn count<T>(replies: &Replies<T>, matches: impl Fn(&RedisResult<T>) -> bool) -> usize {
     replies.iter().flatten().filter(|r| matches(r)).count()
 }
