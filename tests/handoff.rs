@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError, HANDOFF_BUDGET};
-use support::{assert_quiescent, commands_run, reset_stats, wait_until, RedisServer};
+use support::{
+    assert_quiescent, blocked_clients, commands_run, pause_writes, reset_stats, wait_until,
+    RedisServer,
+};
 
 /// How many times `command` ran since the last reset (INFO commandstats).
 async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
@@ -22,30 +25,6 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
-}
-
-async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(conn)
-        .await
-        .expect("INFO clients");
-    info.lines()
-        .find_map(|line| line.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Holds back every write (scripts included) for `ms`: a hand-off sent meanwhile stays
-/// in flight, which `blocked_clients` shows.
-async fn pause_writes(conn: &mut redis::aio::MultiplexedConnection, ms: u64) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("WRITE")
-        .query_async(conn)
-        .await
-        .expect("CLIENT PAUSE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

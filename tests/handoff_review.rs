@@ -11,31 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
-use support::{assert_quiescent, wait_until, RedisServer};
+use support::{assert_quiescent, blocked_clients, pause_writes, wait_until, RedisServer};
 
 const LONG_LEASE: Duration = Duration::from_secs(30);
-
-async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(conn)
-        .await
-        .expect("INFO clients");
-    info.lines()
-        .find_map(|line| line.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn pause_writes(conn: &mut redis::aio::MultiplexedConnection, ms: u64) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("WRITE")
-        .query_async(conn)
-        .await
-        .expect("CLIENT PAUSE");
-}
 
 async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("PTTL")

@@ -7,17 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
-use support::{lock_keys, RedisServer};
-
-async fn pause_writes(raw: &mut redis::aio::MultiplexedConnection, ms: u64) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("WRITE")
-        .query_async(raw)
-        .await
-        .unwrap();
-}
+use support::{lock_keys, pause_writes, RedisServer};
 
 #[derive(Clone, Copy, Debug)]
 enum How {

@@ -247,6 +247,31 @@ where
 }
 
 /// The value at `key`, if any.
+/// How many clients are blocked (e.g. a script held back by `CLIENT PAUSE ... WRITE`).
+pub async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(conn)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Holds back every write (scripts included) for `ms`: a command sent meanwhile stays
+/// in flight, which [`blocked_clients`] shows.
+pub async fn pause_writes(conn: &mut redis::aio::MultiplexedConnection, ms: u64) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(conn)
+        .await
+        .expect("CLIENT PAUSE");
+}
+
 pub async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
