@@ -113,7 +113,9 @@
 //!   script is sent.
 //! - **Validity and fencing:** the recipient's local lease deadline counts from before
 //!   the script was sent, and a reply that came after that lease could have ended is
-//!   released, not used; its fencing token is the next value of the same counter.
+//!   released, not used — as is a hand-off its recipient takes that late (a queued
+//!   `lock()` future not polled for a lease: it then acquires afresh); its fencing
+//!   token is the next value of the same counter.
 //! - **A lost key** (token mismatch) is not handed off: the script writes nothing,
 //!   `release` reports [`RdLockError::LockNotAcquired`], the waiter acquires afresh.
 //! - **Unknown outcome** (an error reply, or `release()` dropped while the script is in
