@@ -45,7 +45,9 @@
 //!   token is greater than the giver's, and than every earlier one.
 //! - *Lost key.* If the key no longer held the giver's token (the lease was lost), the
 //!   script writes nothing; the waiter receives a plain turn and acquires normally, and
-//!   `release` reports [`RdLockError::LockNotAcquired`] as before.
+//!   `release` reports [`RdLockError::LockNotAcquired`] as before. (The recipient's token
+//!   is released first all the same: a client that retries on its own, as redis-rs's
+//!   cluster client does after a connection error, may have run the script twice.)
 //! - *Unknown outcome.* If the script's reply is an error or never comes (the releasing
 //!   future dropped while in flight), the script may or may not have run: both tokens
 //!   are released in the background (each token-checked, so neither can touch another
