@@ -15,20 +15,15 @@
 //!
 //! Redis ownership is never bypassed: the key passes from one token to the next inside
 //! one script, so there is no moment where it is free, nor one where two tokens own it.
-//! At most [`HANDOFF_BUDGET`] hand-offs follow each other; then the holder makes a
-//! real release (with its `PUBLISH`), so that waiters of other processes get their
-//! chance at the key. That release (`scripts/yield.lua`) also tells whether someone
-//! else waits: the waiters marker was there (a waiter's failed attempt wrote it; this
-//! manager's queued tasks make no attempt while a local task holds the key) or the
-//! message reached a subscriber. Then the next local task does not try at once but
-//! subscribes first, then tries: the woken waiters, which are one message away from
-//! their attempt, get there first. If one of them wins, the local task waits for its
-//! release like any waiter. (The marker is what counts on a Redis Cluster: there
-//! `PUBLISH` counts only the subscribers of the node that runs it, not a waiter
-//! subscribed on another node, which then lost the race to the local task nearly every
-//! time: `tests/handoff_review.rs`.) This is a fair chance per budget, not a
-//! reservation: the Redis-side queue of processes that would make it one is not built
-//! yet.
+//! At most [`HANDOFF_BUDGET`] hand-offs follow each other while other processes wait:
+//! the next hand-off script, finding processes in the Redis-side queue
+//! ([`crate::queue`]), gives the turn to the first of them instead and queues this
+//! process again at the end; the next local task then waits for this process's turn
+//! without an attempt. With no other process queued, hand-offs go on (a new budget).
+//!
+//! The gate also keeps the lock's subscription ([`Watch`]) from the first wait until
+//! the gate is free again, so that a process that takes turns with others stays
+//! subscribed between them: its waits then need no attempt after subscribing.
 //!
 //! The queue's entries carry each waiter's [`Lock`]: what differs between `Lock`
 //! values of one key (lease, label, maximum hold, metrics name, 1.x compatibility) is
@@ -41,20 +36,35 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::oneshot;
 
 use crate::lock::{Granted, Lock};
+use crate::notifier::Watch;
 
-/// How many local hand-offs may follow each other before the holder releases the key
-/// in Redis (with its `PUBLISH`) instead: 8.
+/// How many local hand-offs may follow each other while other processes wait for the
+/// key: 8.
 ///
 /// A process whose tasks queue for a key keeps it for at most this many hand-offs in
-/// a row; then waiters of other processes, woken by the release, race the next local
-/// task for the key on equal terms (one attempt each). Larger budgets save Redis
-/// work (N + 2 scripts per N + 1 acquisitions: 10 per 9 here) but make other
-/// processes wait longer (up to N + 1 holds of this process).
+/// a row when other processes are in the key's queue ([`crate::queue`]); then the
+/// turn goes to the first of them, and this process queues again at the end. Larger
+/// budgets save Redis work (a turn to another process costs a message and its claim)
+/// but make other processes wait longer (up to N + 1 holds of this process).
 ///
 /// ```
 /// assert_eq!(rdlock::HANDOFF_BUDGET, 8);
 /// ```
 pub const HANDOFF_BUDGET: u32 = 8;
+
+/// How a task that received a plain turn starts contending in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// With an attempt.
+    #[default]
+    Attempt,
+    /// With a wait for this process's turn: a hand-off script gave the key to another
+    /// process and queued this one again.
+    Requeued,
+    /// With a short wait (once subscribed): a hand-off script released the key for
+    /// waiters that do not queue (1.x compatibility), which try first.
+    OthersFirst,
+}
 
 /// What a queued task receives.
 pub(crate) enum Delivery {
@@ -80,38 +90,33 @@ struct GateState {
     held: bool,
     /// The waiter the turn is reserved for (a hand-off in transit).
     reserved: Option<oneshot::Sender<Delivery>>,
-    /// The budget of hand-offs was spent when the turn's holder released: the key is
-    /// released in Redis instead.
-    budget_spent: bool,
-    /// That release woke waiters of other processes: the next local task lets them
-    /// try first (it subscribes before its first attempt, see `lock/wait.rs`).
-    others_woken: bool,
+    /// How the turn's next holder starts (`lock/wait.rs`), after a hand-off script
+    /// that ended a budget.
+    start: Start,
     queue: VecDeque<Entry>,
-    /// Hand-offs since the key was last released in Redis.
+    /// Hand-offs since the budget last started.
     handoffs: u32,
+    /// The lock's subscription, kept from the first wait until the gate is free.
+    watch: Option<Arc<Watch>>,
     next_id: u64,
 }
 
 impl GateState {
-    /// Takes the first live waiter out of the queue for a hand-off, if it can take one
-    /// and the budget allows; counts the hand-off.
-    /// `Err(())` when a waiter could take one but the budget is spent.
-    fn reserve(&mut self) -> Result<Option<(oneshot::Sender<Delivery>, Lock)>, ()> {
+    /// Takes the first live waiter out of the queue for a hand-off, if it can take
+    /// one; counts the hand-off, and tells whether the budget is spent (the hand-off
+    /// script then gives the turn to another process if one waits).
+    fn reserve(&mut self) -> Option<(oneshot::Sender<Delivery>, Lock, bool)> {
         while self.queue.front().is_some_and(|e| e.tx.is_closed()) {
             self.queue.pop_front();
         }
         // Strict FIFO: a head that cannot take a hand-off gets a plain turn.
         if self.queue.front().is_none_or(|e| e.recipient.is_none()) {
-            return Ok(None);
+            return None;
         }
-        if self.handoffs >= HANDOFF_BUDGET {
-            return Err(());
-        }
-        let Some(entry) = self.queue.pop_front() else {
-            return Ok(None);
-        };
+        let entry = self.queue.pop_front()?;
+        let spent = self.handoffs >= HANDOFF_BUDGET;
         self.handoffs += 1;
-        Ok(entry.recipient.map(|lock| (entry.tx, lock)))
+        entry.recipient.map(|lock| (entry.tx, lock, spent))
     }
 }
 
@@ -175,19 +180,20 @@ impl Gate {
         })
     }
 
-    /// The next waiter to pass a plain turn to, or `None` after freeing the gate.
-    fn next_or_free(&self) -> Option<oneshot::Sender<Delivery>> {
+    /// The next waiter to pass a plain turn to, or `Err` after freeing the gate, with
+    /// the subscription it kept (to be dropped outside the gate's mutex).
+    fn next_or_free(&self) -> Result<oneshot::Sender<Delivery>, Option<Arc<Watch>>> {
         let mut state = self.state();
         // The key was (or will be) released in Redis: the budget starts again.
         state.handoffs = 0;
         while let Some(entry) = state.queue.pop_front() {
             if !entry.tx.is_closed() {
-                return Some(entry.tx);
+                return Ok(entry.tx);
             }
         }
         state.held = false;
-        state.others_woken = false;
-        None
+        state.start = Start::Attempt;
+        Err(state.watch.take())
     }
 
     fn remove(&self, id: u64) {
@@ -209,43 +215,43 @@ impl Turn {
         self.gate.as_ref().map(|gate| f(&mut gate.state()))
     }
 
-    /// The budget of hand-offs was spent when this turn's holder released.
-    pub(crate) fn budget_spent(&self) -> bool {
-        self.with_state(|s| s.budget_spent).unwrap_or(false)
+    /// A hand-off script ended a budget: a new one starts, and the turn's next holder
+    /// starts as `start` says.
+    pub(crate) fn restart_budget(&mut self, start: Start) {
+        self.with_state(|s| {
+            s.handoffs = 0;
+            s.start = start;
+        });
     }
 
-    /// Records whether other processes waited at the release that ends a budget.
-    pub(crate) fn set_others_woken(&mut self, woken: bool) {
-        self.with_state(|s| s.others_woken = woken);
+    /// How the turn's new holder starts. Read once, by that holder.
+    pub(crate) fn take_start(&self) -> Start {
+        self.with_state(|s| std::mem::take(&mut s.start))
+            .unwrap_or_default()
     }
 
-    /// The release before this turn was passed on woke other processes' waiters: let
-    /// them try first. Read once, by the turn's new holder.
-    pub(crate) fn take_others_woken(&self) -> bool {
-        self.with_state(|s| std::mem::take(&mut s.others_woken))
-            .unwrap_or(false)
+    /// The lock's subscription kept by the gate, if any.
+    pub(crate) fn watch(&self) -> Option<Arc<Watch>> {
+        self.with_state(|s| s.watch.clone()).flatten()
     }
 
-    /// Reserves this turn for the first waiter of the queue, if it can take a hand-off
-    /// and the budget allows; returns that waiter's lock. If the turn is then dropped
-    /// (the hand-off failed), the waiter receives it as a plain turn.
-    pub(crate) fn reserve_for_hand_off(&mut self) -> Option<Lock> {
+    /// Keeps `watch` until the gate is free.
+    pub(crate) fn keep_watch(&self, watch: &Arc<Watch>) {
+        self.with_state(|s| s.watch = Some(watch.clone()));
+    }
+
+    /// Reserves this turn for the first waiter of the queue, if it can take a hand-off;
+    /// returns that waiter's lock, and whether the budget is spent. If the turn is then
+    /// dropped (the hand-off failed), the waiter receives it as a plain turn.
+    pub(crate) fn reserve_for_hand_off(&mut self) -> Option<(Lock, bool)> {
         let gate = self.gate.as_ref()?;
         let mut state = gate.state();
         if state.reserved.is_some() {
             return None;
         }
-        match state.reserve() {
-            Ok(reserved) => {
-                let (tx, lock) = reserved?;
-                state.reserved = Some(tx);
-                Some(lock)
-            }
-            Err(()) => {
-                state.budget_spent = true;
-                None
-            }
-        }
+        let (tx, lock, spent) = state.reserve()?;
+        state.reserved = Some(tx);
+        Some((lock, spent))
     }
 
     /// Delivers `granted` (which holds this turn, unreserved) to the waiter this turn
@@ -266,14 +272,15 @@ impl Drop for Turn {
         let Some(gate) = self.gate.take() else {
             return;
         };
-        let mut next = {
-            let mut state = gate.state();
-            state.budget_spent = false;
-            state.reserved.take()
-        };
+        let mut next = gate.state().reserved.take();
         loop {
-            let Some(tx) = next.take().or_else(|| gate.next_or_free()) else {
-                return; // the gate is free
+            let tx = match next.take() {
+                Some(tx) => tx,
+                None => match gate.next_or_free() {
+                    Ok(tx) => tx,
+                    // The gate is free; its subscription (if any) is dropped here.
+                    Err(_watch) => return,
+                },
             };
             // Sent outside the gate's mutex: a turn sent back is disarmed, not dropped.
             match tx.send(Delivery::Turn(Turn::new(gate.clone()))) {

@@ -104,12 +104,12 @@ impl LockGuard {
     /// The reserved turn and the recipient's lock when this guard's release should be a
     /// hand-off to the next local waiter (see [`crate::handoff`]); `None` for a plain
     /// release.
-    fn hand_off_target(&mut self) -> Option<(Turn, Lock)> {
+    fn hand_off_target(&mut self) -> Option<(Turn, Lock, bool)> {
         if !self.lock.takes_hand_offs() || self.lock.manager().is_shut_down() {
             return None;
         }
-        let to = self.turn.as_mut()?.reserve_for_hand_off()?;
-        Some((self.turn.take()?, to))
+        let (to, spent) = self.turn.as_mut()?.reserve_for_hand_off()?;
+        Some((self.turn.take()?, to, spent))
     }
 
     /// Takes the guard out of the manager's registry; `false` when shutdown already
@@ -370,10 +370,10 @@ impl LockGuard {
             return Err(RdLockError::ShutDown);
         }
         self.state.end_guard();
-        if let Some((turn, to)) = self.hand_off_target() {
+        if let Some((turn, to, spent)) = self.hand_off_target() {
             // One script passes the key to the next local waiter (crate::handoff);
             // dropping this future meanwhile releases both tokens in the background.
-            let outcome = crate::handoff::hand_off(&self.lock, &self.token, turn, to, in_flight)
+            let outcome = crate::handoff::hand_off(&self.lock, &self.token, turn, to, spent, in_flight)
                 .instrument(self.span.clone())
                 .await;
             let _in_hold = self.span.enter();
@@ -393,21 +393,16 @@ impl LockGuard {
         // From here until Redis answers, dropping this future hands the release (and
         // the turn) to the background: redis-rs does not send a request whose caller
         // is gone, so the release could otherwise be lost.
-        let mut pending = PendingRelease {
+        let pending = PendingRelease {
             lock: &self.lock,
             token: Some(self.token.clone()),
             turn: self.turn.take(),
             _in_flight: in_flight,
         };
         let conn = &self.lock.manager().inner().conn;
-        let outcome = scripts::release_before_turn(
-            conn,
-            self.lock.names(),
-            &self.token,
-            pending.turn.as_mut(),
-        )
-        .instrument(self.span.clone())
-        .await;
+        let outcome = scripts::release(conn, self.lock.names(), &self.token)
+            .instrument(self.span.clone())
+            .await;
         let _in_hold = self.span.enter();
         // Answered: the turn passes on when this function returns.
         let turn = pending.answered();
@@ -477,8 +472,8 @@ impl Drop for LockGuard {
         if !self.unregister() {
             return; // released by `release()` or by shutdown
         }
-        if let Some((turn, to)) = self.hand_off_target() {
-            crate::handoff::hand_off_in_background(&self.lock, self.token.clone(), turn, to);
+        if let Some((turn, to, spent)) = self.hand_off_target() {
+            crate::handoff::hand_off_in_background(&self.lock, self.token.clone(), turn, to, spent);
             return;
         }
         // Also after a loss: the token-checked script is a no-op if the key is someone

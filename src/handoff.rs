@@ -24,9 +24,13 @@
 //! - the lock or the first waiter has 1.x compatibility (the 1.x key would have to
 //!   move too), the backend is Redlock (a quorum of independent masters) or replica
 //!   sync is configured (the hand-off would need its `WAIT`): [`Lock::takes_hand_offs`];
-//! - [`HANDOFF_BUDGET`](crate::gate::HANDOFF_BUDGET) hand-offs followed each other:
-//!   the key is released in Redis so that other processes' waiters get their chance;
 //! - the manager is shutting down, or no task waits.
+//!
+//! After [`HANDOFF_BUDGET`](crate::gate::HANDOFF_BUDGET) hand-offs in a row, the
+//! script is sent with the budget spent: if other processes are in the key's queue
+//! ([`crate::queue`]), it gives the turn to the first of them instead and queues this
+//! process again; the waiter then receives a plain turn, and waits for this process's
+//! next turn without an attempt.
 //!
 //! `try_lock` never queues, so it never receives a hand-off; the 1.x `BasicLock` does
 //! not use the local queue at all.
@@ -69,11 +73,11 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use crate::errors::RdLockError;
-use crate::gate::Turn;
+use crate::gate::{Start, Turn};
 use crate::lease::{valid_until, wall_valid_until};
 use crate::lock::{Acquired, Granted, Lock, RELEASE_RETRY_MAX, RELEASE_RETRY_MIN};
 use crate::meters;
-use crate::scripts;
+use crate::scripts::{self, HandOff};
 
 #[cfg(doc)]
 use crate::LockGuard;
@@ -92,6 +96,7 @@ pub(crate) async fn hand_off(
     token: &Arc<str>,
     turn: Turn,
     to: Lock,
+    budget_spent: bool,
     in_flight: TaskTrackerToken,
 ) -> Result<(), RdLockError> {
     let inner = to.manager().inner();
@@ -117,13 +122,46 @@ pub(crate) async fn hand_off(
         to.lease_ms(),
         to.owner(),
         at_ms,
+        budget_spent,
+        inner.notifier.process(),
     )
     .await;
     match reply {
-        Ok(Some(fence)) => {
-            let Some((turn, in_flight)) = transit.answered() else {
+        Ok(outcome @ (HandOff::Yielded | HandOff::Released)) => {
+            // Another process has the turn; nothing was written for `next`. The
+            // waiter gets a plain turn, and waits for this process's next one, kept
+            // subscribed by the gate meanwhile (so that the message cannot be missed).
+            if let Some((mut turn, in_flight)) = transit.answered() {
+                tracing::debug!(lock = %to.id(), ?outcome, "budget spent: the turn went to others");
+                turn.restart_budget(if outcome == HandOff::Yielded {
+                    Start::Requeued
+                } else {
+                    Start::OthersFirst
+                });
+                let watch = match turn.watch() {
+                    Some(watch) => watch,
+                    None => {
+                        let watch = Arc::new(inner.notifier.watch(to.names_arc()));
+                        turn.keep_watch(&watch);
+                        watch
+                    }
+                };
+                if outcome == HandOff::Yielded {
+                    watch.set_queued(true);
+                }
+                drop(turn);
+                drop(in_flight);
+            }
+            Ok(())
+        }
+        Ok(HandOff::Handed { fence }) => {
+            let Some((mut turn, in_flight)) = transit.answered() else {
                 return Ok(()); // never: the parts are taken once, here
             };
+            if budget_spent {
+                // Nobody else was queued: a new budget.
+                turn.restart_budget(Start::Attempt);
+            }
             let acquired = Acquired {
                 token: next,
                 fence,
@@ -145,7 +183,7 @@ pub(crate) async fn hand_off(
             }
             Ok(())
         }
-        Ok(None) => {
+        Ok(HandOff::NotOurs) => {
             // Nothing was written by this run of the script. But a client that retries
             // on its own after a connection error (redis-rs's cluster client does) may
             // have run it twice, the first run having handed the key off: the key then
@@ -167,7 +205,13 @@ pub(crate) async fn hand_off(
 /// [`hand_off`] for a dropped guard: spawned on the current runtime, as a task of the
 /// manager. Without a runtime the waiter gets a plain turn at once and the key is left
 /// to expire (counted in `rdlock_release_fallbacks_total`, as for a plain release).
-pub(crate) fn hand_off_in_background(giver: &Lock, token: Arc<str>, turn: Turn, to: Lock) {
+pub(crate) fn hand_off_in_background(
+    giver: &Lock,
+    token: Arc<str>,
+    turn: Turn,
+    to: Lock,
+    budget_spent: bool,
+) {
     let on_its_way = meters::ReleaseOnItsWay::new(giver.metrics().clone());
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
@@ -179,7 +223,7 @@ pub(crate) fn hand_off_in_background(giver: &Lock, token: Arc<str>, turn: Turn, 
         async move {
             // Dropped unpolled or midway by a runtime shutting down: counted.
             let on_its_way = on_its_way;
-            if let Err(e) = hand_off(&giver, &token, turn, to, in_flight).await {
+            if let Err(e) = hand_off(&giver, &token, turn, to, budget_spent, in_flight).await {
                 tracing::debug!(lock = %giver.id(), error = %e, "hand-off of a dropped guard failed");
             }
             on_its_way.ran();

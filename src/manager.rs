@@ -394,14 +394,20 @@ impl RdLockConnectionManager {
     ) -> Self {
         let backend = Arc::new(backend);
         let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         Self {
             inner: Arc::new(Inner {
-                notifier: Notifier::start(backend.clone(), timeouts, shutdown.clone()),
+                notifier: Notifier::start(
+                    backend.clone(),
+                    timeouts,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ),
                 conn: backend,
                 info,
                 keyspace_db,
                 timeouts,
-                tasks: TaskTracker::new(),
+                tasks,
                 held: HeldGuards::default(),
                 gates: Gates::default(),
                 shutdown,

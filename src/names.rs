@@ -14,10 +14,14 @@ pub(crate) struct LockNames {
     pub(crate) fence: String,
     /// `rdlock:{id}:owner` — who holds the lock; same lease as the lock key.
     pub(crate) owner: String,
-    /// `rdlock:{id}:waiters` — set by a failed acquire attempt, with the holder's
-    /// remaining lease (extended by renewals): the release script publishes only while
-    /// it exists, so an uncontended release sends no message.
+    /// `rdlock:{id}:waiters` — set by a failed acquire attempt of a lock with 1.x
+    /// compatibility (which does not queue), with the holder's remaining lease
+    /// (extended by renewals): a release that passes no turn publishes only while it
+    /// exists, so an uncontended release sends no message.
     pub(crate) waiters: String,
+    /// `rdlock:{id}:queue` — the processes waiting for the lock, oldest first (a list
+    /// of process ids, see [`crate::queue`]); lives as long as the lock at least.
+    pub(crate) queue: String,
     /// `rdlock:{id}:release` — the release script publishes here.
     pub(crate) release_channel: String,
     /// `__keyspace@<db>__:rdlock:{id}:lock`, when the server has keyspace events on.
@@ -47,6 +51,7 @@ impl LockNames {
             fence: format!("rdlock:{{{tag}}}:fence"),
             owner: format!("rdlock:{{{tag}}}:owner"),
             waiters: format!("rdlock:{{{tag}}}:waiters"),
+            queue: format!("rdlock:{{{tag}}}:queue"),
             release_channel: format!("rdlock:{{{tag}}}:release"),
             keyspace_channel: keyspace_db.map(|db| format!("__keyspace@{db}__:{key}")),
             key,

@@ -53,7 +53,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -61,11 +61,13 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, RedisError};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::Timeouts;
 use crate::errors::is_transient;
 use crate::names::LockNames;
+use crate::queue::{standby_after, Message};
 
 /// How often the idle subscriber connection is checked with a PING: a connection that
 /// died silently would otherwise cost waiters their wake-ups until the holder's PTTL.
@@ -86,6 +88,12 @@ pub(crate) struct Notifier {
 
 struct Shared {
     registry: Mutex<HashMap<String, Registered>>,
+    /// This manager's id in the queues of waiting processes ([`crate::queue`]).
+    process: Arc<str>,
+    /// Where a process that stops waiting leaves a queue ([`Watch`]'s drop).
+    backend: Arc<Backend>,
+    /// The manager's tasks (the background leaves are among them).
+    tasks: TaskTracker,
     /// One queue per subscriber task (one per Redlock node, else one).
     commands: Vec<mpsc::UnboundedSender<Command>>,
     status: Arc<Status>,
@@ -98,7 +106,17 @@ struct Shared {
 struct Registered {
     entry: Arc<Entry>,
     watchers: usize,
+    /// Counts the times the last watcher left: a lingering subscription is dropped only
+    /// if no watcher came and went since (see [`LINGER`]).
+    idle: u64,
 }
+
+/// How long a lock's subscription outlives its last watcher. A process that takes
+/// turns with others for a key (one task per process: its gate, which keeps the
+/// subscription while it holds or waits, is gone between turns) finds it still in
+/// place at its next wait, so that its first failed attempt (which queues it) needs no
+/// second one after subscribing.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What the subscriber task reports about itself.
 #[derive(Default)]
@@ -129,6 +147,17 @@ struct Entry {
     /// compatibility (`Lock::with_v1_compat`) and kept while the entry lives: a 1.x
     /// holder releases with a plain `DEL` and publishes nothing.
     v1_channel: OnceLock<String>,
+    /// The lock's names, for leaving its queue.
+    names: Arc<LockNames>,
+    /// A turn message named this process ([`crate::queue`]) and no waiter has made an
+    /// attempt since: the first waiter to look makes one at once.
+    ours: AtomicBool,
+    /// This process may be in the lock's queue in Redis: when its last waiter goes, it
+    /// leaves the queue (and passes on a turn reserved for it).
+    queued: AtomicBool,
+    /// When this process, a standby named by the last turn message, checks the key
+    /// (`None`: no duty). Waiters wait for it, without an attempt, as a deadline.
+    standby: watch::Sender<Option<Instant>>,
 }
 
 impl Entry {
@@ -168,6 +197,34 @@ impl Entry {
     fn confirm(&self, node: usize) {
         self.confirmed.send_modify(|mask| *mask |= bit(node));
         self.notify.notify_waiters();
+    }
+
+    /// Routes a message of the release channel (not on Redlock): a turn for this
+    /// process wakes its waiters, a turn for another process wakes nobody (and, when
+    /// it names this process a standby, sets its deadline), a release wakes all.
+    fn route(&self, payload: &[u8], process: &str) {
+        match Message::parse(payload) {
+            Message::Turn { next, standbys } => {
+                if next == process.as_bytes() {
+                    self.ours.store(true, Ordering::Release);
+                    self.standby.send_replace(None);
+                    self.wake();
+                    return;
+                }
+                let duty = standbys
+                    .iter()
+                    .position(|s| *s == process.as_bytes())
+                    .map(|position| Instant::now() + standby_after(position));
+                self.standby.send_replace(duty);
+            }
+            Message::Claimed => {
+                self.standby.send_if_modified(|duty| duty.take().is_some());
+            }
+            Message::Released => {
+                self.standby.send_if_modified(|duty| duty.take().is_some());
+                self.wake();
+            }
+        }
     }
 
     /// Counts node `node`'s release message for the holder `payload` names; `true`
@@ -244,7 +301,9 @@ impl Notifier {
         backend: Arc<Backend>,
         timeouts: Timeouts,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
+        let process: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let status = Arc::new(Status::default());
         let quorum = backend.wake_quorum();
         let mut commands = Vec::new();
@@ -262,6 +321,7 @@ impl Notifier {
                 channels: HashMap::new(),
                 keyspace_ok: true,
                 backlog: Vec::new(),
+                process: process.clone(),
             };
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -271,6 +331,9 @@ impl Notifier {
         Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(HashMap::new()),
+                process,
+                backend,
+                tasks,
                 commands,
                 status,
                 ready_timeout: timeouts.response,
@@ -282,7 +345,7 @@ impl Notifier {
     /// Registers interest in the notifications of one lock. The returned [`Watch`]
     /// keeps the subscription alive; call [`Watch::ready`] before the first attempt
     /// that it must not miss the release of.
-    pub(crate) fn watch(&self, names: &LockNames) -> Watch {
+    pub(crate) fn watch(&self, names: &Arc<LockNames>) -> Watch {
         let v1_channel = names
             .v1
             .as_ref()
@@ -299,13 +362,21 @@ impl Notifier {
                     votes: Mutex::new(Vec::new()),
                     del_seen: AtomicBool::new(false),
                     v1_channel: v1_channel.cloned().map(OnceLock::from).unwrap_or_default(),
+                    names: names.clone(),
+                    ours: AtomicBool::new(false),
+                    queued: AtomicBool::new(false),
+                    standby: watch::Sender::new(None),
                 });
                 // A send error means the task is gone (runtime shutting down): waiters
                 // then fall back to the holder's PTTL.
                 for commands in &self.shared.commands {
                     let _ = commands.send(Command::Subscribe(entry.clone()));
                 }
-                Registered { entry, watchers: 0 }
+                Registered {
+                    entry,
+                    watchers: 0,
+                    idle: 0,
+                }
             });
         if let Some(channel) = v1_channel {
             // The first 1.x-compatible waiter of an entry made by waiters without it:
@@ -325,6 +396,11 @@ impl Notifier {
         }
     }
 
+    /// This manager's id in the queues of waiting processes.
+    pub(crate) fn process(&self) -> &Arc<str> {
+        &self.shared.process
+    }
+
     /// How many times the subscriber connection has been established.
     pub(crate) fn connections(&self) -> u64 {
         self.shared.status.connections.load(Ordering::Relaxed)
@@ -332,7 +408,30 @@ impl Notifier {
 
     /// Locks with a registered watcher.
     pub(crate) fn watched(&self) -> usize {
-        self.shared.registry().len()
+        self.shared
+            .registry()
+            .values()
+            .filter(|r| r.watchers > 0)
+            .count()
+    }
+
+    /// A watch of a lock whose subscription is in place now (confirmed, and kept by
+    /// another watcher or lingering after the last one), without subscribing anything;
+    /// `None` otherwise.
+    pub(crate) fn warm_watch(&self, names: &LockNames) -> Option<Watch> {
+        let mut registry = self.shared.registry();
+        let registered = registry.get_mut(&names.release_channel)?;
+        if names.v1.is_some() && registered.entry.v1_channel.get().is_none() {
+            return None; // the 1.x channel is still to subscribe: `watch` does it
+        }
+        if !self.shared.is_confirmed(&registered.entry) {
+            return None;
+        }
+        registered.watchers += 1;
+        Some(Watch {
+            shared: self.shared.clone(),
+            entry: registered.entry.clone(),
+        })
     }
 
     /// Channels the subscriber task keeps subscribed.
@@ -342,6 +441,52 @@ impl Notifier {
 }
 
 impl Shared {
+    /// Whether `entry`'s subscription is in place now: every connected subscriber
+    /// (a quorum of them on Redlock) has confirmed it.
+    fn is_confirmed(&self, entry: &Entry) -> bool {
+        let connected = self.status.connected.load(Ordering::Acquire);
+        connected > 0
+            && (*entry.confirmed.borrow()).count_ones() as usize >= connected.min(self.quorum)
+    }
+
+    /// Drops `entry`'s subscription if nobody watched it since it became idle the
+    /// `idle`-th time.
+    fn unsubscribe_idle(&self, entry: &Arc<Entry>, idle: u64) {
+        let mut registry = self.registry();
+        if registry.get(&entry.release_channel).is_some_and(|r| {
+            Arc::ptr_eq(&r.entry, entry) && r.watchers == 0 && r.idle == idle
+        }) {
+            self.unsubscribe(&mut registry, entry);
+        }
+    }
+
+    fn unsubscribe(&self, registry: &mut HashMap<String, Registered>, entry: &Arc<Entry>) {
+        registry.remove(&entry.release_channel);
+        for commands in &self.commands {
+            let _ = commands.send(Command::Unsubscribe(entry.clone()));
+        }
+    }
+
+    /// The process no longer waits for the lock `names`: it leaves the lock's queue,
+    /// in the background (a task of the manager), passing on a turn reserved for it.
+    /// Without a runtime the entry stays: a dead entry, which costs the others one
+    /// reservation when its turn comes ([`crate::queue`]).
+    fn leave(&self, names: Arc<LockNames>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.backend.clone();
+        let process = self.process.clone();
+        self.tasks.spawn_on(
+            async move {
+                if let Err(e) = crate::scripts::leave(&backend, &names, &process).await {
+                    tracing::debug!(error = %e, "leaving a lock's queue failed: its entry costs one reservation");
+                }
+            },
+            &handle,
+        );
+    }
+
     fn registry(&self) -> MutexGuard<'_, HashMap<String, Registered>> {
         // The map stays consistent even if a holder of the lock panicked: every update
         // is a single insert/remove or counter change.
@@ -387,6 +532,48 @@ impl Watch {
     pub(crate) fn pass_on(&self) {
         self.entry.notify.notify_one();
     }
+
+    /// Whether the subscription is in place now (every connected subscriber has
+    /// confirmed it): a release published from now on reaches this process.
+    pub(crate) fn is_confirmed(&self) -> bool {
+        self.shared.is_confirmed(&self.entry)
+    }
+
+    /// Takes the news that a turn message named this process: `true` once per message.
+    /// Read before an attempt (which then serves it) and after (a message that came
+    /// meanwhile calls for another).
+    pub(crate) fn take_turn(&self) -> bool {
+        self.entry.ours.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a turn message named this process that no attempt served yet.
+    pub(crate) fn has_turn(&self) -> bool {
+        self.entry.ours.load(Ordering::Acquire)
+    }
+
+    /// Records that this process may be in the lock's queue in Redis (an attempt
+    /// queued it, or a hand-off script queued it again), or that it is not (an
+    /// acquisition took it out, and no other waiter of this process is queued).
+    pub(crate) fn set_queued(&self, queued: bool) {
+        self.entry.queued.store(queued, Ordering::Release);
+    }
+
+    /// Whether this process may be in the lock's queue.
+    pub(crate) fn queued(&self) -> bool {
+        self.entry.queued.load(Ordering::Acquire)
+    }
+
+    /// When this process, a standby of the last turn, checks the key, if it is one.
+    pub(crate) fn standby(&self) -> watch::Receiver<Option<Instant>> {
+        self.entry.standby.subscribe()
+    }
+
+    /// Gives up a standby's duty (it is being carried out).
+    pub(crate) fn clear_standby(&self) {
+        self.entry
+            .standby
+            .send_if_modified(|duty| duty.take().is_some());
+    }
 }
 
 impl Drop for Watch {
@@ -396,9 +583,25 @@ impl Drop for Watch {
             if Arc::ptr_eq(&registered.entry, &self.entry) {
                 registered.watchers -= 1;
                 if registered.watchers == 0 {
-                    registry.remove(&self.entry.release_channel);
-                    for commands in &self.shared.commands {
-                        let _ = commands.send(Command::Unsubscribe(self.entry.clone()));
+                    if self.entry.queued.swap(false, Ordering::AcqRel) {
+                        self.shared.leave(self.entry.names.clone());
+                    }
+                    registered.idle += 1;
+                    let idle = registered.idle;
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(handle) => {
+                            // Lingers (see LINGER), then goes unless watched again.
+                            // A weak handle: a manager dropped meanwhile is not kept.
+                            let shared = Arc::downgrade(&self.shared);
+                            let entry = self.entry.clone();
+                            handle.spawn(async move {
+                                tokio::time::sleep(LINGER).await;
+                                if let Some(shared) = shared.upgrade() {
+                                    shared.unsubscribe_idle(&entry, idle);
+                                }
+                            });
+                        }
+                        Err(_) => self.shared.unsubscribe(&mut registry, &self.entry),
                     }
                 }
             }
@@ -427,6 +630,8 @@ struct Subscriber {
     /// Cleared when the server refuses the keyspace channels (an ACL without them):
     /// waiters then rely on release messages and the holder's PTTL alone.
     keyspace_ok: bool,
+    /// This manager's id in the queues of waiting processes.
+    process: Arc<str>,
     /// Commands received while a round was in flight: the next round's. The queue is
     /// read even then, so that the task learns at once that every handle is gone (it
     /// would otherwise linger, with its connection, until the round's reply or timeout).
@@ -794,8 +999,12 @@ impl Subscriber {
                 }
                 return;
             }
-            if !entry.del_seen.swap(false, Ordering::Relaxed) {
-                entry.wake();
+            let payload = message.get_payload_bytes();
+            if payload.starts_with(b"turn ") || payload == b"claimed" {
+                // Not a deletion of the key: no keyspace `del` came before it.
+                entry.route(payload, &self.process);
+            } else if !entry.del_seen.swap(false, Ordering::Relaxed) {
+                entry.route(payload, &self.process);
             }
             return;
         }
@@ -891,20 +1100,25 @@ mod tests {
             channels: HashMap::new(),
             keyspace_ok: true,
             backlog: Vec::new(),
+            process: Arc::from("me"),
         };
         (subscriber, commands)
     }
 
     fn entry(id: &str, keyspace: bool) -> Arc<Entry> {
-        let names = LockNames::new(id, keyspace.then_some(0));
+        let names = Arc::new(LockNames::new(id, keyspace.then_some(0)));
         Arc::new(Entry {
-            release_channel: names.release_channel,
-            keyspace_channel: names.keyspace_channel,
+            release_channel: names.release_channel.clone(),
+            keyspace_channel: names.keyspace_channel.clone(),
             notify: Notify::new(),
             confirmed: watch::Sender::new(0),
             votes: Mutex::new(Vec::new()),
             del_seen: AtomicBool::new(false),
             v1_channel: OnceLock::new(),
+            names,
+            ours: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
+            standby: watch::Sender::new(None),
         })
     }
 

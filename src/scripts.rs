@@ -15,11 +15,26 @@ use crate::backend::{mismatch, Backend, Ticket};
 use crate::config::ReplicaSync;
 use crate::names::LockNames;
 
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+// The scripts that pass a turn on start with the queue's functions (`scripts/queue.lua`).
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/queue.lua"),
+        include_str!("scripts/acquire.lua")
+    ))
+});
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/queue.lua"),
+        include_str!("scripts/release.lua")
+    ))
+});
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/queue.lua"),
+        include_str!("scripts/leave.lua")
+    ))
+});
 static FORCE_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/force_release.lua")));
 // The variants for a lock with rdlock 1.x compatibility: the same scripts plus the 1.x
@@ -49,6 +64,15 @@ fn v1_key(invocation: &mut ScriptInvocation<'_>, names: &LockNames) {
     if let Some(v1) = &names.v1 {
         invocation.key(&v1.key);
     }
+}
+
+/// Appends the 1.x key when the lock has one, else the queue of waiting processes (the
+/// 1.x variants do not queue: see [`crate::queue`]).
+fn queue_or_v1_key(invocation: &mut ScriptInvocation<'_>, names: &LockNames) {
+    match &names.v1 {
+        Some(v1) => invocation.key(&v1.key),
+        None => invocation.key(&names.queue),
+    };
 }
 
 /// What one acquire attempt found.
@@ -97,22 +121,13 @@ pub(crate) async fn acquire(
     token: &str,
     lease_ms: u64,
     owner: &str,
+    queue: Queueing<'_>,
 ) -> RedisResult<Acquire> {
     if let Backend::Redlock(redlock) = conn {
         return redlock.acquire(names, token, lease_ms, owner).await;
     }
     let mut invocation = pick(names, &ACQUIRE, &ACQUIRE_V1).prepare_invoke();
-    invocation
-        .key(&names.key)
-        .key(&names.fence)
-        .key(&names.owner)
-        .key(&names.waiters);
-    v1_key(&mut invocation, names);
-    invocation
-        .arg(token)
-        .arg(lease_ms)
-        .arg(owner)
-        .arg(unix_ms_now());
+    acquire_args(&mut invocation, names, token, lease_ms, owner, queue);
     let (lease, reply) = invoke(conn, &invocation).await;
     let (ok, value, echo): (i64, i64, String) = reply?;
     echoed(conn, &lease, &echo, token)?;
@@ -130,25 +145,18 @@ pub(crate) async fn acquire_synced(
     token: &str,
     lease_ms: u64,
     owner: &str,
+    queue: Queueing<'_>,
 ) -> RedisResult<(Acquire, Option<u32>)> {
     let Some(pooled) = conn.sync_connection().await else {
         // No sync connections on this backend (refused when connecting).
-        return acquire(conn, names, token, lease_ms, owner)
+        return acquire(conn, names, token, lease_ms, owner, queue)
             .await
             .map(|a| (a, None));
     };
     let (generation, mut sync_conn) = pooled?;
-    let (ok, value, echo): (i64, i64, String) = ACQUIRE
-        .key(&names.key)
-        .key(&names.fence)
-        .key(&names.owner)
-        .key(&names.waiters)
-        .arg(token)
-        .arg(lease_ms)
-        .arg(owner)
-        .arg(unix_ms_now())
-        .invoke_async(&mut sync_conn)
-        .await?;
+    let mut invocation = ACQUIRE.prepare_invoke();
+    acquire_args(&mut invocation, names, token, lease_ms, owner, queue);
+    let (ok, value, echo): (i64, i64, String) = invocation.invoke_async(&mut sync_conn).await?;
     if echo != token {
         // The connection is dropped (not given back): its replies are out of step.
         return Err(mismatch());
@@ -170,6 +178,42 @@ pub(crate) async fn acquire_synced(
         pool.put(generation, sync_conn);
     }
     Ok((outcome, acked))
+}
+
+/// How an acquire attempt deals with the queue of waiting processes (see
+/// [`crate::queue`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queueing<'a> {
+    /// The caller's process id: a failed attempt queues it, and a turn reserved for it
+    /// is taken. `""` for an attempt that must not queue (`try_lock`).
+    pub(crate) process: &'a str,
+    /// The process may be in the queue: a success takes it out.
+    pub(crate) queued: bool,
+}
+
+/// The keys and arguments of `scripts/acquire.lua` (or its 1.x variant, which takes
+/// the 1.x key instead of the queue and ignores the queue's arguments).
+fn acquire_args(
+    invocation: &mut ScriptInvocation<'_>,
+    names: &LockNames,
+    token: &str,
+    lease_ms: u64,
+    owner: &str,
+    queue: Queueing<'_>,
+) {
+    invocation.key(&names.key).key(&names.fence).key(&names.owner);
+    match &names.v1 {
+        Some(v1) => invocation.key(&names.waiters).key(&v1.key),
+        None => invocation.key(&names.queue),
+    };
+    invocation
+        .arg(token)
+        .arg(lease_ms)
+        .arg(owner)
+        .arg(unix_ms_now())
+        .arg(queue.process)
+        .arg(if queue.queued { "1" } else { "0" })
+        .arg(&names.release_channel);
 }
 
 /// The owner record's acquisition time: unix ms by this machine's clock (a clock set
@@ -220,7 +264,7 @@ pub(crate) async fn renew(
         .key(&names.key)
         .key(&names.owner)
         .key(&names.waiters);
-    v1_key(&mut invocation, names);
+    queue_or_v1_key(&mut invocation, names);
     invocation.arg(token).arg(lease_ms);
     let (lease, reply, _) = invoke_idempotent(conn, &invocation).await;
     // A nil reply means "not ours": if it was meant for another request, the guard
@@ -243,8 +287,11 @@ pub(crate) async fn release(conn: &Backend, names: &LockNames, token: &str) -> R
         .key(&names.key)
         .key(&names.owner)
         .key(&names.waiters);
-    v1_key(&mut invocation, names);
-    invocation.arg(token).arg(&names.release_channel);
+    queue_or_v1_key(&mut invocation, names);
+    invocation
+        .arg(token)
+        .arg(&names.release_channel)
+        .arg(crate::queue::reservation_ms());
     let (lease, reply, first_attempt) = invoke_idempotent(conn, &invocation).await;
     match reply? {
         // A retry after a timed-out first attempt: that attempt may have released the
@@ -320,15 +367,35 @@ pub(crate) async fn inspect(
     }
 }
 
-static HAND_OFF: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/handoff.lua")));
+static HAND_OFF: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/queue.lua"),
+        include_str!("scripts/handoff.lua")
+    ))
+});
+
+/// What a hand-off script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOff {
+    /// The key is the next holder's, with this fencing token.
+    Handed { fence: u64 },
+    /// The budget was spent and another process waited: the turn went to it, and the
+    /// holder's process queued again (the next holder waits for its turn).
+    Yielded,
+    /// The budget was spent and waiters that do not queue (1.x compatibility) had
+    /// marked themselves: the key was released and they were woken.
+    Released,
+    /// The key no longer held the holder's token: nothing was written.
+    NotOurs,
+}
 
 /// Passes the lock from the holder of `token` to a new holder in one script (see
 /// [`crate::handoff`]): the key takes `next_token` with `lease_ms`, the fence is
 /// incremented and the owner record (`owner`, acquired at `at_ms` on the client's clock)
-/// written. `Ok(Some(fence))` with the new holder's fencing token; `Ok(None)` when the
-/// key no longer held `token` (nothing was written). Not on Redlock, nor for a lock
-/// with 1.x compatibility (the caller checks).
+/// written. With `budget_spent`, the turn goes to the first process in the queue
+/// instead, if any, and `process` queues again. Not on Redlock, nor for a lock with 1.x
+/// compatibility (the caller checks).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn hand_off(
     conn: &Backend,
     names: &LockNames,
@@ -337,77 +404,57 @@ pub(crate) async fn hand_off(
     lease_ms: u64,
     owner: &str,
     at_ms: u128,
-) -> RedisResult<Option<u64>> {
+    budget_spent: bool,
+    process: &str,
+) -> RedisResult<HandOff> {
     let mut invocation = HAND_OFF.prepare_invoke();
     invocation
         .key(&names.key)
         .key(&names.fence)
         .key(&names.owner)
         .key(&names.waiters)
+        .key(&names.queue)
         .arg(token)
         .arg(next_token)
         .arg(lease_ms)
         .arg(owner)
-        .arg(at_ms.to_string());
+        .arg(at_ms.to_string())
+        .arg(if budget_spent { "1" } else { "0" })
+        .arg(process)
+        .arg(&names.release_channel)
+        .arg(crate::queue::reservation_ms());
     // Not idempotent (the fence is incremented): never retried.
     let (lease, reply) = invoke(conn, &invocation).await;
     match reply? {
-        None::<(i64, String)> => Ok(None),
+        None::<(i64, String)> => Ok(HandOff::NotOurs),
         Some((fence, echo)) => {
             echoed(conn, &lease, &echo, next_token)?;
-            Ok(Some(u64::try_from(fence).unwrap_or(0)))
+            Ok(match fence {
+                // Fences start at 1: 0 and -1 are the script's "yielded" and "released".
+                0 => HandOff::Yielded,
+                f if f < 0 => HandOff::Released,
+                f => HandOff::Handed {
+                    fence: u64::try_from(f).unwrap_or(0),
+                },
+            })
         }
     }
 }
 
-static YIELD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/yield.lua")));
-
-/// [`release`], also telling whether someone else waits (the waiters marker was there,
-/// or the release message reached a subscriber): `Ok(Some(waited))` when released,
-/// `Ok(None)` when the key no longer held `token`.
-/// For the release that ends a budget of local hand-offs (see [`crate::gate`]); not on
-/// Redlock, nor for a lock with 1.x compatibility (the caller checks).
-pub(crate) async fn release_counted(
-    conn: &Backend,
-    names: &LockNames,
-    token: &str,
-) -> RedisResult<Option<bool>> {
-    let mut invocation = YIELD.prepare_invoke();
+/// Takes `process` out of the lock's queue and passes a turn reserved for it on (see
+/// `scripts/leave.lua`): for a process whose last waiter gave up. Not on Redlock, nor
+/// for a lock with 1.x compatibility (they do not queue).
+pub(crate) async fn leave(conn: &Backend, names: &LockNames, process: &str) -> RedisResult<()> {
+    let mut invocation = LEAVE.prepare_invoke();
     invocation
         .key(&names.key)
         .key(&names.owner)
         .key(&names.waiters)
-        .arg(token)
-        .arg(&names.release_channel);
-    let (lease, reply, first_attempt) = invoke_idempotent(conn, &invocation).await;
-    match reply? {
-        // As in `release`: after a retried timeout, "not ours" proves nothing.
-        None::<(String, i64)> => match first_attempt {
-            Some(e) => Err(e),
-            None => Ok(None),
-        },
-        Some((echo, waited)) => {
-            echoed(conn, &lease, &echo, token)?;
-            Ok(Some(waited != 0))
-        }
-    }
-}
-
-/// The release of a guard that passes `turn` on: [`release_counted`] when the turn
-/// ends a budget of hand-offs (the turn then records whether other processes' waiters
-/// were woken), [`release`] otherwise.
-pub(crate) async fn release_before_turn(
-    conn: &Backend,
-    names: &LockNames,
-    token: &str,
-    turn: Option<&mut crate::gate::Turn>,
-) -> RedisResult<bool> {
-    match turn {
-        Some(turn) if turn.budget_spent() => {
-            let waited = release_counted(conn, names, token).await?;
-            turn.set_others_woken(waited == Some(true));
-            Ok(waited.is_some())
-        }
-        _ => release(conn, names, token).await,
-    }
+        .key(&names.queue)
+        .arg(process)
+        .arg(&names.release_channel)
+        .arg(crate::queue::reservation_ms());
+    // Idempotent: leaving twice is leaving once.
+    let (_, reply, _) = invoke_idempotent::<i64>(conn, &invocation).await;
+    reply.map(drop)
 }

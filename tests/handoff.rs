@@ -254,7 +254,8 @@ async fn shutdown_during_hand_offs_leaves_no_key() {
             .expect("every task ends")
             .unwrap();
     }
-    assert!(total >= 50);
+    let fence = lock.last_fencing_token().await.unwrap_or(0);
+    assert!(total >= 50, "{total} acquisitions, fence {fence}");
     assert!(
         support::get(&mut raw, &key).await.is_none(),
         "key left behind"
@@ -263,7 +264,8 @@ async fn shutdown_during_hand_offs_leaves_no_key() {
 }
 
 /// Two managers (two processes), one key: a busy manager whose tasks hand the lock to
-/// each other still lets the other manager's waiter in, after each budget of hand-offs.
+/// each other keeps doing so while nobody else waits (no release in Redis, no
+/// message), and lets the other manager's queued waiter in at the end of the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_lets_another_managers_waiter_in() {
     let server = RedisServer::start();
@@ -282,8 +284,8 @@ async fn the_budget_lets_another_managers_waiter_in() {
             })
         })
         .collect();
-    // Alone, the busy manager releases the key in Redis (one PUBLISH) at least once
-    // per budget of hand-offs.
+    // Alone, the busy manager never releases the key in Redis: hand-offs go on, with
+    // no message (the budget only matters while another process queues).
     let mut raw = server.conn().await;
     wait_until(Duration::from_secs(10), "hand-offs under way", || {
         let lock = lock.clone();
@@ -299,11 +301,8 @@ async fn the_budget_lets_another_managers_waiter_in() {
     .await;
     let publishes = calls(&mut raw, "publish").await;
     let acquisitions = lock.last_fencing_token().await.unwrap() - first;
-    println!("alone: {acquisitions} acquisitions, {publishes} releases in Redis");
-    assert!(
-        publishes + 1 >= acquisitions / u64::from(HANDOFF_BUDGET + 1),
-        "{publishes} releases for {acquisitions} acquisitions"
-    );
+    println!("alone: {acquisitions} acquisitions, {publishes} messages");
+    assert_eq!(publishes, 0, "{publishes} messages for {acquisitions} acquisitions, alone");
     let mut rounds = Vec::new();
     for _ in 0..10 {
         let before = lock.last_fencing_token().await.unwrap();
@@ -321,12 +320,12 @@ async fn the_budget_lets_another_managers_waiter_in() {
     }
     rounds.sort_unstable();
     println!("busy manager's acquisitions while the other waited: {rounds:?}");
-    // The release that ends a budget woke the other manager's waiter, so the next
-    // local task subscribes before it tries: the waiter gets in at the end of the
-    // first or second budget (the first when it was subscribed in time), seldom later.
-    let median = rounds[rounds.len() / 2];
+    // Queued by its first attempt, the waiter gets the turn at the end of the budget
+    // that was running: at most HANDOFF_BUDGET + 1 acquisitions of the busy manager
+    // (one more if a hand-off was in flight as it queued), whatever the timing.
+    let worst = rounds[rounds.len() - 1];
     assert!(
-        median <= 4 * u64::from(HANDOFF_BUDGET + 1),
+        worst <= u64::from(HANDOFF_BUDGET + 2),
         "the other manager waited {rounds:?} acquisitions"
     );
 }

@@ -31,7 +31,7 @@ use crate::manager::RdLockConnectionManager;
 use crate::meters::{self, Hold, MetricsName, Wait};
 use crate::names::LockNames;
 use crate::run::{Run, RunContext};
-use crate::scripts::{self, Acquire};
+use crate::scripts::{self, Acquire, Queueing};
 use crate::watchdog::Watchdog;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
@@ -801,6 +801,18 @@ impl Lock {
             && !matches!(*inner.conn, crate::backend::Backend::Redlock(_))
     }
 
+    /// Whether this lock's waiters queue in Redis ([`crate::queue`]): not with 1.x
+    /// compatibility (those waiters set the waiters marker instead, and every release
+    /// of such a holder wakes all), nor on Redlock (no one queue over independent
+    /// masters).
+    pub(crate) fn queues(&self) -> bool {
+        self.names.v1.is_none()
+            && !matches!(
+                *self.manager.inner().conn,
+                crate::backend::Backend::Redlock(_)
+            )
+    }
+
     /// The lease in whole milliseconds (checked by [`validate`](Self::validate)).
     pub(crate) fn lease_ms(&self) -> u64 {
         u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
@@ -818,7 +830,12 @@ impl Lock {
 
     async fn try_acquire_armed(&self) -> Result<Granted, RdLockError> {
         let lease_ms = self.validate()?;
-        match self.bounded_attempt(lease_ms, None).await? {
+        // `try_lock` never queues.
+        let no_queue = Queueing {
+            process: "",
+            queued: false,
+        };
+        match self.bounded_attempt(lease_ms, None, no_queue).await? {
             Attempt::Acquired(granted) => Ok(granted),
             Attempt::TooLate => Err(RdLockError::LeaseLost),
             Attempt::Held(_) => Err(RdLockError::LockUnavailable),
@@ -1027,12 +1044,13 @@ impl Lock {
         &self,
         lease_ms: u64,
         until: Option<Instant>,
+        queue: Queueing<'_>,
     ) -> Result<Attempt, RdLockError> {
         let shutdown = &self.manager.inner().shutdown;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Err(RdLockError::ShutDown),
-            outcome = self.attempt(lease_ms) => outcome,
+            outcome = self.attempt(lease_ms, queue) => outcome,
             _ = sleep_until(until) => Err(RdLockError::TimeoutReached),
         }
     }
@@ -1041,7 +1059,7 @@ impl Lock {
     ///
     /// A fresh token per attempt keeps the clean-up of an ambiguous attempt (sent, no
     /// reply) from ever touching a later attempt's acquisition.
-    async fn attempt(&self, lease_ms: u64) -> Result<Attempt, RdLockError> {
+    async fn attempt(&self, lease_ms: u64, queue: Queueing<'_>) -> Result<Attempt, RdLockError> {
         let inner = self.manager.inner();
         // Counted as a task of the manager from before the shutdown check until the
         // acquisition is a registered guard or undone: a shutdown that starts after
@@ -1072,12 +1090,20 @@ impl Lock {
                     &token,
                     lease_ms,
                     &self.owner,
+                    queue,
                 )
                 .await
             }
-            None => scripts::acquire(&inner.conn, &self.names, &token, lease_ms, &self.owner)
-                .await
-                .map(|reply| (reply, None)),
+            None => scripts::acquire(
+                &inner.conn,
+                &self.names,
+                &token,
+                lease_ms,
+                &self.owner,
+                queue,
+            )
+            .await
+            .map(|reply| (reply, None)),
         };
         let (reply, acked) = match outcome {
             Ok(reply) => reply,
@@ -1266,9 +1292,7 @@ impl Lock {
                 let mut turn = turn;
                 let mut backoff = RELEASE_RETRY_MIN;
                 loop {
-                    match scripts::release_before_turn(&conn, &names, &token, turn.as_mut())
-                        .await
-                    {
+                    match scripts::release(&conn, &names, &token).await {
                         Err(e)
                             if crate::errors::is_retry_later_reply(&e)
                                 && Instant::now() + backoff < give_up =>
@@ -1296,6 +1320,10 @@ impl Lock {
     }
 
     pub(crate) fn names(&self) -> &LockNames {
+        &self.names
+    }
+
+    pub(crate) fn names_arc(&self) -> &Arc<LockNames> {
         &self.names
     }
 }

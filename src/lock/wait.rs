@@ -10,14 +10,16 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{sleep_until, Acquired, Attempt, Granted, Lock};
 use crate::errors::RdLockError;
-use crate::gate::{Delivery, Turn};
+use crate::gate::{Delivery, Start, Turn};
 use crate::guard::LockGuard;
 use crate::meters::Wait;
 use crate::notifier::Watch;
+use crate::scripts::Queueing;
 use tracing::Instrument;
 
 /// How often to look again at a key that has no expiry (written by something other
@@ -100,10 +102,10 @@ impl Lock {
                 }
             }
         };
-        // After a release that ended a budget of hand-offs and woke waiters of other
-        // processes, they try first: this task subscribes before its first attempt.
+        // A hand-off script that gave the turn to another process queued this one
+        // again: this task waits for the process's turn, without an attempt.
         let granted = self
-            .acquire_armed_from(deadline, !turn.take_others_woken())
+            .acquire_armed_from(deadline, Some(&turn), turn.take_start())
             .await?;
         Ok((granted, Some(turn)))
     }
@@ -113,57 +115,101 @@ impl Lock {
         &self,
         deadline: Option<Instant>,
     ) -> Result<Acquired, RdLockError> {
-        self.acquire_armed(deadline).await.map(Granted::keep)
+        self.acquire_armed_from(deadline, None, Start::Attempt)
+            .await
+            .map(Granted::keep)
     }
 
     /// Every attempt is raced against `deadline` (the first one against at least
     /// [`FIRST_ATTEMPT_MIN`]) and against shutdown; an attempt cut short is undone by
     /// its token.
-    async fn acquire_armed(&self, deadline: Option<Instant>) -> Result<Granted, RdLockError> {
-        self.acquire_armed_from(deadline, true).await
-    }
-
-    /// [`acquire_armed`](Self::acquire_armed); without `fast_path`, the first attempt
-    /// is made only once the lock's notifications are subscribed (or after 1–10 ms),
-    /// which lets waiters of other processes, woken by the release that ended a budget
-    /// of local hand-offs, try first.
+    ///
+    /// `turn`, the task's turn in the manager's local queue, keeps the lock's
+    /// subscription between waits ([`crate::gate`]). `start` says how to begin after a
+    /// hand-off script ended a budget: [`Start::Requeued`] (this process was queued
+    /// again in Redis) waits for this process's turn instead of attempting;
+    /// [`Start::OthersFirst`] subscribes, then waits 1-10 ms before its first attempt,
+    /// so that the woken waiters of other processes, one message away, try first.
     async fn acquire_armed_from(
         &self,
         deadline: Option<Instant>,
-        fast_path: bool,
+        turn: Option<&Turn>,
+        start: Start,
     ) -> Result<Granted, RdLockError> {
+        let requeued = start == Start::Requeued;
         let lease_ms = self.validate()?;
-        // Fast path: an uncontended lock costs one round trip and no subscription.
-        let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
-        // How long the first wait for the subscription may take: like every wait, no
-        // longer than the holder's PTTL (the subscription's confirmation, when it comes
-        // later, still wakes this waiter).
-        let first = if fast_path {
-            self.bounded_attempt(lease_ms, first_until).await
-        } else {
-            Ok(Attempt::TooLate) // as after an attempt whose key is being released
+        let inner = self.manager().inner();
+        let shutdown = &inner.shutdown;
+        let queues = self.queues();
+        let process: &str = inner.notifier.process();
+        // The gate's subscription, or one still in place from this process's last
+        // wait (see the notifier's LINGER); registered with the gate from here.
+        let kept = turn.and_then(Turn::watch).or_else(|| {
+            let watch = Arc::new(inner.notifier.warm_watch(self.names())?);
+            if let Some(turn) = turn {
+                turn.keep_watch(&watch);
+            }
+            Some(watch)
+        });
+        let mut queued = requeued || kept.as_ref().is_some_and(|w| w.queued());
+        // A subscription in place before anything is sent: every release from now on
+        // reaches this process, so a failed attempt needs no second one.
+        let warm = kept.filter(|w| w.is_confirmed());
+        let mut step = match (&warm, start) {
+            (Some(_), Start::Requeued) => Step::Wait(self.lease() + jitter()),
+            (_, Start::OthersFirst) => Step::Wait(jitter()),
+            _ => Step::Attempt,
         };
-        let ready_within = match first {
-            Ok(Attempt::Acquired(granted)) => return Ok(granted),
-            Ok(Attempt::Held(Some(pttl))) => Some(pttl + jitter()),
-            Ok(Attempt::Held(None)) => Some(NO_EXPIRY_RECHECK),
-            Ok(Attempt::TooLate) => Some(jitter()),
-            Err(e) if e.is_retried_by_lock() => None,
-            Err(e) => return Err(e),
+        let watch = match warm {
+            Some(watch) => watch,
+            None => {
+                // Fast path: an uncontended lock costs one round trip and no
+                // subscription (not after a requeue: then this process waits its turn).
+                let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
+                let first = if start != Start::Attempt {
+                    Ok(Attempt::TooLate) // as after an attempt whose key is being released
+                } else {
+                    let queue = Queueing { process, queued };
+                    self.bounded_attempt(lease_ms, first_until, queue).await
+                };
+                // How long the first wait for the subscription may take: like every
+                // wait, no longer than the holder's PTTL (the subscription's
+                // confirmation, when it comes later, still wakes this waiter).
+                let ready_within = match first {
+                    Ok(Attempt::Acquired(granted)) => return Ok(granted),
+                    Ok(Attempt::Held(pttl)) => {
+                        queued |= queues;
+                        Some(pttl.map_or(NO_EXPIRY_RECHECK, |pttl| pttl + jitter()))
+                    }
+                    Ok(Attempt::TooLate) => Some(jitter()),
+                    Err(e) if e.is_retried_by_lock() => None,
+                    Err(e) => return Err(e),
+                };
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // The first attempt used the whole (short) timeout.
+                    return Err(RdLockError::TimeoutReached);
+                }
+                let watch = match turn.and_then(Turn::watch) {
+                    Some(watch) => watch,
+                    None => Arc::new(inner.notifier.watch(self.names_arc())),
+                };
+                if let Some(turn) = turn {
+                    turn.keep_watch(&watch);
+                }
+                if queued && queues {
+                    watch.set_queued(true);
+                }
+                let ready_by = ready_within.map(|within| Instant::now() + within);
+                tokio::select! {
+                    _ = watch.ready() => {}
+                    _ = sleep_until(ready_by) => {}
+                    _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+                    _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
+                }
+                watch
+            }
         };
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            // The first attempt used the whole (short) timeout.
-            return Err(RdLockError::TimeoutReached);
-        }
-        let shutdown = &self.manager().inner().shutdown;
-        let watch = self.manager().inner().notifier.watch(self.names());
-        let ready_by = ready_within.map(|within| Instant::now() + within);
-        tokio::select! {
-            _ = watch.ready() => {}
-            _ = sleep_until(ready_by) => {}
-            _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-            _ = sleep_until(deadline) => return Err(RdLockError::TimeoutReached),
-        }
+        let mut standby = watch.standby();
         let mut backoff = UNREACHABLE_BACKOFF_MIN;
         // Since when every attempt has failed "unreachable / retry later", and whether
         // that streak was reported.
@@ -179,61 +225,117 @@ impl Lock {
                 watch: &watch,
                 armed: woken,
             };
-            let wait = match self.bounded_attempt(lease_ms, deadline).await {
-                Ok(Attempt::Acquired(granted)) => {
+            let wait = match std::mem::replace(&mut step, Step::Attempt) {
+                Step::Wait(wait) => {
                     baton.disarm();
-                    return Ok(granted);
-                }
-                Ok(Attempt::Held(pttl)) => {
-                    baton.disarm();
-                    backoff = UNREACHABLE_BACKOFF_MIN;
-                    failing_since = None;
-                    reported = false;
-                    match pttl {
-                        Some(pttl) => pttl + jitter(),
-                        None => NO_EXPIRY_RECHECK,
-                    }
-                }
-                // The late acquisition is being released by its token; that release
-                // publishes only if a waiter marked itself, so the jitter (1-10 ms) is
-                // what bounds this wait, a message only shortening it.
-                Ok(Attempt::TooLate) => {
-                    baton.disarm();
-                    jitter()
-                }
-                // Unreachable, or not serving for now (LOADING, BUSY, a failover).
-                Err(e) if e.is_retried_by_lock() => {
-                    baton.disarm();
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if !reported && since.elapsed() >= REPORT_FAILING_AFTER {
-                        // A condition that does not pass (a URL that names a replica
-                        // answers READONLY for ever) must not be a silent hang.
-                        reported = true;
-                        tracing::warn!(lock = %self.id(), error = %e, failing_for = ?since.elapsed(), "Redis is not serving this lock; still retrying");
-                    }
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
                     wait
                 }
-                Err(e) => return Err(e),
+                Step::Attempt => {
+                    // This attempt serves every turn message that came so far.
+                    watch.take_turn();
+                    let queue = Queueing { process, queued };
+                    match self.bounded_attempt(lease_ms, deadline, queue).await {
+                        Ok(Attempt::Acquired(granted)) => {
+                            baton.disarm();
+                            // The script took this process out of the queue.
+                            watch.set_queued(false);
+                            return Ok(granted);
+                        }
+                        Ok(Attempt::Held(pttl)) => {
+                            baton.disarm();
+                            if queues {
+                                queued = true;
+                                watch.set_queued(true);
+                            }
+                            backoff = UNREACHABLE_BACKOFF_MIN;
+                            failing_since = None;
+                            reported = false;
+                            match pttl {
+                                Some(pttl) => pttl + jitter(),
+                                None => NO_EXPIRY_RECHECK,
+                            }
+                        }
+                        // The late acquisition is being released by its token (which
+                        // passes the turn on, if processes queue); the jitter (1-10 ms)
+                        // bounds this wait, a message only shortening it.
+                        Ok(Attempt::TooLate) => {
+                            baton.disarm();
+                            jitter()
+                        }
+                        // Unreachable, or not serving for now (LOADING, BUSY, a failover).
+                        Err(e) if e.is_retried_by_lock() => {
+                            baton.disarm();
+                            let since = *failing_since.get_or_insert_with(Instant::now);
+                            if !reported && since.elapsed() >= REPORT_FAILING_AFTER {
+                                // A condition that does not pass (a URL that names a
+                                // replica answers READONLY for ever) must not be a
+                                // silent hang.
+                                reported = true;
+                                tracing::warn!(lock = %self.id(), error = %e, failing_for = ?since.elapsed(), "Redis is not serving this lock; still retrying");
+                            }
+                            let wait = backoff;
+                            backoff = (backoff * 2).min(UNREACHABLE_BACKOFF_MAX);
+                            wait
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             };
-            let mut wake_at = Instant::now() + wait;
-            if let Some(deadline) = deadline {
-                wake_at = wake_at.min(deadline);
+            if watch.has_turn() {
+                // A turn message for this process came while it was busy: its wake-up
+                // may have gone to nobody. Attempt now.
+                woken = true;
+                continue;
             }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
-                _ = notified => woken = true,
-                _ = tokio::time::sleep_until(wake_at.into()) => {
-                    woken = false;
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(RdLockError::TimeoutReached);
+            let mut fallback_at = Instant::now() + wait;
+            if let Some(deadline) = deadline {
+                fallback_at = fallback_at.min(deadline);
+            }
+            // Wait for a wake-up, the fallback, or this process's standby duty
+            // ([`crate::queue`]): a turn message naming it a standby sets a deadline
+            // (waking this waiter to take it into account), one naming another process
+            // or a `claimed` notice clears it; none of those is a reason to attempt.
+            loop {
+                let duty = *standby.borrow_and_update();
+                let wake_at = duty.map_or(fallback_at, |duty| duty.min(fallback_at));
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(RdLockError::ShutDown),
+                    _ = notified.as_mut() => {
+                        woken = true;
+                        break;
+                    }
+                    changed = standby.changed() => {
+                        if changed.is_err() {
+                            // Never: the entry, which owns the sender, lives while the
+                            // watch does. Without it, no duty: the fallback remains.
+                            standby = watch.standby();
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake_at.into()) => {
+                        woken = false;
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(RdLockError::TimeoutReached);
+                        }
+                        if Instant::now() < fallback_at {
+                            // The standby's duty is due: the named process did not
+                            // claim its turn in time (or the notice was lost). Check.
+                            watch.clear_standby();
+                        }
+                        break;
                     }
                 }
             }
         }
     }
+}
+
+/// What the wait loop does next.
+enum Step {
+    /// An acquire attempt.
+    Attempt,
+    /// A wait of at most this long (for this process's turn) before an attempt.
+    Wait(Duration),
 }
 
 /// A wake-up this waiter received and has not acted on yet. If the waiter is dropped
