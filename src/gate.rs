@@ -115,7 +115,7 @@ impl GateState {
         }
         let entry = self.queue.pop_front()?;
         let spent = self.handoffs >= HANDOFF_BUDGET;
-        self.handoffs += 1;
+        self.handoffs = self.handoffs.saturating_add(1);
         entry.recipient.map(|lock| (entry.tx, lock, spent))
     }
 }

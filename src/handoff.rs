@@ -158,10 +158,9 @@ pub(crate) async fn hand_off(
             let Some((mut turn, in_flight)) = transit.answered() else {
                 return Ok(()); // never: the parts are taken once, here
             };
-            if budget_spent {
-                // Nobody else was queued: a new budget.
-                turn.restart_budget(Start::Attempt);
-            }
+            // With the budget spent and nobody else queued, the budget stays spent:
+            // the next hand-off looks at the queue again, so that a process that
+            // queues meanwhile gets the next turn, not one a budget later.
             let acquired = Acquired {
                 token: next,
                 fence,

@@ -23,13 +23,15 @@
 //!   the lock's fencing counter. While the [`LockGuard`] lives, a watchdog task renews
 //!   the lease every `lease / 3` with a script that only touches the key if it still
 //!   holds the guard's token. A crashed holder blocks others for at most one lease.
-//! - **Waiting is driven by notifications.** The release script publishes on the
-//!   lock's release channel when someone waits; every manager has one subscriber
-//!   connection, shared by all its waiters, and a release wakes the one waiter per
-//!   process that waits in Redis (a manager's tasks queue locally for a lock;
-//!   `BasicLock`s do not queue, and are each woken). When the server has keyspace
-//!   notifications on, an expiring key wakes waiters too. Every wait is also bounded
-//!   by the holder's remaining lease, so a lost message costs at most that.
+//! - **Waiting is driven by notifications, in line.** A manager's tasks that wait for
+//!   one lock queue locally; across managers ("processes"), a failed attempt puts the
+//!   process in the lock's queue in Redis, and a release passes the turn to the first
+//!   process in line (a short reservation of the key) with one message on the lock's
+//!   release channel, which wakes that process only: see [Queue of
+//!   processes](#queue-of-processes). Every manager has one subscriber connection,
+//!   shared by all its waiters. When the server has keyspace notifications on, an
+//!   expiring key wakes waiters too. Every wait is also bounded by the holder's
+//!   remaining lease, so a lost message costs at most that.
 //! - **Loss is reported.** If the key is deleted, taken over, or renewals fail until
 //!   the local lease deadline (measured from before the acquire was sent, minus a
 //!   drift margin of 1 % + 2 ms, on the monotonic clock and on the wall clock, so
@@ -89,8 +91,13 @@
 //! | `rdlock:{<id>}:lock` | the owner token, expiring with the lease |
 //! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 (a server that loses its last writes sets it back too: see [`LockGuard::fencing_token`]) |
 //! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
-//! | `rdlock:{<id>}:waiters` | `1` while someone waits: set by a failed acquire attempt with the holder's remaining lease, extended by its renewals, deleted by its release |
-//! | `rdlock:{<id>}:release` | the channel a release is published on (when the waiters marker was there) |
+//! | `rdlock:{<id>}:queue` | the processes waiting for the lock, oldest first (a list of random manager ids); lives at least as long as the lock |
+//! | `rdlock:{<id>}:waiters` | `1` while a waiter with 1.x compatibility (which does not queue) waits: set by its failed attempt with the holder's remaining lease, extended by renewals, deleted by the release |
+//! | `rdlock:{<id>}:release` | the channel of turn messages (`turn <process> <standby>...`, `claimed`) and, when the key is freed for waiters with 1.x compatibility, `released` |
+//!
+//! While a turn is reserved for a process, the lock key holds `q:<process>` for
+//! [`RESERVATION`] (250 ms), with no owner record: [`Lock::holder`] then reports a
+//! holder without owner details.
 //!
 //! All names of a lock share the hash tag `{<id>}`, so the scripts run on Redis Cluster.
 //!
@@ -126,16 +133,43 @@
 //!   turn goes to the next waiter. These releases are tasks of the manager:
 //!   [`RdLockConnectionManager::shutdown`] waits for them, and an acquisition handed
 //!   over while shutdown runs is refused and released the same way.
-//! - **Budget:** at most [`HANDOFF_BUDGET`] (8) hand-offs in a row; then the key is
-//!   released in Redis with its `PUBLISH`. If other processes wait (their failed
-//!   attempts left the waiters marker, or the message reached subscribers), the next
-//!   local task subscribes before its first attempt, so that they get there first; if
-//!   one wins, the local task waits like any waiter. A fair chance per budget, not a
-//!   reservation: there is no queue across processes.
+//! - **Budget:** at most [`HANDOFF_BUDGET`] (8) hand-offs in a row while other
+//!   processes are in the lock's queue; then the hand-off script gives the turn to the
+//!   first of them and queues this process again at the end (its next task waits for
+//!   that turn). With nobody else queued, hand-offs go on without a release. Waiters
+//!   with 1.x compatibility, which do not queue, are served as before: at the end of a
+//!   budget the key is released for them (they marked themselves), and the next local
+//!   task lets them try first.
 //! - **Not for** locks with 1.x compatibility (the 1.x key would have to move too),
 //!   Redlock (independent masters) or replica sync (the hand-off would need its
 //!   `WAIT`): a plain release and a fresh acquire there. [`Lock::try_lock`] never
-//!   queues, so it never receives a hand-off; [`lock::BasicLock`] does not queue.
+//!   queues, so it never receives a hand-off; [`lock::BasicLock`] does not queue locally.
+//!
+//! # Queue of processes
+//!
+//! Processes (managers) take turns through a list in Redis, so that a release wakes
+//! one process and nobody makes an attempt bound to fail; a process that died in line
+//! costs the others one [`RESERVATION`], not a lease. The design, the bounds and the
+//! argument for its safety (a reservation is not ownership: only the named process's
+//! acquire script turns it into a token) are in the `queue` module's source
+//! documentation, summed up here:
+//!
+//! - a failed attempt (not [`Lock::try_lock`]'s) adds its process at the end of the
+//!   queue; an acquisition takes it out;
+//! - a release with processes in line reserves the key for the first one for 250 ms
+//!   and publishes `turn <it> <standbys>`; only that process wakes a task, which takes
+//!   the key; its claim publishes `claimed`;
+//! - the next (up to 4) processes in line are standbys: the *n*-th checks the key
+//!   after *n* × 300 ms unless `claimed` or another turn came first, so a process that
+//!   died in line (or hangs) costs about 300 ms each; beyond four dead in a row,
+//!   waiters fall back to the holder's remaining lease they last saw;
+//! - a process whose last waiter gives up (deadline, cancelled future, shutdown) leaves
+//!   the queue and passes on a turn reserved for it;
+//! - not on Redlock, nor for locks with 1.x compatibility (they wake every waiter, as
+//!   before); `BasicLock`s queue under their manager's id like its `Lock`s;
+//! - a subscription outlives its last waiter by a second, so that a process taking
+//!   turns with others stays subscribed and its waits need one attempt each (the one
+//!   that queues it).
 //!
 //! # Decisions
 //!

@@ -1,11 +1,16 @@
 //! One subscriber connection per manager, shared by every waiter of every lock.
 //!
 //! Waiters register interest in a lock ([`Notifier::watch`]); the first watcher of a lock
-//! subscribes its channels, the last one to leave unsubscribes them. A release message
-//! (or a keyspace `del`/`expired`/`evicted` event) wakes **every** local waiter of that
-//! lock (see `Entry::wake`). That is one task per process for a [`Lock`](crate::Lock):
-//! its waiters line up in the manager's local queue (`gate.rs`), and only the head
-//! waits in Redis; `BasicLock`s, which do not queue, are each woken.
+//! subscribes its channels, and they stay subscribed for a second after the last one
+//! leaves (`LINGER`). A turn message (see [`crate::queue`]) wakes the local waiters of
+//! that lock only in the process it names; other processes read it and wake nobody
+//! (a standby notes its deadline). A `released` message (or a keyspace
+//! `del`/`expired`/`evicted` event) wakes **every** local waiter of that lock (see
+//! `Entry::wake`). That is one task per process for a [`Lock`](crate::Lock): its
+//! waiters line up in the manager's local queue (`gate.rs`), and only the head waits
+//! in Redis; `BasicLock`s, which do not queue locally, are each woken. When the last
+//! waiter of a process that is in a lock's queue leaves, the process leaves the queue
+//! (`scripts/leave.lua`, in the background).
 //!
 //! # No wake-up lost to the subscriber
 //!
@@ -169,25 +174,20 @@ impl Entry {
         self.keyspace_channel.iter().chain(self.v1_channel.get())
     }
 
-    /// Wakes every local waiter for a release. Waking one would strand the others:
-    ///
-    /// - The release that publishes deletes the waiters marker (`scripts/release.lua`),
-    ///   and only a failed attempt writes it again. A waiter this release does not wake
-    ///   makes no attempt, so if the one it did wake acquires, the next release finds
-    ///   no marker and publishes nothing: the waiter left out waits out the PTTL it
-    ///   saw, a whole lease with the lock free (two `BasicLock`s of one manager,
-    ///   `tests/waiters_marker.rs`).
-    /// - Waiters with and without 1.x compatibility can be blocked by different keys (a
-    ///   1.x holder blocks only the former), so the one waiter a wake-up would go to
-    ///   may be unable to use it while another could (measured: a plain waiter left for
-    ///   its holder's whole 30 s lease, tests/v1_compat.rs).
-    ///
-    /// Each woken waiter makes one attempt; the losers' attempts re-arm the marker. A
-    /// [`Lock`](crate::Lock)'s tasks of one manager queue locally, so only one of them
-    /// is ever a waiter here: waking all costs extra attempts only for `BasicLock`s.
-    /// Every waiter's wake-up future exists before each attempt (lock/wait.rs), so
-    /// `notify_waiters` (which stores no permit) misses no waiter: one not registered
-    /// yet has its attempt still to come, after the release.
+    /// Wakes every local waiter: for a turn given to this process, a release that
+    /// frees the key (`released`: no queue, a force release, a 1.x-compatible holder,
+    /// rdlock 2.0), a keyspace event, a confirmation. Waking one would strand the
+    /// others: a manager's `Lock` tasks queue locally, so only one of them is a waiter
+    /// here, but its `BasicLock`s are waiters too, and waiters with and without 1.x
+    /// compatibility can be blocked by different keys (a 1.x holder blocks only the
+    /// former), so the one waiter a wake-up would go to may be unable to use it while
+    /// another could (measured: a plain waiter left for its holder's whole 30 s lease,
+    /// tests/v1_compat.rs). Each woken waiter makes one attempt; those that fail queue
+    /// again (or re-arm the waiters marker). Every waiter's wake-up future exists
+    /// before each attempt (lock/wait.rs), so `notify_waiters` (which stores no permit)
+    /// misses no waiter: one not registered yet has its attempt still to come, after
+    /// the release; a turn message also sets `ours`, which a waiter reads after each
+    /// attempt.
     fn wake(&self) {
         self.notify.notify_waiters();
     }

@@ -154,7 +154,7 @@ pub(crate) async fn acquire_synced(
             .map(|a| (a, None));
     };
     let (generation, mut sync_conn) = pooled?;
-    let mut invocation = ACQUIRE.prepare_invoke();
+    let mut invocation = pick(names, &ACQUIRE, &ACQUIRE_V1).prepare_invoke();
     acquire_args(&mut invocation, names, token, lease_ms, owner, queue);
     let (ok, value, echo): (i64, i64, String) = invocation.invoke_async(&mut sync_conn).await?;
     if echo != token {

@@ -7,8 +7,11 @@
 //! ```text
 //! ACL SETUSER locker on >SECRET resetkeys ~rdlock:* resetchannels &rdlock:* -@all
 //!     +evalsha +script|load +get +set +pexpire +pttl +incr +del +publish
-//!     +ping +subscribe +unsubscribe
+//!     +lpop +rpush +lpos +lrem +lrange +ping +subscribe +unsubscribe
 //! ```
+//!
+//! (`+lpop +rpush +lpos +lrem +lrange` since the queue of waiting processes, which is a
+//! list: every release pops it.)
 //!
 //! `+time` is no longer needed on one server (the owner record's time comes from the
 //! client's clock); rdlock 2.0's acquire script and Redlock's fencing script still call
@@ -43,6 +46,11 @@ const NEEDED: &[&str] = &[
     "+incr",
     "+del",
     "+publish",
+    "+lpop",
+    "+rpush",
+    "+lpos",
+    "+lrem",
+    "+lrange",
     "+ping",
     "+subscribe",
     "+unsubscribe",

@@ -321,8 +321,9 @@ async fn the_budget_lets_another_managers_waiter_in() {
     rounds.sort_unstable();
     println!("busy manager's acquisitions while the other waited: {rounds:?}");
     // Queued by its first attempt, the waiter gets the turn at the end of the budget
-    // that was running: at most HANDOFF_BUDGET + 1 acquisitions of the busy manager
-    // (one more if a hand-off was in flight as it queued), whatever the timing.
+    // that was running (a spent budget stays spent while nobody else queues): at most
+    // HANDOFF_BUDGET + 1 acquisitions of the busy manager, one more for a hand-off in
+    // flight as it queued, whatever the timing.
     let worst = rounds[rounds.len() - 1];
     assert!(
         worst <= u64::from(HANDOFF_BUDGET + 2),

@@ -53,9 +53,9 @@ async fn sixteen_local_waiters_cost_what_one_does_and_none_starves() {
          acquisitions per task min {min}, mean {mean:.1}"
     );
     // Uncontended: acquire (EVALSHA, SET NX, INCR, SET of the owner record) and release
-    // (EVALSHA, GET, DEL; no PUBLISH, nobody waits): 7, was 10 before the trimmed
-    // scripts (PTTL first, TIME, a PUBLISH on every release).
-    assert!(alone <= 7.5, "{alone}");
+    // (EVALSHA, GET, LPOP of the empty queue, DEL; no PUBLISH, nobody waits): 8, was 10
+    // before the trimmed scripts (PTTL first, TIME, a PUBLISH on every release).
+    assert!(alone <= 8.5, "{alone}");
     assert!(
         crowded <= alone * 1.25,
         "a herd: {crowded} vs {alone} commands"

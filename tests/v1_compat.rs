@@ -909,7 +909,7 @@ async fn acl_user(server: &RedisServer, keys: &[&str], channels: &[&str]) -> Str
         .arg("-@all")
         .arg(
             "+evalsha +script|load +get +set +pexpire +pttl +incr +del +publish +time \
-             +ping +subscribe +unsubscribe +config|get"
+             +lpop +rpush +lpos +lrem +lrange +ping +subscribe +unsubscribe +config|get"
                 .split(' ')
                 .collect::<Vec<_>>(),
         );
@@ -1020,8 +1020,9 @@ async fn an_acquire_and_release_cost_the_same_round_trips_with_compat_and_no_mor
         .unwrap();
     let guard = manager.new_lock("cost").try_lock().await.unwrap();
     guard.release().await.unwrap();
-    // acquire.lua: SET NX, INCR, SET; release.lua: GET, DEL (nobody waits: no
-    // PUBLISH). Before the trim: PTTL, SET, INCR, TIME, SET; GET, DEL, PUBLISH.
+    // acquire.lua: SET NX, INCR, SET; release.lua: GET, LPOP (nobody queued), DEL (no
+    // marker: no PUBLISH). Before the trim: PTTL, SET, INCR, TIME, SET; GET, DEL,
+    // PUBLISH.
     assert_eq!(
         command_calls(&mut conn).await,
         expect(&[
@@ -1029,6 +1030,7 @@ async fn an_acquire_and_release_cost_the_same_round_trips_with_compat_and_no_mor
             ("set", 2),
             ("incr", 1),
             ("get", 1),
+            ("lpop", 1),
             ("del", 1),
         ])
     );

@@ -1,5 +1,6 @@
 //! The trimmed uncontended cycle: what the scripts run per acquire + release, that a
-//! release publishes only when someone waits (the waiters marker,
+//! release publishes only when someone waits (a process in the queue,
+//! `rdlock:{<id>}:queue`, or the waiters marker of 1.x-compatible waiters,
 //! `rdlock:{<id>}:waiters`), that no waiter loses its wake-up for it, and that holders
 //! written by today's scripts and by rdlock 2.0's (`tests/support/v2_0/`, a mixed fleet
 //! during a rolling deploy) read and release each other.
@@ -52,7 +53,7 @@ async fn subscribe(server: &RedisServer, channel: &str) -> redis::aio::PubSub {
 }
 
 #[tokio::test]
-async fn an_uncontended_cycle_runs_five_commands_in_two_scripts_and_publishes_nothing() {
+async fn an_uncontended_cycle_runs_six_commands_in_two_scripts_and_publishes_nothing() {
     let server = RedisServer::start();
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let lock = manager.new_lock("cycle");
@@ -65,9 +66,9 @@ async fn an_uncontended_cycle_runs_five_commands_in_two_scripts_and_publishes_no
         lock.lock().await.unwrap().release().await.unwrap();
     }
     // acquire.lua: SET NX (won), INCR (the fence), SET (the owner record, with the
-    // client's clock); release.lua: GET (the token check), DEL (lock, owner record and
-    // marker at once; 2 deleted: nobody waits, so no PUBLISH). rdlock 2.0 ran 10:
-    // PTTL, SET, INCR, TIME, SET; GET, DEL, PUBLISH.
+    // client's clock); release.lua: GET (the token check), LPOP (nobody queued), DEL
+    // (lock, owner record and marker at once; 2 deleted: nobody waits, so no PUBLISH).
+    // rdlock 2.0 ran 10: PTTL, SET, INCR, TIME, SET; GET, DEL, PUBLISH.
     assert_eq!(
         command_calls(&mut raw).await,
         calls(&[
@@ -75,6 +76,7 @@ async fn an_uncontended_cycle_runs_five_commands_in_two_scripts_and_publishes_no
             ("set", 2 * CYCLES),
             ("incr", CYCLES),
             ("get", CYCLES),
+            ("lpop", CYCLES),
             ("del", CYCLES),
         ])
     );
@@ -82,7 +84,7 @@ async fn an_uncontended_cycle_runs_five_commands_in_two_scripts_and_publishes_no
 }
 
 #[tokio::test]
-async fn a_waiter_marks_itself_and_is_woken_by_the_release() {
+async fn a_waiter_queues_its_process_and_is_woken_by_the_release() {
     let server = RedisServer::start();
     let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
     let waiter = RdLockConnectionManager::new(server.url()).await.unwrap();
@@ -94,12 +96,11 @@ async fn a_waiter_marks_itself_and_is_woken_by_the_release() {
         .await
         .unwrap();
     let mut raw = server.conn().await;
-    // A failed try_lock marks too (it is the same script): one spare PUBLISH at most.
     let lock = waiter.new_lock("wake");
     let task = tokio::spawn(async move { lock.lock().await });
-    wait_until(Duration::from_secs(10), "the waiter marked itself", || {
+    wait_until(Duration::from_secs(10), "the waiter queued its process", || {
         let mut raw = raw.clone();
-        async move { get(&mut raw, "rdlock:{wake}:waiters").await.is_some() }
+        async move { pttl(&mut raw, "rdlock:{wake}:queue").await > 0 }
     })
     .await;
     // Never shorter than the holder's lease: the release finds it. (Both read in one
@@ -107,7 +108,7 @@ async fn a_waiter_marks_itself_and_is_woken_by_the_release() {
     let (lock_pttl, marker): (i64, i64) = redis::pipe()
         .atomic()
         .pttl("rdlock:{wake}:lock")
-        .pttl("rdlock:{wake}:waiters")
+        .pttl("rdlock:{wake}:queue")
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -123,18 +124,19 @@ async fn a_waiter_marks_itself_and_is_woken_by_the_release() {
         .expect("woken long before the 30 s lease ran out")
         .unwrap()
         .unwrap();
+    // The turn message, and the claim's notice only if someone else were queued.
     let published = command_calls(&mut raw).await.get("publish").copied();
     assert_eq!(published, Some(1), "one message for the one release");
     g.release().await.unwrap();
 }
 
-/// The marker is written with the holder's PTTL; a holder renewed for longer than that
+/// The queue is written with the holder's PTTL; a holder renewed for longer than that
 /// must still find it at its release: the renew script extends it with the lease. The
 /// waiter here is one failed acquire script and a subscription, so nothing but the
-/// renewals can keep the marker alive (a library waiter would also re-arm it at each
+/// renewals can keep the queue alive (a library waiter would also re-queue at each
 /// retry, when the PTTL it saw runs out).
 #[tokio::test]
-async fn a_marker_outlives_a_hold_renewed_past_its_first_expiry() {
+async fn a_queue_outlives_a_hold_renewed_past_its_first_expiry() {
     let server = RedisServer::start();
     let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
     let lease = Duration::from_secs(1);
@@ -146,36 +148,50 @@ async fn a_marker_outlives_a_hold_renewed_past_its_first_expiry() {
         .unwrap();
     let mut raw = server.conn().await;
     let mut pubsub = subscribe(&server, "rdlock:{renewed}:release").await;
-    let acquire = redis::Script::new(include_str!("../src/scripts/acquire.lua"));
+    let acquire = redis::Script::new(concat!(
+        include_str!("../src/scripts/queue.lua"),
+        include_str!("../src/scripts/acquire.lua")
+    ));
     let (ok, _, _): (i64, i64, String) = acquire
         .key("rdlock:{renewed}:lock")
         .key("rdlock:{renewed}:fence")
         .key("rdlock:{renewed}:owner")
-        .key("rdlock:{renewed}:waiters")
+        .key("rdlock:{renewed}:queue")
         .arg("waiter-token")
         .arg(1000)
         .arg("1\nhost\n")
         .arg(1)
+        .arg("waiter-process")
+        .arg("0")
+        .arg("rdlock:{renewed}:release")
         .invoke_async(&mut raw)
         .await
         .unwrap();
     assert_eq!(ok, 0, "held");
-    assert!(pttl(&mut raw, "rdlock:{renewed}:waiters").await <= 1000);
+    assert!(pttl(&mut raw, "rdlock:{renewed}:queue").await <= 1000);
     // Two and a half leases: the marker's first expiry is long past; renewals (every
     // 333 ms) kept lock and marker.
     tokio::time::sleep(lease * 5 / 2).await;
     assert!(guard.is_held());
     assert!(
-        pttl(&mut raw, "rdlock:{renewed}:waiters").await > 0,
-        "the renewals extended the marker"
+        pttl(&mut raw, "rdlock:{renewed}:queue").await > 0,
+        "the renewals extended the queue"
     );
     guard.release().await.unwrap();
     let message = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
         .await
         .expect("the release published")
         .unwrap();
-    assert_eq!(message.get_payload::<String>().unwrap(), "released");
-    assert_eq!(get(&mut raw, "rdlock:{renewed}:waiters").await, None);
+    assert_eq!(
+        message.get_payload::<String>().unwrap(),
+        "turn waiter-process"
+    );
+    // The turn is reserved for that process; it is out of the queue.
+    assert_eq!(
+        get(&mut raw, "rdlock:{renewed}:lock").await.as_deref(),
+        Some("q:waiter-process")
+    );
+    assert_eq!(pttl(&mut raw, "rdlock:{renewed}:queue").await, -2);
 }
 
 /// A mixed fleet during a rolling deploy: the lock key stays a string with the token,
@@ -223,16 +239,22 @@ async fn holders_of_todays_scripts_and_of_2_0_scripts_interoperate() {
     // Today's holder, released by 2.0's script (what an old process's guard would run
     // on its own acquisition: the token check reads the same string key).
     let token = "shared-token";
-    let acquire = redis::Script::new(include_str!("../src/scripts/acquire.lua"));
+    let acquire = redis::Script::new(concat!(
+        include_str!("../src/scripts/queue.lua"),
+        include_str!("../src/scripts/acquire.lua")
+    ));
     let (ok, fence, _): (i64, u64, String) = acquire
         .key("rdlock:{fleet}:lock")
         .key("rdlock:{fleet}:fence")
         .key("rdlock:{fleet}:owner")
-        .key("rdlock:{fleet}:waiters")
+        .key("rdlock:{fleet}:queue")
         .arg(token)
         .arg(30_000)
         .arg("3\nhost\nlabel")
         .arg(1_700_000_000_123u64)
+        .arg("")
+        .arg("0")
+        .arg("rdlock:{fleet}:release")
         .invoke_async(&mut raw)
         .await
         .unwrap();
@@ -272,10 +294,10 @@ async fn holders_of_todays_scripts_and_of_2_0_scripts_interoperate() {
     let task = tokio::spawn(async move { waiter.lock().await });
     wait_until(
         Duration::from_secs(10),
-        "the new waiter marked itself",
+        "the new waiter queued",
         || {
             let mut raw = raw.clone();
-            async move { get(&mut raw, "rdlock:{fleet}:waiters").await.is_some() }
+            async move { pttl(&mut raw, "rdlock:{fleet}:queue").await > 0 }
         },
     )
     .await;
@@ -336,10 +358,11 @@ async fn every_local_waiter_outside_the_queue_is_woken_by_the_release() {
             tx.send(basic).unwrap();
         });
     }
-    // Each waiter fails twice before it waits: once before subscribing, once after.
+    // Each waiter fails twice before it waits: once before subscribing, once after
+    // (the second may find the subscription in place already: then once).
     wait_until(Duration::from_secs(10), "both waiters wait", || {
         let raw = raw.clone();
-        async move { evalsha_calls(&raw).await >= 4 }
+        async move { evalsha_calls(&raw).await >= 3 }
     })
     .await;
     guard.release().await.unwrap();
@@ -355,10 +378,9 @@ async fn every_local_waiter_outside_the_queue_is_woken_by_the_release() {
     second.release().await.unwrap();
 }
 
-/// Waiters of several managers: the release wakes one per manager, one wins, and the
-/// others' failed attempts re-arm the marker (the release deleted it), so the winner's
-/// release wakes them in turn — every waiter gets the lock long before the 30 s lease
-/// any of them saw.
+/// Waiters of several managers: the release gives the turn to the first in line, whose
+/// release gives it to the next — every waiter gets the lock long before the 30 s
+/// lease any of them saw.
 #[tokio::test]
 async fn waiters_of_several_managers_each_get_the_lock_in_turn() {
     const WAITERS: usize = 3;
@@ -402,7 +424,7 @@ async fn waiters_of_several_managers_each_get_the_lock_in_turn() {
     }
 }
 
-/// A local hand-off keeps the marker for the recipient's lease (as a renewal does), so
+/// A local hand-off keeps the queue for the recipient's lease (as a renewal does), so
 /// the recipient's real release still wakes the waiter of another manager.
 #[tokio::test]
 async fn a_hand_off_then_a_release_still_wakes_another_managers_waiter() {
@@ -429,10 +451,10 @@ async fn a_hand_off_then_a_release_still_wakes_another_managers_waiter() {
     let waiter = tokio::spawn(async move { waiter_lock.lock().await });
     wait_until(
         Duration::from_secs(10),
-        "the other manager's waiter marked itself",
+        "the other manager's waiter queued",
         || {
             let mut raw = raw.clone();
-            async move { get(&mut raw, "rdlock:{passed}:waiters").await.is_some() }
+            async move { pttl(&mut raw, "rdlock:{passed}:queue").await > 0 }
         },
     )
     .await;
@@ -448,8 +470,8 @@ async fn a_hand_off_then_a_release_still_wakes_another_managers_waiter() {
         "handed off, not taken by the waiter"
     );
     assert!(
-        pttl(&mut raw, "rdlock:{passed}:waiters").await > 0,
-        "the marker is kept through the hand-off"
+        pttl(&mut raw, "rdlock:{passed}:queue").await > 0,
+        "the queue is kept through the hand-off"
     );
     go_tx.send(()).unwrap();
     recipient.await.unwrap();

@@ -20,7 +20,7 @@ local function take(claimed)
   end
   local fence = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[3], fence .. '\n' .. ARGV[4] .. '\n' .. ARGV[3], 'PX', ARGV[2])
-  if queued and redis.call('LLEN', KEYS[4]) > 0 then
+  if queued and #redis.call('LRANGE', KEYS[4], 0, 0) > 0 then
     -- The standbys named by the last turn message stand down (see queue.lua): this
     -- process claimed its turn, or (after a turn not claimed in time) took the lock.
     redis.call('PUBLISH', ARGV[7], 'claimed')

@@ -22,7 +22,7 @@ if ARGV[6] == '1' then
   if pass_turn(KEYS[1], KEYS[3], KEYS[5], ARGV[8], ARGV[9], ARGV[7]) then
     return {0, ARGV[2]}
   end
-  if redis.call('EXISTS', KEYS[4]) == 1 then
+  if redis.call('PTTL', KEYS[4]) ~= -2 then
     -- Waiters that do not queue (1.x compatibility) marked themselves: the key is
     -- freed and they are woken, and the holder's next task lets them try first.
     redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
