@@ -841,10 +841,17 @@ async fn mixed_local_waiters(keyspace: bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The plain waiter (blind to the 1.x key) must get the 2.x holder's release.
+    // A plain waiter (blind to the 1.x key) must get the 2.x holder's release: the
+    // turn goes to this process, and either plain waiter may take it (both are woken;
+    // `BasicLock`s do not queue locally).
     let released = Instant::now();
     holder.release().await.unwrap();
-    let (outcome, acquired, mut plain) = plain_waiter.await.unwrap();
+    let (mut plain_waiter, mut plain2_waiter) = (plain_waiter, plain2_waiter);
+    let (first, other) = tokio::select! {
+        first = &mut plain_waiter => (first, plain2_waiter),
+        first = &mut plain2_waiter => (first, plain_waiter),
+    };
+    let (outcome, acquired, mut plain) = first.unwrap();
     outcome.unwrap();
     let after = acquired.duration_since(released);
     println!("plain waiter acquired {after:?} after the 2.x release");
@@ -852,10 +859,10 @@ async fn mixed_local_waiters(keyspace: bool) {
         after < WAKE_BOUND,
         "acquired {after:?} after the 2.x release"
     );
-    // And the second plain waiter the first one's release (its TTL is an hour).
+    // And the other plain waiter the first one's release (its TTL is an hour).
     let released = Instant::now();
     plain.release().await.unwrap();
-    let (outcome, acquired, mut plain) = plain2_waiter.await.unwrap();
+    let (outcome, acquired, mut plain) = other.await.unwrap();
     outcome.unwrap();
     let after = acquired.duration_since(released);
     println!("second plain waiter acquired {after:?} after the first one's release");
