@@ -394,6 +394,7 @@ impl RdLockConnectionManager {
     ) -> Self {
         let backend = Arc::new(backend);
         let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         Self {
             inner: Arc::new(Inner {
                 notifier: Notifier::start(backend.clone(), timeouts, shutdown.clone()),
@@ -401,8 +402,8 @@ impl RdLockConnectionManager {
                 info,
                 keyspace_db,
                 timeouts,
-                tasks: TaskTracker::new(),
-                held: HeldGuards::default(),
+                held: HeldGuards::new(tasks.clone(), &shutdown),
+                tasks,
                 gates: Gates::default(),
                 shutdown,
             }),
@@ -550,17 +551,22 @@ impl RdLockConnectionManager {
         }
     }
 
-    /// How many background tasks of this manager are running: one watchdog per held
-    /// guard, plus releases in flight (`release()` calls, and the background releases
+    /// How many background tasks of this manager are running: one watchdog per guard
+    /// held for longer than about a second (a watchdog starts at the earlier of one
+    /// second after the acquisition and its first renewal, `lease / 3`), plus releases
+    /// in flight (`release()` calls, and the background releases
     /// of dropped guards and of `release()` or `run` futures dropped mid-release), plus
     /// acquisition attempts in flight (each counts until it has become a guard or been
-    /// undone). Useful to check that nothing is left behind.
+    /// undone). The manager's one task that starts the watchdogs is not counted.
+    /// Useful to check that nothing is left behind.
     ///
     /// # Example
     ///
     /// ```no_run
     /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
     /// let guard = manager.new_lock("job").lock().await?;
+    /// assert_eq!(manager.pending_tasks(), 0); // its watchdog starts in a second
+    /// tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     /// assert_eq!(manager.pending_tasks(), 1); // its watchdog
     /// # Ok(())
     /// # }
@@ -642,7 +648,13 @@ impl RdLockConnectionManager {
             });
         }
         inner.tasks.close();
-        let finished = tokio::time::timeout(SHUTDOWN_TIMEOUT, inner.tasks.wait()).await;
+        // The starter of late watchdogs stopped with the shutdown token (its sleep does
+        // not delay it); waited for so that no task of the manager outlives this call.
+        let finished = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            inner.tasks.wait().await;
+            inner.held.starter_stopped().await;
+        })
+        .await;
         inner.tasks.reopen();
         let failed = failure
             .lock()
