@@ -138,10 +138,12 @@ impl HeldGuards {
         if !map.starter_alive {
             map.starter_alive = true;
             map.wakes_at = Some(at);
+            // Spawned outside the mutex: a runtime that shuts down drops the task at
+            // once, and `Alive` takes the mutex when dropped.
             drop(map);
-            let shared = self.shared.clone();
+            let alive = Alive(self.shared.clone());
             self.starter
-                .spawn(starter(shared, self.tasks.clone(), self.stop.clone()));
+                .spawn(starter(alive, self.tasks.clone(), self.stop.clone()));
         } else if map.wakes_at.is_none_or(|wakes| at < wakes) {
             // Only when it sleeps past this start: an acquisition that finds the
             // starter already due to wake in time costs no wake-up.
@@ -199,11 +201,11 @@ impl Shared {
     }
 }
 
-/// Marks the starter gone when its future ends or is dropped (a runtime shutting down),
-/// so that the next acquisition spawns another.
-struct Alive<'a>(&'a Shared);
+/// Marks the starter gone when its future ends or is dropped — also unpolled, by a
+/// runtime shutting down — so that the next acquisition spawns another.
+struct Alive(Arc<Shared>);
 
-impl Drop for Alive<'_> {
+impl Drop for Alive {
     fn drop(&mut self) {
         let mut map = self.0.map();
         map.starter_alive = false;
@@ -217,8 +219,8 @@ impl Drop for Alive<'_> {
 /// registered since it last looked, and only then for a notification: a loop of short
 /// holds (each released before its start) then wakes it about once per `START_DELAY`,
 /// not once per acquisition, and an idle manager not at all.
-async fn starter(shared: Arc<Shared>, tasks: TaskTracker, stop: CancellationToken) {
-    let _alive = Alive(&shared);
+async fn starter(alive: Alive, tasks: TaskTracker, stop: CancellationToken) {
+    let shared = &alive.0;
     let mut started = Vec::new();
     loop {
         let now = Instant::now();
