@@ -7,8 +7,9 @@
 //! one *starter* task ([`crate::held`]). A guard released before then never spawns a
 //! task. Why: spawned at acquisition, the watchdog sat unpolled in the worker's LIFO
 //! slot until the release's script send pushed it out, which woke a parked worker (a
-//! futex) to run it only to see it cancelled — about 2 `futex` and 0.5 `write` calls
-//! per acquire-and-release cycle, some 6 % of an uncontended cycle (BENCHMARKS.md).
+//! futex) to run it only to see it cancelled: about 2 `futex` and 0.4 `write` calls
+//! per acquire-and-release cycle from a task, where the scripts alone make none
+//! (BENCHMARKS.md, the watchdog experiment).
 //!
 //! Nothing the watchdog guarantees depends on it running before its first renewal:
 //!
