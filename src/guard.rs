@@ -15,7 +15,9 @@ use crate::run::RunContext;
 use crate::scripts;
 
 /// A held lock. While it lives, a watchdog task renews the lease; dropping it cancels
-/// the watchdog and releases the lock.
+/// the watchdog and releases the lock. The watchdog starts a second after the
+/// acquisition (or at its first renewal, `lease / 3`, if sooner): a guard released
+/// before then costs no task.
 ///
 /// # Drop
 ///

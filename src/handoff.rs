@@ -155,7 +155,7 @@ pub(crate) async fn hand_off(
             Ok(())
         }
         Ok(HandOff::Handed { fence }) => {
-            let Some((mut turn, in_flight)) = transit.answered() else {
+            let Some((turn, in_flight)) = transit.answered() else {
                 return Ok(()); // never: the parts are taken once, here
             };
             // With the budget spent and nobody else queued, the budget stays spent:

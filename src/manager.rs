@@ -407,8 +407,8 @@ impl RdLockConnectionManager {
                 info,
                 keyspace_db,
                 timeouts,
+                held: HeldGuards::new(tasks.clone(), &shutdown),
                 tasks,
-                held: HeldGuards::default(),
                 gates: Gates::default(),
                 shutdown,
             }),
@@ -556,17 +556,22 @@ impl RdLockConnectionManager {
         }
     }
 
-    /// How many background tasks of this manager are running: one watchdog per held
-    /// guard, plus releases in flight (`release()` calls, and the background releases
+    /// How many background tasks of this manager are running: one watchdog per guard
+    /// held for longer than about a second (a watchdog starts at the earlier of one
+    /// second after the acquisition and its first renewal, `lease / 3`), plus releases
+    /// in flight (`release()` calls, and the background releases
     /// of dropped guards and of `release()` or `run` futures dropped mid-release), plus
     /// acquisition attempts in flight (each counts until it has become a guard or been
-    /// undone). Useful to check that nothing is left behind.
+    /// undone). The manager's one task that starts the watchdogs is not counted.
+    /// Useful to check that nothing is left behind.
     ///
     /// # Example
     ///
     /// ```no_run
     /// # async fn demo(manager: rdlock::RdLockConnectionManager) -> Result<(), rdlock::RdLockError> {
     /// let guard = manager.new_lock("job").lock().await?;
+    /// assert_eq!(manager.pending_tasks(), 0); // its watchdog starts in a second
+    /// tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     /// assert_eq!(manager.pending_tasks(), 1); // its watchdog
     /// # Ok(())
     /// # }
@@ -648,7 +653,13 @@ impl RdLockConnectionManager {
             });
         }
         inner.tasks.close();
-        let finished = tokio::time::timeout(SHUTDOWN_TIMEOUT, inner.tasks.wait()).await;
+        // The starter of late watchdogs stopped with the shutdown token (its sleep does
+        // not delay it); waited for so that no task of the manager outlives this call.
+        let finished = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            inner.tasks.wait().await;
+            inner.held.starter_stopped().await;
+        })
+        .await;
         inner.tasks.reopen();
         let failed = failure
             .lock()

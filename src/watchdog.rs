@@ -1,4 +1,31 @@
 //! The task that keeps a held lease alive.
+//!
+//! # Started late
+//!
+//! A guard's watchdog is not spawned when the lock is acquired but [`START_DELAY`]
+//! later (or at its first renewal, `lease / 3`, if that comes first), by the manager's
+//! one *starter* task ([`crate::held`]). A guard released before then never spawns a
+//! task. Why: spawned at acquisition, the watchdog sat unpolled in the worker's LIFO
+//! slot until the release's script send pushed it out, which woke a parked worker (a
+//! futex) to run it only to see it cancelled: about 2 `futex` and 0.4 `write` calls
+//! per acquire-and-release cycle from a task, where the scripts alone make none
+//! (BENCHMARKS.md, the watchdog experiment).
+//!
+//! Nothing the watchdog guarantees depends on it running before its first renewal:
+//!
+//! - the first renewal is due at `lease / 3` after the acquire was sent, which is never
+//!   before the start;
+//! - [`LockGuard::is_held`](crate::LockGuard::is_held), `state` and `lost` read the
+//!   lease's deadlines on both clocks themselves; what the watchdog adds between
+//!   renewals is a check every [`CLOCK_CHECK`] that *marks* a lease lost whose
+//!   deadline passed unnoticed (a suspend): the starter's sleep ([`START_DELAY`], equal
+//!   to it) stands in for the first one, and a watchdog checks the clocks first thing
+//!   when it starts;
+//! - the maximum hold only changes what happens at a renewal;
+//! - shutdown drains the registry that holds the watchdogs not started yet, and stops
+//!   the starter; a guard's drop or release takes its entry (and its watchdog) out;
+//! - the hold's metrics and span begin with the guard, not with the watchdog; the
+//!   watchdog runs in the span when it starts.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -14,6 +41,13 @@ use crate::scripts;
 /// renewals: after a suspend of the machine (which the monotonic clock, and so every
 /// timer, does not count) it notices a lease that ran out within this time of waking.
 const CLOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// How long after the acquisition (at most: the first renewal may come earlier) a
+/// guard's watchdog starts. Equal to [`CLOCK_CHECK`], so that a lease's clocks are
+/// checked as often before the watchdog starts (by its start) as after; a longer delay
+/// would spare the task for longer holds too, but leave a lease that ran out during a
+/// suspend unmarked for longer.
+pub(crate) const START_DELAY: Duration = CLOCK_CHECK;
 
 /// Everything the watchdog needs; it holds no reference to the guard or the manager,
 /// so that it can never keep either alive.
@@ -46,7 +80,8 @@ impl Watchdog {
     /// or `READONLY` — makes the lease suspect and is retried until the local
     /// deadline, which then ends it; so does a renewal still unanswered when the next
     /// one is due. A renewal that confirms the token makes it held again. Between
-    /// renewals it checks the deadline on both clocks every [`CLOCK_CHECK`].
+    /// renewals it checks the deadline on both clocks every [`CLOCK_CHECK`], and once
+    /// when it starts.
     ///
     /// From the maximum hold on (`max_hold_at`), it sends no renewal: the lease runs
     /// out at its deadline, and is lost with [`LossCause::MaxHold`].
@@ -59,19 +94,9 @@ impl Watchdog {
         let mut capped = false;
         loop {
             loop {
-                if !capped && self.max_hold_at.is_some_and(|at| next >= at) {
-                    capped = true;
-                    self.state.mark_capped();
-                    tracing::info!(lock = %self.id, fence = self.fence, "maximum hold reached: no more renewals, the lease runs out");
-                }
-                if capped {
-                    next = self.state.deadline();
-                }
-                let wake = next.min(Instant::now() + CLOCK_CHECK);
-                tokio::select! {
-                    biased;
-                    _ = scope.cancelled() => return,
-                    _ = tokio::time::sleep_until(wake.into()) => {}
+                // First, also when the watchdog starts (late: see the module docs).
+                if scope.is_cancelled() {
+                    return;
                 }
                 if let Some(reason) = self.state.expired() {
                     self.state.mark_expired();
@@ -79,8 +104,21 @@ impl Watchdog {
                     tracing::warn!(lock = %self.id, fence = self.fence, cause = cause.as_str(), reason, "lease lost");
                     return;
                 }
-                if !capped && Instant::now() >= next {
+                if !capped && self.max_hold_at.is_some_and(|at| next >= at) {
+                    capped = true;
+                    self.state.mark_capped();
+                    tracing::info!(lock = %self.id, fence = self.fence, "maximum hold reached: no more renewals, the lease runs out");
+                }
+                if capped {
+                    next = self.state.deadline();
+                } else if Instant::now() >= next {
                     break;
+                }
+                let wake = next.min(Instant::now() + CLOCK_CHECK);
+                tokio::select! {
+                    biased;
+                    _ = scope.cancelled() => return,
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                 }
             }
             let deadline = self.state.deadline();

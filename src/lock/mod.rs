@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::errors::RdLockError;
 use crate::gate::Turn;
 use crate::guard::LockGuard;
-use crate::held::Held;
+use crate::held::{start_at, Held, Late};
 use crate::holder::{owner_record, HolderInfo};
 use crate::lease::{valid_until, wall_valid_until, Lease};
 use crate::manager::RdLockConnectionManager;
@@ -1188,7 +1188,7 @@ impl Lock {
         }
     }
 
-    /// Wraps an acquisition in a guard and starts its watchdog; undoes it and reports
+    /// Wraps an acquisition in a guard and schedules its watchdog; undoes it and reports
     /// [`RdLockError::ShutDown`] if the manager's shutdown has begun.
     pub(crate) fn guard(
         &self,
@@ -1204,21 +1204,6 @@ impl Lock {
             .with_backend(self.manager.inner().conn.clone(), acquired.generation)
             .with_hold(Hold::start(self.metrics.clone())),
         );
-        let registered = self.manager.inner().held.insert(Held {
-            names: self.names.clone(),
-            id: self.id.clone(),
-            token: acquired.token.clone(),
-            fence: acquired.fence,
-            state: state.clone(),
-        });
-        let Some(registered) = registered else {
-            // Shutdown has drained the registry: this acquisition completed too late to
-            // be released by it. `undo` releases it; shutdown waits for that.
-            tracing::debug!(lock = %self.id, fence = acquired.fence, "acquired during shutdown: undone");
-            return Err(RdLockError::ShutDown);
-        };
-        // From here on the guard (or shutdown, which now sees it) releases the lock.
-        undo.token = None;
         // The hold: under the caller's span (this is called outside the acquisition's
         // span), for as long as the guard lives; its watchdog and release run in it.
         let hold = tracing::info_span!(
@@ -1227,8 +1212,11 @@ impl Lock {
             fence = acquired.fence,
             backend = self.manager.inner().conn.kind(),
         );
-        if self.watchdog {
-            let watchdog = Watchdog {
+        // Not spawned now: the manager's starter spawns it when its first renewal
+        // nears, unless the guard has ended by then (see the watchdog module docs).
+        let late = self.watchdog.then(|| Late {
+            at: start_at(acquired.sent, self.lease),
+            watchdog: Watchdog {
                 conn: self.manager.inner().conn.clone(),
                 names: self.names.clone(),
                 id: self.id.clone(),
@@ -1239,14 +1227,27 @@ impl Lock {
                 last_sent: acquired.sent,
                 max_hold_at: self.max_hold.map(|m| acquired.sent + m),
                 metrics: self.metrics.clone(),
-            };
-            self.manager
-                .inner()
-                .tasks
-                .spawn(watchdog.run().instrument(hold.clone()));
-        }
-        // `undo`, and with it this acquisition's count among the manager's tasks, ends
-        // only now that the watchdog is spawned: shutdown cannot miss the watchdog.
+            },
+            span: hold.clone(),
+        });
+        let registered = self.manager.inner().held.insert(Held {
+            names: self.names.clone(),
+            id: self.id.clone(),
+            token: acquired.token.clone(),
+            fence: acquired.fence,
+            state: state.clone(),
+            late,
+        });
+        let Some(registered) = registered else {
+            // Shutdown has drained the registry: this acquisition completed too late to
+            // be released by it. `undo` releases it; shutdown waits for that.
+            tracing::debug!(lock = %self.id, fence = acquired.fence, "acquired during shutdown: undone");
+            return Err(RdLockError::ShutDown);
+        };
+        // From here on the guard (or shutdown, which now sees it and its watchdog to
+        // be) releases the lock; `undo`, and with it this acquisition's count among the
+        // manager's tasks, can end.
+        undo.token = None;
         drop(undo);
         tracing::debug!(lock = %self.id, fence = acquired.fence, lease = ?self.lease, "acquired");
         Ok(LockGuard::new(
