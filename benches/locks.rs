@@ -481,6 +481,7 @@ async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Dura
     let mut raw = server.conn().await;
     println!("| contender | acquisitions/s | vs floor | p50 wait | p99 wait | p99 wait / p50 uncontended cycle | min/mean per process | min/mean per task | commands per acquisition |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut queue_line = None;
     for kind in Contender::LOCKS {
         reset_stats(&mut raw).await;
         let started = Instant::now();
@@ -519,6 +520,12 @@ async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Dura
         }
         let elapsed = started.elapsed();
         let commands = commands_run(&mut raw).await;
+        // rdlock: messages (`turn` + `claimed`) and failed attempts (each queues its
+        // process: one `LPOS`), for the queue of processes.
+        let queue_figures = (kind == 1).then_some((
+            calls_of(&mut raw, "publish").await,
+            calls_of(&mut raw, "lpos").await,
+        ));
         let total: u64 = per_process.iter().sum();
         let rate = total as f64 / elapsed.as_secs_f64();
         waits.sort();
@@ -538,7 +545,33 @@ async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Dura
             min_over_mean(&per_task),
             commands as f64 / total.max(1) as f64
         );
+        if let Some((publishes, failed)) = queue_figures {
+            queue_line = Some(format!(
+                "rdlock: {total} acquisitions, {publishes} messages (`turn` + `claimed`: {:.3} \
+                 per acquisition), {failed} failed attempts ({:.3} per acquisition)",
+                publishes as f64 / total.max(1) as f64,
+                failed as f64 / total.max(1) as f64
+            ));
+        }
     }
+    if let Some(line) = queue_line {
+        println!("\n{line}");
+    }
+}
+
+/// `INFO commandstats` calls of one command since the last reset.
+async fn calls_of(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A worker process: 4 tasks contend for `KEY` for the given time; prints `ACQ <n>`.
