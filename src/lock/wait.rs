@@ -1,12 +1,17 @@
 //! The wait loop shared by every blocking acquire.
 //!
-//! Register interest in the lock's notifications *first* (subscription confirmed), then
-//! try; if the lock is held, wait for whichever comes first — a wake-up from the shared
-//! subscriber, the holder's remaining lease (PTTL) running out, or the caller's deadline
-//! — and try again. A release between the failed try and the wait cannot be missed,
-//! because the wake-up future is enabled before the try; a lost notification costs at
-//! most the holder's PTTL, never a hang. Every attempt is raced against the deadline
-//! and shutdown, so neither waits for a reply that is slow to come.
+//! Try once (an uncontended lock costs one round trip and no subscription). If the lock
+//! is held, that attempt put this process in the lock's queue in Redis
+//! ([`crate::queue`]); register interest in the lock's notifications (subscription
+//! confirmed), try again unless the subscription was in place before the first try,
+//! then wait for whichever comes first — a wake-up (a turn message naming this process,
+//! a `released` message, a keyspace event, a confirmation), this process's deadline as
+//! a standby of the last turn, the holder's remaining lease (PTTL) running out, or the
+//! caller's deadline — and try again. A turn message between the failed try and the
+//! wait cannot be missed: the wake-up future is enabled before each try, and a turn
+//! message also leaves a flag that is read after it. A lost notification costs at most
+//! the holder's PTTL, never a hang. Every attempt is raced against the deadline and
+//! shutdown, so neither waits for a reply that is slow to come.
 
 use std::hash::{BuildHasher, Hasher};
 use std::pin::pin;
