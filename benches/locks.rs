@@ -144,19 +144,30 @@ async fn floor_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
 /// rdlock's own scripts (the same source files), acquire then release, with a fixed
 /// token and owner record.
 async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
-    static ACQUIRE: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/acquire.lua")));
-    static RELEASE: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("../src/scripts/release.lua")));
+    static ACQUIRE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(concat!(
+            include_str!("../src/scripts/queue.lua"),
+            include_str!("../src/scripts/acquire.lua")
+        ))
+    });
+    static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(concat!(
+            include_str!("../src/scripts/queue.lua"),
+            include_str!("../src/scripts/release.lua")
+        ))
+    });
     let (ok, _, _): (i64, i64, String) = ACQUIRE
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:fence")
         .key("rdlock:{raw}:owner")
-        .key("rdlock:{raw}:waiters")
+        .key("rdlock:{raw}:queue")
         .arg("token")
         .arg(30_000)
         .arg("1\nhost\n")
         .arg(1_700_000_000_000u64)
+        .arg("raw-process")
+        .arg("0")
+        .arg("rdlock:{raw}:release")
         .invoke_async(conn)
         .await
         .expect("acquire script");
@@ -165,8 +176,10 @@ async fn scripts_cycle(conn: &mut (impl redis::aio::ConnectionLike + Send)) {
         .key("rdlock:{raw}:lock")
         .key("rdlock:{raw}:owner")
         .key("rdlock:{raw}:waiters")
+        .key("rdlock:{raw}:queue")
         .arg("token")
         .arg("rdlock:{raw}:release")
+        .arg(250)
         .invoke_async(conn)
         .await
         .expect("release script");
