@@ -471,16 +471,34 @@ impl Shared {
     /// in the background (a task of the manager), passing on a turn reserved for it.
     /// Without a runtime the entry stays: a dead entry, which costs the others one
     /// reservation when its turn comes ([`crate::queue`]).
-    fn leave(&self, names: Arc<LockNames>) {
+    ///
+    /// A new waiter of this process may have come meanwhile and queued the process
+    /// again before the leave reached the server (a retry right after a timeout: its
+    /// attempt is sent before this task runs); the leave then took out that entry too,
+    /// and the holder's release would find nobody in line and publish nothing. So once
+    /// the leave is done, the lock's waiters of this process, if any, are woken: each
+    /// makes one attempt, which queues the process again (or takes the lock). Every
+    /// waiter's wake-up future exists before each of its attempts (`lock/wait.rs`), so
+    /// an attempt that reached the server before the leave is followed by another.
+    fn leave(self: &Arc<Self>, names: Arc<LockNames>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let shared = Arc::downgrade(self);
         let backend = self.backend.clone();
         let process = self.process.clone();
         self.tasks.spawn_on(
             async move {
                 if let Err(e) = crate::scripts::leave(&backend, &names, &process).await {
                     tracing::debug!(error = %e, "leaving a lock's queue failed: its entry costs one reservation");
+                }
+                if let Some(shared) = shared.upgrade() {
+                    let registry = shared.registry();
+                    if let Some(registered) = registry.get(&names.release_channel) {
+                        if registered.watchers > 0 {
+                            registered.entry.wake();
+                        }
+                    }
                 }
             },
             &handle,
