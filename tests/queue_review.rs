@@ -68,3 +68,65 @@ async fn retry_after_timeout_is_woken_by_the_release_current_thread() {
 async fn retry_after_timeout_is_woken_by_the_release_multi_thread() {
     retry_after_timeout_is_woken_by_the_release().await;
 }
+
+/// A `BasicLock` (which queues, without 1.x compatibility) and a run of `Lock` tasks
+/// of the same process: the `Lock` tasks hand the key off to each other past the
+/// budget while the `BasicLock` waits in line. A hand-off script with the budget spent
+/// takes the process out of the queue to put it back at the end; with no other
+/// process queued it must not leave it out, or the last release finds nobody in line,
+/// publishes nothing, and the `BasicLock` sits out the lease it last saw.
+#[tokio::test]
+async fn hand_offs_past_the_budget_keep_the_process_in_line_for_its_other_waiters() {
+    const LEASE: Duration = Duration::from_secs(20);
+    const TASKS: usize = rdlock::HANDOFF_BUDGET as usize + 4;
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let manager = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let lock = manager.new_lock("budget").with_lease(LEASE);
+    let first = lock.lock().await.unwrap();
+    let mut basic = manager.new_basic_lock("budget", 20).without_v1_compat();
+    let basic_waits = tokio::spawn(async move {
+        basic.lock_timeout(Duration::from_secs(60)).await.map(|()| basic)
+    });
+    support::wait_until(Duration::from_secs(10), "the BasicLock queued", || {
+        let mut raw = raw.clone();
+        async move { queue(&mut raw, "budget").await.len() == 1 }
+    })
+    .await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..TASKS {
+        let (lock, done_tx, started) = (lock.clone(), done_tx.clone(), started.clone());
+        tokio::spawn(async move {
+            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let guard = lock.lock().await.unwrap();
+            done_tx.send(guard.fencing_token()).unwrap();
+            drop(guard);
+        });
+    }
+    // Each task, once started, is in the local queue (its first poll enqueues it).
+    while started.load(std::sync::atomic::Ordering::SeqCst) < TASKS {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    drop(first);
+    for _ in 0..TASKS {
+        tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+            .await
+            .expect("every task gets the lock")
+            .unwrap();
+    }
+    let last_released = Instant::now();
+    let in_line = queue(&mut raw, "budget").await;
+    let mut basic = tokio::time::timeout(Duration::from_secs(40), basic_waits)
+        .await
+        .expect("the BasicLock gets the lock within the test's bound")
+        .unwrap()
+        .expect("acquired");
+    let took = last_released.elapsed();
+    assert!(
+        took < LEASE / 4,
+        "the BasicLock waited {took:?} after the last Lock task (queue then: {in_line:?})"
+    );
+    basic.release().await.unwrap();
+}
