@@ -434,6 +434,19 @@ impl Notifier {
         })
     }
 
+    /// Leaves, in the background (tasks of the manager), every lock queue this process
+    /// may be in: shutdown calls it before it waits for the manager's tasks, since the
+    /// waiters it ends drop their watches (and would leave) only when next polled,
+    /// possibly after shutdown returned and the program exited.
+    pub(crate) fn leave_all(&self) {
+        let registry = self.shared.registry();
+        for registered in registry.values() {
+            if registered.entry.queued.swap(false, Ordering::AcqRel) {
+                self.shared.leave(registered.entry.names.clone());
+            }
+        }
+    }
+
     /// Channels the subscriber task keeps subscribed.
     pub(crate) fn channels(&self) -> usize {
         self.shared.status.channels.load(Ordering::Relaxed)

@@ -130,3 +130,40 @@ async fn hand_offs_past_the_budget_keep_the_process_in_line_for_its_other_waiter
     );
     basic.release().await.unwrap();
 }
+
+/// Shutdown ends a waiter whose process is in line: when `shutdown` returns, the
+/// process has left the queue (a program exits right after it: a leave still to run
+/// then never runs, and the entry costs the others a reservation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_after_its_waiters_left_the_queue_multi_thread() {
+    shutdown_returns_after_its_waiters_left_the_queue().await;
+}
+
+#[tokio::test]
+async fn shutdown_returns_after_its_waiters_left_the_queue_current_thread() {
+    shutdown_returns_after_its_waiters_left_the_queue().await;
+}
+
+async fn shutdown_returns_after_its_waiters_left_the_queue() {
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let waiter = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let _guard = holder.new_lock("bye").lock().await.unwrap();
+    let waiting = tokio::spawn({
+        let lock = waiter.new_lock("bye");
+        async move { lock.lock().await.map(drop) }
+    });
+    support::wait_until(Duration::from_secs(10), "the waiter queued", || {
+        let mut raw = raw.clone();
+        async move { queue(&mut raw, "bye").await.len() == 1 }
+    })
+    .await;
+    waiter.shutdown().await.unwrap();
+    let left_behind = queue(&mut raw, "bye").await;
+    assert!(matches!(
+        waiting.await.unwrap(),
+        Err(RdLockError::ShutDown)
+    ));
+    assert!(left_behind.is_empty(), "still in line after shutdown: {left_behind:?}");
+}
