@@ -434,6 +434,12 @@ impl Notifier {
         })
     }
 
+    /// Leaves the queue of the lock `names` in the background: for a waiter cut short
+    /// before it had a [`Watch`] to record that its attempt may have queued the process.
+    pub(crate) fn leave(&self, names: Arc<LockNames>) {
+        self.shared.leave(names);
+    }
+
     /// Leaves, in the background (tasks of the manager), every lock queue this process
     /// may be in: shutdown calls it before it waits for the manager's tasks, since the
     /// waiters it ends drop their watches (and would leave) only when next polled,
@@ -466,9 +472,10 @@ impl Shared {
     /// `idle`-th time.
     fn unsubscribe_idle(&self, entry: &Arc<Entry>, idle: u64) {
         let mut registry = self.registry();
-        if registry.get(&entry.release_channel).is_some_and(|r| {
-            Arc::ptr_eq(&r.entry, entry) && r.watchers == 0 && r.idle == idle
-        }) {
+        if registry
+            .get(&entry.release_channel)
+            .is_some_and(|r| Arc::ptr_eq(&r.entry, entry) && r.watchers == 0 && r.idle == idle)
+        {
             self.unsubscribe(&mut registry, entry);
         }
     }

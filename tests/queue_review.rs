@@ -37,7 +37,10 @@ async fn retry_after_timeout_is_woken_by_the_release() {
     let lock = waiter.new_lock("retry");
     let waiting = tokio::spawn(async move {
         let first = lock.lock_timeout(Duration::from_millis(300)).await;
-        assert!(matches!(first, Err(RdLockError::TimeoutReached)), "{first:?}");
+        assert!(
+            matches!(first, Err(RdLockError::TimeoutReached)),
+            "{first:?}"
+        );
         // At once, as a retry loop does.
         lock.lock_timeout(Duration::from_secs(60)).await
     });
@@ -86,7 +89,10 @@ async fn hand_offs_past_the_budget_keep_the_process_in_line_for_its_other_waiter
     let first = lock.lock().await.unwrap();
     let mut basic = manager.new_basic_lock("budget", 20).without_v1_compat();
     let basic_waits = tokio::spawn(async move {
-        basic.lock_timeout(Duration::from_secs(60)).await.map(|()| basic)
+        basic
+            .lock_timeout(Duration::from_secs(60))
+            .await
+            .map(|()| basic)
     });
     support::wait_until(Duration::from_secs(10), "the BasicLock queued", || {
         let mut raw = raw.clone();
@@ -161,9 +167,68 @@ async fn shutdown_returns_after_its_waiters_left_the_queue() {
     .await;
     waiter.shutdown().await.unwrap();
     let left_behind = queue(&mut raw, "bye").await;
-    assert!(matches!(
-        waiting.await.unwrap(),
-        Err(RdLockError::ShutDown)
-    ));
-    assert!(left_behind.is_empty(), "still in line after shutdown: {left_behind:?}");
+    assert!(matches!(waiting.await.unwrap(), Err(RdLockError::ShutDown)));
+    assert!(
+        left_behind.is_empty(),
+        "still in line after shutdown: {left_behind:?}"
+    );
+}
+
+/// A waiter aborted while its first attempt is on its way (the connection holds it
+/// up): the attempt reaches the server afterwards and queues the process, and the
+/// waiter, gone, must still take it out of line, or its entry stays for the holder's
+/// lease and costs the next release a reservation.
+#[tokio::test]
+async fn a_waiter_aborted_during_its_first_attempt_leaves_no_entry() {
+    use std::sync::atomic::Ordering;
+    use support::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let mut raw = server.conn().await;
+    let proxy = FaultProxy::to_port(server.port()).await;
+    let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
+    let waiter = RdLockConnectionManager::new(proxy.url()).await.unwrap();
+    let _guard = holder
+        .new_lock("aborted")
+        .with_lease(Duration::from_secs(30))
+        .lock()
+        .await
+        .unwrap();
+    // Scripts loaded, connection up: the next attempt is one EVALSHA.
+    assert!(waiter.new_lock("aborted").try_lock().await.is_err());
+    proxy.set(Mode::Hold);
+    let before = proxy.handle().stats().bytes_up.load(Ordering::SeqCst);
+    let waiting = tokio::spawn({
+        let lock = waiter.new_lock("aborted");
+        async move { lock.lock().await.map(drop) }
+    });
+    support::wait_until(Duration::from_secs(10), "the attempt was sent", || {
+        let sent = proxy.handle().stats().bytes_up.load(Ordering::SeqCst) > before;
+        async move { sent }
+    })
+    .await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    proxy.set(Mode::Pass);
+    // The attempt ran after the abort, and queued the process.
+    support::wait_until(Duration::from_secs(10), "the attempt ran", || {
+        let mut raw = raw.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            info.contains("cmdstat_rpush:")
+        }
+    })
+    .await;
+    support::wait_until(
+        Duration::from_secs(10),
+        "the aborted waiter left no entry",
+        || {
+            let mut raw = raw.clone();
+            async move { queue(&mut raw, "aborted").await.is_empty() }
+        },
+    )
+    .await;
 }
