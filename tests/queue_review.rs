@@ -183,7 +183,7 @@ async fn a_waiter_aborted_during_its_first_attempt_leaves_no_entry() {
     use std::sync::atomic::Ordering;
     use support::proxy::{FaultProxy, Mode};
     let server = RedisServer::start();
-    let mut raw = server.conn().await;
+    let raw = server.conn().await;
     let proxy = FaultProxy::to_port(server.port()).await;
     let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
     let waiter = RdLockConnectionManager::new(proxy.url()).await.unwrap();
