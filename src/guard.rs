@@ -375,9 +375,10 @@ impl LockGuard {
         if let Some((turn, to, spent)) = self.hand_off_target() {
             // One script passes the key to the next local waiter (crate::handoff);
             // dropping this future meanwhile releases both tokens in the background.
-            let outcome = crate::handoff::hand_off(&self.lock, &self.token, turn, to, spent, in_flight)
-                .instrument(self.span.clone())
-                .await;
+            let outcome =
+                crate::handoff::hand_off(&self.lock, &self.token, turn, to, spent, in_flight)
+                    .instrument(self.span.clone())
+                    .await;
             let _in_hold = self.span.enter();
             return match outcome {
                 Ok(()) => {

@@ -409,6 +409,6 @@ pub use guard::LockGuard;
 pub use holder::HolderInfo;
 pub use lease::{LeaseState, LossCause};
 pub use lock::{Lock, DEFAULT_LEASE, MAX_LEASE, MIN_LEASE};
-pub use queue::RESERVATION;
 pub use manager::{Footprint, RdLockConnectionManager, SHUTDOWN_TIMEOUT};
+pub use queue::RESERVATION;
 pub use run::{Run, RunContext};

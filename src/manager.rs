@@ -652,6 +652,9 @@ impl RdLockConnectionManager {
                 }
             });
         }
+        // Waiters ended by the shutdown leave the lock queues they were in only when
+        // their tasks next run: their process leaves now, within this call.
+        inner.notifier.leave_all();
         inner.tasks.close();
         // The starter of late watchdogs stopped with the shutdown token (its sleep does
         // not delay it); waited for so that no task of the manager outlives this call.

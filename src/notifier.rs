@@ -434,6 +434,25 @@ impl Notifier {
         })
     }
 
+    /// Leaves the queue of the lock `names` in the background: for a waiter cut short
+    /// before it had a [`Watch`] to record that its attempt may have queued the process.
+    pub(crate) fn leave(&self, names: Arc<LockNames>) {
+        self.shared.leave(names);
+    }
+
+    /// Leaves, in the background (tasks of the manager), every lock queue this process
+    /// may be in: shutdown calls it before it waits for the manager's tasks, since the
+    /// waiters it ends drop their watches (and would leave) only when next polled,
+    /// possibly after shutdown returned and the program exited.
+    pub(crate) fn leave_all(&self) {
+        let registry = self.shared.registry();
+        for registered in registry.values() {
+            if registered.entry.queued.swap(false, Ordering::AcqRel) {
+                self.shared.leave(registered.entry.names.clone());
+            }
+        }
+    }
+
     /// Channels the subscriber task keeps subscribed.
     pub(crate) fn channels(&self) -> usize {
         self.shared.status.channels.load(Ordering::Relaxed)
@@ -453,9 +472,10 @@ impl Shared {
     /// `idle`-th time.
     fn unsubscribe_idle(&self, entry: &Arc<Entry>, idle: u64) {
         let mut registry = self.registry();
-        if registry.get(&entry.release_channel).is_some_and(|r| {
-            Arc::ptr_eq(&r.entry, entry) && r.watchers == 0 && r.idle == idle
-        }) {
+        if registry
+            .get(&entry.release_channel)
+            .is_some_and(|r| Arc::ptr_eq(&r.entry, entry) && r.watchers == 0 && r.idle == idle)
+        {
             self.unsubscribe(&mut registry, entry);
         }
     }
@@ -471,16 +491,34 @@ impl Shared {
     /// in the background (a task of the manager), passing on a turn reserved for it.
     /// Without a runtime the entry stays: a dead entry, which costs the others one
     /// reservation when its turn comes ([`crate::queue`]).
-    fn leave(&self, names: Arc<LockNames>) {
+    ///
+    /// A new waiter of this process may have come meanwhile and queued the process
+    /// again before the leave reached the server (a retry right after a timeout: its
+    /// attempt is sent before this task runs); the leave then took out that entry too,
+    /// and the holder's release would find nobody in line and publish nothing. So once
+    /// the leave is done, the lock's waiters of this process, if any, are woken: each
+    /// makes one attempt, which queues the process again (or takes the lock). Every
+    /// waiter's wake-up future exists before each of its attempts (`lock/wait.rs`), so
+    /// an attempt that reached the server before the leave is followed by another.
+    fn leave(self: &Arc<Self>, names: Arc<LockNames>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let shared = Arc::downgrade(self);
         let backend = self.backend.clone();
         let process = self.process.clone();
         self.tasks.spawn_on(
             async move {
                 if let Err(e) = crate::scripts::leave(&backend, &names, &process).await {
                     tracing::debug!(error = %e, "leaving a lock's queue failed: its entry costs one reservation");
+                }
+                if let Some(shared) = shared.upgrade() {
+                    let registry = shared.registry();
+                    if let Some(registered) = registry.get(&names.release_channel) {
+                        if registered.watchers > 0 {
+                            registered.entry.wake();
+                        }
+                    }
                 }
             },
             &handle,

@@ -89,7 +89,10 @@ pub(crate) fn reservation_ms() -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Message<'a> {
     /// The turn went to `next`; `standbys` are the next processes in line.
-    Turn { next: &'a [u8], standbys: Vec<&'a [u8]> },
+    Turn {
+        next: &'a [u8],
+        standbys: Vec<&'a [u8]>,
+    },
     /// A process claimed its turn (or took the key after one not claimed): standbys
     /// stand down.
     Claimed,

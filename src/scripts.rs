@@ -201,7 +201,10 @@ fn acquire_args(
     owner: &str,
     queue: Queueing<'_>,
 ) {
-    invocation.key(&names.key).key(&names.fence).key(&names.owner);
+    invocation
+        .key(&names.key)
+        .key(&names.fence)
+        .key(&names.owner);
     match &names.v1 {
         Some(v1) => invocation.key(&names.waiters).key(&v1.key),
         None => invocation.key(&names.queue),

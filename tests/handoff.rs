@@ -302,7 +302,10 @@ async fn the_budget_lets_another_managers_waiter_in() {
     let publishes = calls(&mut raw, "publish").await;
     let acquisitions = lock.last_fencing_token().await.unwrap() - first;
     println!("alone: {acquisitions} acquisitions, {publishes} messages");
-    assert_eq!(publishes, 0, "{publishes} messages for {acquisitions} acquisitions, alone");
+    assert_eq!(
+        publishes, 0,
+        "{publishes} messages for {acquisitions} acquisitions, alone"
+    );
     let mut rounds = Vec::new();
     for _ in 0..10 {
         let before = lock.last_fencing_token().await.unwrap();

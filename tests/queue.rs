@@ -209,7 +209,9 @@ async fn dead_processes_in_line_cost_a_reservation_each_not_a_lease() {
     // on to d2, the last in line.
     assert!(queue(&mut raw, "dead").await.is_empty());
     assert_eq!(
-        support::get(&mut raw, "rdlock:{dead}:lock").await.as_deref(),
+        support::get(&mut raw, "rdlock:{dead}:lock")
+            .await
+            .as_deref(),
         Some("q:d2d2d2d2")
     );
 }

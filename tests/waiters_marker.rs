@@ -98,10 +98,14 @@ async fn a_waiter_queues_its_process_and_is_woken_by_the_release() {
     let mut raw = server.conn().await;
     let lock = waiter.new_lock("wake");
     let task = tokio::spawn(async move { lock.lock().await });
-    wait_until(Duration::from_secs(10), "the waiter queued its process", || {
-        let mut raw = raw.clone();
-        async move { pttl(&mut raw, "rdlock:{wake}:queue").await > 0 }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the waiter queued its process",
+        || {
+            let mut raw = raw.clone();
+            async move { pttl(&mut raw, "rdlock:{wake}:queue").await > 0 }
+        },
+    )
     .await;
     // Never shorter than the holder's lease: the release finds it. (Both read in one
     // MULTI, at one instant of the server's clock.)
@@ -292,14 +296,10 @@ async fn holders_of_todays_scripts_and_of_2_0_scripts_interoperate() {
     );
     let waiter = lock.clone();
     let task = tokio::spawn(async move { waiter.lock().await });
-    wait_until(
-        Duration::from_secs(10),
-        "the new waiter queued",
-        || {
-            let mut raw = raw.clone();
-            async move { pttl(&mut raw, "rdlock:{fleet}:queue").await > 0 }
-        },
-    )
+    wait_until(Duration::from_secs(10), "the new waiter queued", || {
+        let mut raw = raw.clone();
+        async move { pttl(&mut raw, "rdlock:{fleet}:queue").await > 0 }
+    })
     .await;
     let released: Option<String> = v2_0::RELEASE
         .key("rdlock:{fleet}:lock")

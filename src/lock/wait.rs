@@ -171,12 +171,22 @@ impl Lock {
                 // Fast path: an uncontended lock costs one round trip and no
                 // subscription (not after a requeue: then this process waits its turn).
                 let first_until = deadline.map(|d| d.max(Instant::now() + FIRST_ATTEMPT_MIN));
+                // Until a watch records it, a waiter cut short (its attempt in flight,
+                // or answered) may leave its process in the queue: it leaves on drop.
+                let mut unqueue = Unqueue {
+                    lock: self,
+                    armed: queues && start == Start::Attempt,
+                    _in_flight: inner.tasks.token(),
+                };
                 let first = if start != Start::Attempt {
                     Ok(Attempt::TooLate) // as after an attempt whose key is being released
                 } else {
                     let queue = Queueing { process, queued };
                     self.bounded_attempt(lease_ms, first_until, queue).await
                 };
+                if matches!(first, Ok(Attempt::Acquired(_))) {
+                    unqueue.armed = false; // the script took the process out of the queue
+                }
                 // How long the first wait for the subscription may take: like every
                 // wait, no longer than the holder's PTTL (the subscription's
                 // confirmation, when it comes later, still wakes this waiter).
@@ -201,9 +211,13 @@ impl Lock {
                 if let Some(turn) = turn {
                     turn.keep_watch(&watch);
                 }
-                if queued && queues {
+                // The first attempt may have queued the process even if its reply
+                // did not say so (an error after the script ran).
+                if queues && (queued || start == Start::Attempt) {
                     watch.set_queued(true);
                 }
+                unqueue.armed = false;
+                drop(unqueue);
                 let ready_by = ready_within.map(|within| Instant::now() + within);
                 tokio::select! {
                     _ = watch.ready() => {}
@@ -238,6 +252,12 @@ impl Lock {
                 Step::Attempt => {
                     // This attempt serves every turn message that came so far.
                     watch.take_turn();
+                    if queues {
+                        // Before it is sent: cut short after the script ran (deadline,
+                        // shutdown, abort), the waiter still takes its process out of
+                        // the queue when its watch goes.
+                        watch.set_queued(true);
+                    }
                     let queue = Queueing { process, queued };
                     match self.bounded_attempt(lease_ms, deadline, queue).await {
                         Ok(Attempt::Acquired(granted)) => {
@@ -361,6 +381,25 @@ impl Drop for Baton<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.watch.pass_on();
+        }
+    }
+}
+
+/// Leaves the lock's queue when dropped armed: a waiter cut short during its first
+/// attempt, which it makes before it has a [`Watch`] to record that it may be queued.
+struct Unqueue<'a> {
+    lock: &'a Lock,
+    armed: bool,
+    /// Counted as a task of the manager until the leave is spawned (fields drop after
+    /// `drop`), so that a shutdown that ends this waiter waits for its leave.
+    _in_flight: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let inner = self.lock.manager().inner();
+            inner.notifier.leave(self.lock.names_arc().clone());
         }
     }
 }

@@ -18,9 +18,17 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return false
 end
 if ARGV[6] == '1' then
-  redis.call('LREM', KEYS[5], 0, ARGV[7])
+  local queued = redis.call('LREM', KEYS[5], 0, ARGV[7])
   if pass_turn(KEYS[1], KEYS[3], KEYS[5], ARGV[8], ARGV[9], ARGV[7]) then
     return {0, ARGV[2]}
+  end
+  if queued > 0 then
+    -- Nobody else in line: the process keeps its place, which is another waiter's of
+    -- its own (a BasicLock, a plain turn's holder): taken out, it would hear of no
+    -- release. (The list may have been emptied, and so deleted, by the LREM: it
+    -- needs an expiry again, as long as the lease it queues for.)
+    redis.call('RPUSH', KEYS[5], ARGV[7])
+    redis.call('PEXPIRE', KEYS[5], ARGV[3])
   end
   if redis.call('PTTL', KEYS[4]) ~= -2 then
     -- Waiters that do not queue (1.x compatibility) marked themselves: the key is
