@@ -596,6 +596,20 @@ impl Watch {
         self.entry.queued.store(queued, Ordering::Release);
     }
 
+    /// An acquisition took this process out of the lock's queue: records it, unless
+    /// another waiter of this process watches the lock too. That one's failed attempt
+    /// may have queued the process again after the acquisition, its reply handled
+    /// first: the record stays "may be queued" (at worst one needless leave later).
+    pub(crate) fn acquired(&self) {
+        let registry = self.shared.registry();
+        let alone = registry
+            .get(&self.entry.release_channel)
+            .is_some_and(|r| Arc::ptr_eq(&r.entry, &self.entry) && r.watchers <= 1);
+        if alone {
+            self.entry.queued.store(false, Ordering::Release);
+        }
+    }
+
     /// Whether this process may be in the lock's queue.
     pub(crate) fn queued(&self) -> bool {
         self.entry.queued.load(Ordering::Acquire)

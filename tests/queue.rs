@@ -286,7 +286,7 @@ async fn a_cancelled_waiter_leaves_no_entry_and_passes_its_reserved_turn_on() {
 #[tokio::test]
 async fn a_waiter_that_times_out_takes_its_process_out_of_line() {
     let server = RedisServer::start();
-    let mut raw = server.conn().await;
+    let raw = server.conn().await;
     let holder = RdLockConnectionManager::new(server.url()).await.unwrap();
     let waiter = RdLockConnectionManager::new(server.url()).await.unwrap();
     let _guard = holder.new_lock("timeout").lock().await.unwrap();

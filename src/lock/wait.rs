@@ -263,7 +263,7 @@ impl Lock {
                         Ok(Attempt::Acquired(granted)) => {
                             baton.disarm();
                             // The script took this process out of the queue.
-                            watch.set_queued(false);
+                            watch.acquired();
                             return Ok(granted);
                         }
                         Ok(Attempt::Held(pttl)) => {

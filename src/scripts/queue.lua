@@ -38,7 +38,13 @@ local function pass_turn(lock, owner, queue, channel, reservation, requeue)
   redis.call('SET', lock, 'q:' .. next, 'PX', reservation)
   redis.call('DEL', owner)
   if requeue then
-    enqueue(queue, requeue, reservation)
+    -- Taken out of the queue by the caller: back at the end, without a look for it
+    -- (so that every LPOS is a failed attempt's).
+    redis.call('RPUSH', queue, requeue)
+    local ttl = redis.call('PTTL', queue)
+    if ttl < tonumber(reservation) then
+      redis.call('PEXPIRE', queue, reservation)
+    end
   else
     local ttl = redis.call('PTTL', queue)
     if ttl > 0 and ttl < tonumber(reservation) then
