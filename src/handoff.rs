@@ -155,12 +155,15 @@ pub(crate) async fn hand_off(
             Ok(())
         }
         Ok(HandOff::Handed { fence }) => {
-            let Some((turn, in_flight)) = transit.answered() else {
+            let Some((mut turn, in_flight)) = transit.answered() else {
                 return Ok(()); // never: the parts are taken once, here
             };
-            // With the budget spent and nobody else queued, the budget stays spent:
-            // the next hand-off looks at the queue again, so that a process that
-            // queues meanwhile gets the next turn, not one a budget later.
+            if budget_spent {
+                // Nobody else was in line: a new budget. (Keeping it spent would look
+                // at the queue at every hand-off, 3-4 more commands each, for a
+                // process that queues meanwhile to get in a budget earlier.)
+                turn.restart_budget(Start::Attempt);
+            }
             let acquired = Acquired {
                 token: next,
                 fence,
