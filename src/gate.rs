@@ -42,8 +42,9 @@ use crate::notifier::Watch;
 /// key: 8.
 ///
 /// A process whose tasks queue for a key keeps it for at most this many hand-offs in
-/// a row when other processes are in the key's queue ([`crate::queue`]); then the
-/// turn goes to the first of them, and this process queues again at the end. Larger
+/// a row when other processes are in the key's queue (see [queue of
+/// processes](crate#queue-of-processes)); then the turn goes to the first of them, and
+/// this process queues again at the end. Larger
 /// budgets save Redis work (a turn to another process costs a message and its claim)
 /// but make other processes wait longer (up to N + 1 holds of this process).
 ///
