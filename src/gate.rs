@@ -63,7 +63,7 @@ pub(crate) enum Start {
     /// process and queued this one again.
     Requeued,
     /// With a short wait (once subscribed): a hand-off script released the key for
-    /// waiters that do not queue (1.x compatibility), which try first.
+    /// marked waiters not in line (1.x compatibility), which try first.
     OthersFirst,
 }
 

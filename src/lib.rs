@@ -92,7 +92,7 @@
 //! | `rdlock:{<id>}:fence` | the fencing counter; it never expires and must not be deleted, or tokens start again from 1 (a server that loses its last writes sets it back too: see [`LockGuard::fencing_token`]) |
 //! | `rdlock:{<id>}:owner` | who holds the lock ([`HolderInfo`]), with the lock's lease |
 //! | `rdlock:{<id>}:queue` | the processes waiting for the lock, oldest first (a list of random manager ids); lives at least as long as the lock |
-//! | `rdlock:{<id>}:waiters` | `1` while a waiter with 1.x compatibility (which does not queue) waits: set by its failed attempt with the holder's remaining lease, extended by renewals, deleted by the release |
+//! | `rdlock:{<id>}:waiters` | `1` while a waiter with 1.x compatibility waits: set by its failed attempt with the holder's remaining lease, extended by renewals, deleted by a release that frees the key |
 //! | `rdlock:{<id>}:release` | the channel of turn messages (`turn <process> <standby>...`, `claimed`) and, when the key is freed for waiters with 1.x compatibility, `released` |
 //!
 //! While a turn is reserved for a process, the lock key holds `q:<process>` for
@@ -136,9 +136,9 @@
 //! - **Budget:** at most [`HANDOFF_BUDGET`] (8) hand-offs in a row while other
 //!   processes are in the lock's queue; then the hand-off script gives the turn to the
 //!   first of them and queues this process again at the end (its next task waits for
-//!   that turn). With nobody else queued, hand-offs go on without a release. Waiters
-//!   with 1.x compatibility, which do not queue, are served as before: at the end of a
-//!   budget the key is released for them (they marked themselves), and the next local
+//!   that turn). With nobody else queued, hand-offs go on without a release; if
+//!   waiters with 1.x compatibility marked themselves (the waiters marker) and are not
+//!   in line, the key is released for them at the end of a budget, and the next local
 //!   task lets them try first.
 //! - **Not for** locks with 1.x compatibility (the 1.x key would have to move too),
 //!   Redlock (independent masters) or replica sync (the hand-off would need its
@@ -165,7 +165,8 @@
 //!   waiters fall back to the holder's remaining lease they last saw;
 //! - a process whose last waiter gives up (deadline, cancelled future, shutdown) leaves
 //!   the queue and passes on a turn reserved for it;
-//! - not on Redlock, nor for locks with 1.x compatibility (they wake every waiter, as
+//! - not on Redlock; waiters with 1.x compatibility queue too, but the release of a
+//!   holder with compatibility passes no turn (it wakes every waiter, as
 //!   before); `BasicLock`s queue under their manager's id like its `Lock`s;
 //! - a subscription outlives its last waiter by a second, so that a process taking
 //!   turns with others stays subscribed and its waits need one attempt each (the one

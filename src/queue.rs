@@ -57,9 +57,12 @@
 //! # Where
 //!
 //! The single server, Sentinel (the master) and Redis Cluster (the queue shares the
-//! lock's hash tag). Not Redlock (a quorum of independent masters has no one queue),
-//! nor a lock with 1.x compatibility (its waiters keep the waiters marker, and every
-//! release of theirs wakes all).
+//! lock's hash tag). Not Redlock (a quorum of independent masters has no one queue).
+//! Waiters with 1.x compatibility queue too, and take a turn once the 1.x key is free
+//! as well (`scripts/acquire_v1.lua`); they also set the waiters marker, and the
+//! release of a holder with compatibility (`scripts/release_v1.lua`) passes no turn: it
+//! publishes `released`, which wakes every waiter (a passing state, during a rolling
+//! upgrade from 1.x).
 
 use std::time::Duration;
 

@@ -40,8 +40,12 @@ static FORCE_RELEASE: LazyLock<Script> =
 // The variants for a lock with rdlock 1.x compatibility: the same scripts plus the 1.x
 // key as the last `KEYS` entry. Separate scripts, so that a lock without it sends
 // exactly what it did before and never touches a `/rdlock/` key.
-static ACQUIRE_V1: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire_v1.lua")));
+static ACQUIRE_V1: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/queue.lua"),
+        include_str!("scripts/acquire_v1.lua")
+    ))
+});
 static RENEW_V1: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/renew_v1.lua")));
 static RELEASE_V1: LazyLock<Script> =
@@ -192,7 +196,7 @@ pub(crate) struct Queueing<'a> {
 }
 
 /// The keys and arguments of `scripts/acquire.lua` (or its 1.x variant, which takes
-/// the 1.x key instead of the queue and ignores the queue's arguments).
+/// the waiters marker and the 1.x key before the queue).
 fn acquire_args(
     invocation: &mut ScriptInvocation<'_>,
     names: &LockNames,
@@ -206,7 +210,10 @@ fn acquire_args(
         .key(&names.fence)
         .key(&names.owner);
     match &names.v1 {
-        Some(v1) => invocation.key(&names.waiters).key(&v1.key),
+        Some(v1) => invocation
+            .key(&names.waiters)
+            .key(&v1.key)
+            .key(&names.queue),
         None => invocation.key(&names.queue),
     };
     invocation

@@ -318,6 +318,12 @@ impl Lock {
     /// without the lock key) is shown with pid 0, no host, fencing token 0 and the 1.x
     /// key's remaining TTL.
     ///
+    /// While a turn is reserved for the next process in line ([`RESERVATION`](crate::RESERVATION),
+    /// at most 250 ms, usually about a millisecond), the key holds no token and no owner
+    /// record: it is shown like a holder rdlock did not write (pid 0, fencing token 0,
+    /// the reservation's remaining time). A known limitation: the read is one
+    /// pipeline that does not tell the two apart (`tests/queue_review2.rs`).
+    ///
     /// # Errors
     ///
     /// [`RdLockError::Unreachable`] / [`RdLockError::RedisError`] when Redis cannot
@@ -801,16 +807,14 @@ impl Lock {
             && !matches!(*inner.conn, crate::backend::Backend::Redlock(_))
     }
 
-    /// Whether this lock's waiters queue in Redis ([`crate::queue`]): not with 1.x
-    /// compatibility (those waiters set the waiters marker instead, and every release
-    /// of such a holder wakes all), nor on Redlock (no one queue over independent
-    /// masters).
+    /// Whether this lock's waiters queue in Redis ([`crate::queue`]): not on Redlock (no
+    /// one queue over independent masters). With 1.x compatibility they queue too (and
+    /// also set the waiters marker; the release of such a holder wakes all).
     pub(crate) fn queues(&self) -> bool {
-        self.names.v1.is_none()
-            && !matches!(
-                *self.manager.inner().conn,
-                crate::backend::Backend::Redlock(_)
-            )
+        !matches!(
+            *self.manager.inner().conn,
+            crate::backend::Backend::Redlock(_)
+        )
     }
 
     /// The lease in whole milliseconds (checked by [`validate`](Self::validate)).

@@ -31,8 +31,8 @@ if ARGV[6] == '1' then
     redis.call('PEXPIRE', KEYS[5], ARGV[3])
   end
   if redis.call('PTTL', KEYS[4]) ~= -2 then
-    -- Waiters that do not queue (1.x compatibility) marked themselves: the key is
-    -- freed and they are woken, and the holder's next task lets them try first.
+    -- Waiters with 1.x compatibility that are not in line marked themselves: the
+    -- key is freed and they are woken, and the holder's next task lets them try first.
     redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
     redis.call('PUBLISH', ARGV[8], 'released')
     return {-1, ARGV[2]}

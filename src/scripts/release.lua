@@ -7,7 +7,8 @@
 -- If processes queue for the lock, the first in line gets the turn (a short
 -- reservation, announced by one message that wakes that process only). Otherwise the
 -- key is deleted, and nothing published unless the waiters marker was there: only
--- waiters with 1.x compatibility (acquire_v1.lua) still set it, as they do not queue.
+-- waiters with 1.x compatibility (acquire_v1.lua) set it too, as 1.x-compatible
+-- holders release without passing turns.
 -- No wake-up is lost: a waiter queues (or sets the marker) in the same script that saw
 -- the lock held, and the queue and the marker live at least as long as the lock (the
 -- renew and hand-off scripts extend them with it), so from that attempt on, until this
