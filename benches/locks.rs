@@ -536,8 +536,8 @@ async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Dura
         // rdlock: messages (`turn` + `claimed`) and failed attempts (each queues its
         // process: one `LPOS`), for the queue of processes.
         let queue_figures = (kind == 1).then_some((
-            calls_of(&mut raw, "publish").await,
-            calls_of(&mut raw, "lpos").await,
+            support::calls(&mut raw, "publish").await,
+            support::calls(&mut raw, "lpos").await,
         ));
         let total: u64 = per_process.iter().sum();
         let rate = total as f64 / elapsed.as_secs_f64();
@@ -570,21 +570,6 @@ async fn contended_processes(server: &RedisServer, scale: Scale, our_cycle: Dura
     if let Some(line) = queue_line {
         println!("\n{line}");
     }
-}
-
-/// `INFO commandstats` calls of one command since the last reset.
-async fn calls_of(conn: &mut MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A worker process: 4 tasks contend for `KEY` for the given time; prints `ACQ <n>`.

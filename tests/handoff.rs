@@ -9,23 +9,9 @@ use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError, HANDOFF_BUDGET};
 use support::{
-    assert_quiescent, blocked_clients, commands_run, pause_writes, reset_stats, wait_until,
+    assert_quiescent, blocked_clients, calls, commands_run, pause_writes, reset_stats, wait_until,
     RedisServer,
 };
-
-/// How many times `command` ran since the last reset (INFO commandstats).
-async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_tasks_cost_one_script_per_acquisition_with_rising_fences_and_fair_shares() {

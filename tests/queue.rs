@@ -15,31 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rdlock::{RdLockConnectionManager, RdLockError, HANDOFF_BUDGET, RESERVATION};
-use support::{reset_stats, wait_until, RedisServer};
-
-/// `INFO commandstats` calls of one command (those run inside scripts included).
-async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-async fn queue(conn: &mut redis::aio::MultiplexedConnection, id: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(format!("rdlock:{{{id}}}:queue"))
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
+use support::{calls, queue, reset_stats, wait_until, RedisServer};
 
 /// Every message published on `channel` from now on, collected in the background.
 async fn listen(server: &RedisServer, channel: &str) -> Arc<std::sync::Mutex<Vec<String>>> {

@@ -6,17 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
-use support::RedisServer;
-
-async fn queue(conn: &mut redis::aio::MultiplexedConnection, id: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(format!("rdlock:{{{id}}}:queue"))
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
+use support::{queue, RedisServer};
 
 /// A waiter gives up (its deadline) and the same task waits again at once: the
 /// background `leave` of the first wait must not take out the entry the second wait's

@@ -9,17 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdlock::{RdLockConnectionManager, RdLockError};
-use support::RedisServer;
-
-async fn queue(conn: &mut redis::aio::MultiplexedConnection, id: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(format!("rdlock:{{{id}}}:queue"))
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
+use support::{queue, RedisServer};
 
 /// Puts a process that will never claim its turn (a dead one) at the head of `id`'s
 /// queue.

@@ -300,6 +300,32 @@ pub async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> 
 }
 
 /// Commands the server has run since the last `CONFIG RESETSTAT`, from
+/// How many times `command` ran since the last reset (`INFO commandstats`, commands
+/// run inside scripts included).
+pub async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The processes in the queue of lock `id` (`rdlock:{<id>}:queue`), oldest first.
+pub async fn queue(conn: &mut redis::aio::MultiplexedConnection, id: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(format!("rdlock:{{{id}}}:queue"))
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("LRANGE of the queue")
+}
+
 /// `INFO commandstats` (commands run inside scripts included), leaving out the
 /// `INFO`/`CONFIG` calls of the measurement itself.
 pub async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
